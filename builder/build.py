@@ -1,0 +1,339 @@
+"""The build pipeline: one repository and kernel in, per variant an initrd, a UKI and a manifest out."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .cpio import CpioEntry, read_cpio, resolve
+from .errors import (
+    BuilderError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
+    SizeBudgetError, VariantBuildError,
+)
+from .fsutil import atomic_write, link_or_copy_tree, replace_dir, sha256_file
+from .kmod import expand_default, prune_modules, select_modules
+from .log import step
+from .manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
+from .mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
+from .repo import Repository, extract_rpm, open_repository
+from .run import run
+from .tools import find_tool, tool_path, tool_version
+from .uki import STUB_PATH, UkiInputs, build_uki
+from .variants import OutputFormat, VariantSpec
+
+logger = logging.getLogger("mkosi_initrd_builder.build")
+
+DEFAULT_RELEASE = "rawhide"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildRequest:
+    repo: Path
+    kernel_version: str
+    output: Path
+    variants: tuple[VariantSpec, ...]
+    jobs: int = 1
+    source_date_epoch: Optional[int] = None
+    release: str = DEFAULT_RELEASE
+    cache_dir: Optional[Path] = None  # mkosi's package cache, shared by all variants; temporary when None
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    directory: Path
+    manifest: dict[str, Any]
+    seconds: float
+    mkosi_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelInputs:
+    version: str
+    packages: tuple[str, ...]  # NEVRAs of the packages shipping /usr/lib/modules/<KVER>/
+    tree: Path                 # extracted: <tree>/usr/lib/modules/<KVER>/...
+    image: Path                # vmlinuz
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    request: BuildRequest
+    repo: Repository
+    kernel: KernelInputs
+    stub: Optional[tuple[str, Path]]  # (NEVRA, file) of the EFI stub, when a variant wants a UKI
+    source_date_epoch: int
+    work: Path
+    sandbox_tree: Path
+    package_cache: Path
+    tools: dict[str, str]
+
+
+def resolve_source_date_epoch(requested: Optional[int], repo: Repository) -> int:
+    """--source-date-epoch, else $SOURCE_DATE_EPOCH, else the newest package build time in the
+    repository: a value that follows from the inputs, so rebuilds stay byte-identical."""
+    if requested is not None:
+        return requested
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise BuilderError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+    return repo.newest_buildtime()
+
+
+def prepare_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(output, f"cannot create: {e.strerror}") from None
+    if not output.is_dir():
+        raise OutputError(output, "is not a directory")
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise OutputError(output, "is not writable")
+
+
+def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelInputs:
+    packages = repo.kernel_packages(kernel_version)
+    if not packages:
+        raise KernelNotFoundError(kernel_version, repo.path, repo.kernel_versions())
+    with step(f"Extracting kernel {kernel_version} from {', '.join(p.nevra for p in packages)}"):
+        for p in packages:
+            extract_rpm(repo.path / p.href, dest, [f"./usr/lib/modules/{kernel_version}/*",
+                                                   f"./lib/modules/{kernel_version}/*"])
+        # Old layouts ship /lib/modules; the image is merged-/usr.
+        legacy = dest / "lib/modules" / kernel_version
+        if legacy.is_dir():
+            target = dest / "usr/lib/modules" / kernel_version
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(legacy, target, symlinks=True, dirs_exist_ok=True)
+            shutil.rmtree(dest / "lib")
+    moddir = dest / "usr/lib/modules" / kernel_version
+    images = sorted(p for p in moddir.glob("vmlinuz*") if not p.name.endswith(".efi"))
+    if not images:
+        raise RepositoryError(repo.path, f"no package ships /usr/lib/modules/{kernel_version}/vmlinuz "
+                                         f"(kernel packages: {', '.join(p.nevra for p in packages)})")
+    return KernelInputs(kernel_version, tuple(p.nevra for p in packages), dest, images[0])
+
+
+def extract_stub(repo: Repository, dest: Path) -> tuple[str, Path]:
+    owners = repo.package_owning(STUB_PATH)
+    if not owners:
+        raise PackageMissingError([f"{STUB_PATH} (systemd-boot-unsigned)"], repo.path)
+    pkg = owners[-1]
+    extract_rpm(repo.path / pkg.href, dest, [f".{STUB_PATH}"])
+    return pkg.nevra, dest / STUB_PATH.lstrip("/")
+
+
+def write_sandbox_tree(root: Path, release: str) -> None:
+    """The tree mkosi overlays on its package-manager sandbox: no default repositories, and the key
+    file mkosi insists on finding (never used: RepositoryKeyCheck=no, packages were verified when staged)."""
+    (root / "etc/yum.repos.d").mkdir(parents=True)
+    (root / "etc/yum.repos.d/mkosi.repo").write_text("")
+    (root / "etc/pki/rpm-gpg").mkdir(parents=True)
+    (root / f"etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-{release}-primary").write_text(
+        "# placeholder: mkosi requires a key file; signatures are not checked in offline builds\n")
+
+
+def mkosi_conf_path() -> Path:
+    mkosi = Path(find_tool("mkosi"))
+    candidates = [
+        mkosi.parent.parent / "mkosi/usr/lib/python3/dist-packages/mkosi/resources/mkosi-initrd/mkosi.conf",
+    ]
+    for c in candidates:
+        if c.exists():
+            return c
+    out = run(["/usr/bin/python3", "-c", "import mkosi.resources, os; print(os.path.dirname(mkosi.resources.__file__))"],
+              capture=True).stdout.decode().strip()
+    return Path(out) / "mkosi-initrd/mkosi.conf"
+
+
+def build(request: BuildRequest) -> list[VariantResult]:
+    """Build every requested variant; raise VariantBuildError naming those that failed."""
+    for tool in ("mkosi", "rpm2cpio", "cpio", "zstd"):
+        find_tool(tool)
+    if any(OutputFormat.uki in v.formats for v in request.variants):
+        find_tool("ukify")
+    prepare_output(request.output)
+    with step(f"Reading repository {request.repo}"):
+        repo = open_repository(request.repo)
+        logger.info("  %d packages, kernels: %s", len(repo.packages), ", ".join(repo.kernel_versions()) or "none")
+    sde = resolve_source_date_epoch(request.source_date_epoch, repo)
+    tools = {"mkosi": tool_version("mkosi"), "builder": __version__}
+    if any(OutputFormat.uki in v.formats for v in request.variants):
+        tools["ukify"] = tool_version("ukify")
+
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
+    try:
+        kernel = extract_kernel(repo, request.kernel_version, work / "kernel")
+        stub = None
+        if any(OutputFormat.uki in v.formats for v in request.variants):
+            stub = extract_stub(repo, work / "stub")
+        write_sandbox_tree(work / "sandbox", request.release)
+        cache = request.cache_dir or work / "pkgcache"
+        cache.mkdir(parents=True, exist_ok=True)
+        ctx = BuildContext(request, repo, kernel, stub, sde, work, work / "sandbox", cache, tools)
+        logger.info("SOURCE_DATE_EPOCH=%d, %d variant(s), %d job(s)", sde, len(request.variants), request.jobs)
+
+        results: list[VariantResult] = []
+        failures: dict[str, BaseException] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
+            futures = {pool.submit(build_variant, ctx, v): v.name for v in request.variants}
+            for fut in concurrent.futures.as_completed(futures):
+                name = futures[fut]
+                try:
+                    results.append(fut.result())
+                except Exception as e:  # each variant fails alone; the others still finish
+                    logger.error("variant %s failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    failures[name] = e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failures:
+        raise VariantBuildError(failures)
+    order = [v.name for v in request.variants]
+    return sorted(results, key=lambda r: order.index(r.variant))
+
+
+def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
+    start = time.monotonic()
+    req = ctx.request
+    missing = ctx.repo.missing(variant.packages)
+    if missing:
+        raise PackageMissingError(missing, ctx.repo.path, variant=variant.name)
+    vwork = ctx.work / "variants" / variant.name
+    vwork.mkdir(parents=True)
+
+    with step(f"[{variant.name}] Selecting kernel modules"):
+        kernel_tree = vwork / "kernel"
+        link_or_copy_tree(ctx.kernel.tree, kernel_tree)
+        moddir = kernel_tree / "usr/lib/modules" / ctx.kernel.version
+        include = list(variant.kernel_modules_include)
+        if "default" in include:
+            include = expand_default(include, mkosi_initrd_default_modules(mkosi_conf_path()))
+        selection = select_modules(moddir, include, variant.kernel_modules_exclude)
+        prune_modules(moddir, selection)
+        logger.info("  [%s] %d modules kept, %d left out", variant.name, len(selection.kept), len(selection.removed))
+        for m in selection.missing_dependencies:
+            logger.warning("  [%s] module dependency %s is not shipped by the kernel packages", variant.name, m)
+
+    paths = MkosiPaths(
+        repo=ctx.repo.path.resolve(), kernel_tree=kernel_tree, sandbox_tree=ctx.sandbox_tree,
+        package_cache=ctx.package_cache, workspace=vwork / "workspace", output_dir=vwork / "out",
+        config_dir=vwork / "config",
+    )
+    for d in (paths.workspace, paths.output_dir, paths.config_dir):
+        d.mkdir()
+    rendered = render_variant(variant, release=req.release, source_date_epoch=ctx.source_date_epoch, paths=paths)
+    rendered.write(paths.config_dir)
+
+    mkosi_start = time.monotonic()
+    with step(f"[{variant.name}] Building the image with mkosi"):
+        run([find_tool("mkosi"), *rendered.argv, "build"],
+            env={"PATH": tool_path(), "SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)},
+            log_output=vwork / "mkosi.log")
+    mkosi_seconds = time.monotonic() - mkosi_start
+
+    initrd = paths.output_dir / INITRD_NAME
+    if not initrd.exists():
+        raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD_NAME}")
+    entries = read_cpio(initrd)
+    if variant.size_budget and initrd.stat().st_size > variant.size_budget:
+        raise SizeBudgetError(size_report(variant, initrd.stat().st_size, entries, ctx.repo))
+
+    final = vwork / "final"
+    final.mkdir()
+    os.replace(initrd, final / INITRD_NAME)
+    outputs = [INITRD_NAME]
+    if OutputFormat.uki in variant.formats:
+        assert ctx.stub is not None
+        with step(f"[{variant.name}] Assembling the UKI with ukify"):
+            by_name = {e.name: e for e in entries}
+            osrel = resolve(by_name, "usr/lib/os-release") or resolve(by_name, "etc/os-release")
+            if osrel is None or not osrel.is_file:
+                raise BuilderError(f"[{variant.name}] the image has no /usr/lib/os-release for the UKI's .osrel")
+            (vwork / "os-release").write_bytes(osrel.data)
+            build_uki(UkiInputs(kernel=ctx.kernel.image, initrd=final / INITRD_NAME, stub=ctx.stub[1],
+                                os_release=vwork / "os-release", uname=ctx.kernel.version,
+                                cmdline=variant.kernel_command_line), final / UKI_NAME)
+        outputs.append(UKI_NAME)
+
+    image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
+    inputs = {
+        "variant": variant.to_dict(),
+        "kernel-version": ctx.kernel.version,
+        "repository": ctx.repo.content_digest(),
+        "source-date-epoch": ctx.source_date_epoch,
+        "release": req.release,
+        "tools": ctx.tools,
+    }
+    manifest = {
+        "manifest-version": MANIFEST_VERSION,
+        "variant": variant.name,
+        "summary": variant.summary,
+        "kernel": {"version": ctx.kernel.version, "packages": list(ctx.kernel.packages)},
+        "stub": ctx.stub[0] if ctx.stub and OutputFormat.uki in variant.formats else None,
+        "packages": image_packages,
+        "kernel-modules": list(selection.kept),
+        "firmware-wanted": list(selection.firmware),
+        "kernel-command-line": variant.kernel_command_line,
+        "outputs": {name: {"sha256": sha256_file(final / name), "size": (final / name).stat().st_size}
+                    for name in outputs},
+        "size-budget": variant.size_budget,
+        "source-date-epoch": ctx.source_date_epoch,
+        "inputs-hash": inputs_hash(inputs),
+        "tools": ctx.tools,
+    }
+    write_manifest(final, manifest)
+    dest = req.output / variant.name
+    replace_dir(final, dest)
+    seconds = time.monotonic() - start
+    logger.info("[%s] done in %.1fs: %s", variant.name, seconds,
+                ", ".join(f"{n} {manifest['outputs'][n]['size']:,} B" for n in outputs))
+    return VariantResult(variant.name, dest, manifest, seconds, mkosi_seconds)
+
+
+def mkosi_packages(path: Path) -> list[str]:
+    """NEVRAs of the packages mkosi recorded as installed in the image."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BuilderError(f"cannot read mkosi's package manifest {path}: {e}") from None
+    return sorted(f"{p['name']}-{p['version']}.{p['architecture']}" if p.get("architecture")
+                  else f"{p['name']}-{p['version']}" for p in data.get("packages", []))
+
+
+def size_report(variant: VariantSpec, size: int, entries: Sequence[CpioEntry], repo: Repository) -> str:
+    """Why an image is over budget: the largest packages and kernel modules, by uncompressed bytes."""
+    owner: dict[str, str] = {}
+    for p in repo.packages:
+        for f in p.files:
+            owner.setdefault(f.lstrip("/"), p.name)
+    by_package: dict[str, int] = {}
+    modules: list[tuple[int, str]] = []
+    for e in entries:
+        if not e.is_file:
+            continue
+        if "/modules/" in e.name and ".ko" in e.name:
+            modules.append((e.size, e.name.rsplit("/", 1)[-1]))
+            by_package["(kernel modules)"] = by_package.get("(kernel modules)", 0) + e.size
+            continue
+        key = owner.get(e.name, "(not from a package)")
+        by_package[key] = by_package.get(key, 0) + e.size
+    top_pkgs = sorted(by_package.items(), key=lambda kv: -kv[1])[:8]
+    top_mods = sorted(modules, reverse=True)[:8]
+    lines = [f"variant {variant.name!r}: {INITRD_NAME} is {size:,} B, over its size-budget of "
+             f"{variant.size_budget:,} B ({variant.path})",
+             "  largest packages (uncompressed): " + ", ".join(f"{n} {s:,} B" for n, s in top_pkgs)]
+    if top_mods:
+        lines.append("  largest modules: " + ", ".join(f"{n} {s:,} B" for s, n in top_mods))
+    return "\n".join(lines)

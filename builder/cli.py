@@ -1,0 +1,196 @@
+"""The mkosi-initrd-build command line; options are declared once, as data, per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .errors import BuilderError
+from .log import setup_logging
+
+logger = logging.getLogger("mkosi_initrd_builder")
+PROG = "mkosi-initrd-build"
+DEFAULT_VARIANTS_DIR = Path(__file__).resolve().parent.parent / "spec" / "variants"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+    action: Optional[str] = None
+    default: Any = None
+    required: bool = False
+    metavar: Optional[str] = None
+    dest: Optional[str] = None
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        kwargs: dict[str, Any] = {"help": self.help}
+        for key in ("type", "action", "metavar", "dest"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.default is not None:
+            kwargs["default"] = self.default
+        if self.flags[0].startswith("-"):
+            kwargs["required"] = self.required
+        parser.add_argument(*self.flags, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def epoch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds since 1970") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: spec/variants)",
+                      type=Path, default=None, metavar="DIR")
+KERNEL_VERSION = Option(("--kernel-version",), "kernel version (uname -r) to build for", required=True,
+                        metavar="KVER")
+BUILD_OPTIONS = (
+    Option(("--repo",), "directory holding the RPMs and repodata/", type=Path, required=True, metavar="DIR"),
+    KERNEL_VERSION,
+    Option(("--output",), "output directory; each variant goes to OUTPUT/<variant>/", type=Path,
+           required=True, metavar="DIR"),
+    VARIANTS_DIR,
+    Option(("--variant",), "build only this variant (repeatable; default: all)", action="append",
+           dest="variant_names", metavar="NAME"),
+    Option(("--jobs",), "variants to build concurrently", type=positive_int, default=1, metavar="N"),
+    Option(("--source-date-epoch",), "timestamp for reproducible output (default: $SOURCE_DATE_EPOCH, "
+           "else the newest package build time in the repository)", type=epoch, metavar="N"),
+    Option(("--release",), "Fedora release mkosi is told (names its GPG key file and $releasever only)",
+           default="rawhide", metavar="RELEASE"),
+    Option(("--cache-dir",), "package cache shared by the variants and kept between builds", type=Path,
+           metavar="DIR"),
+)
+INSPECT_OPTIONS = (
+    Option(("directory",), "a variant's output directory (OUTPUT/<variant>)", type=Path),
+    Option(("--json",), "print JSON instead of text", action="store_true"),
+)
+VERIFY_OPTIONS = (
+    Option(("directory",), "a variant's output directory (OUTPUT/<variant>)", type=Path),
+    Option(("--boot",), "also boot the initrd (and the UKI under OVMF) in QEMU", action="store_true"),
+    Option(("--kernel",), "kernel image for the initrd boot (default: the UKI's .linux section)", type=Path,
+           metavar="FILE"),
+    Option(("--expect",), "regex the console must print (default: the fixture init's marker)", metavar="REGEX"),
+    Option(("--timeout",), "seconds to wait for each boot", type=float, default=180.0, metavar="S"),
+)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import BuildRequest, build
+    from .variants import load_variants
+
+    variants_dir = args.variants_dir or DEFAULT_VARIANTS_DIR
+    variants = load_variants(variants_dir, args.variant_names or ())
+    results = build(BuildRequest(
+        repo=args.repo, kernel_version=args.kernel_version, output=args.output, variants=tuple(variants),
+        jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
+        cache_dir=args.cache_dir,
+    ))
+    print(f"{'variant':16} {'initrd':>12} {'uki':>12} {'seconds':>8}")
+    for r in results:
+        outs = r.manifest["outputs"]
+        uki = outs.get("uki.efi", {}).get("size")
+        print(f"{r.variant:16} {outs['initrd.cpio.zst']['size']:>12,} {uki if uki is None else f'{uki:,}':>12} "
+              f"{r.seconds:>8.1f}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import format_inspection, inspect_variant
+
+    result = inspect_variant(args.directory)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_inspection(result))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_variant
+
+    checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, expect=args.expect,
+                            timeout=args.timeout)
+    for c in checks:
+        print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail and (not c.ok or args.boot) else ""))
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise BuilderError(f"{args.directory}: {len(failed)} check(s) failed: {', '.join(failed)}")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    options: tuple[Option, ...]
+    handler: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: list[Command] = [
+    Command("build", "build the initrd (and UKI) of each variant, offline", BUILD_OPTIONS, cmd_build),
+    Command("inspect", "show what is inside a built variant", INSPECT_OPTIONS, cmd_inspect),
+    Command("verify", "check a built variant against its manifest (and boot it)", VERIFY_OPTIONS, cmd_verify),
+]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Build prebuilt mkosi-initrd images offline.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show commands' output and tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for opt in cmd.options:
+            opt.add_to(p)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    setup_logging(debug=args.debug, quiet=args.quiet)
+    try:
+        return args.handler(args)
+    except BuilderError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure is still one line unless --debug
+        if args.debug:
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Read newc cpio archives (what mkosi writes), compressed with zstd, for inspection and verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from .run import run
+
+TRAILER = "TRAILER!!!"
+
+
+@dataclasses.dataclass(frozen=True)
+class CpioEntry:
+    name: str     # without a leading "./" or "/"
+    mode: int
+    size: int
+    mtime: int
+    data: bytes   # file content, or the link target for symlinks
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+class CpioFormatError(ValueError):
+    pass
+
+
+def decompress_image(path: Path) -> bytes:
+    """An initrd's raw cpio bytes; zstd, xz and gzip are recognised by their magic."""
+    head = path.read_bytes()[:6]
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return run(["zstd", "-dc", path], capture=True).stdout
+    if head[:6] == b"\xfd7zXZ\x00":
+        return run(["xz", "-dc", path], capture=True).stdout
+    if head[:2] == b"\x1f\x8b":
+        return run(["gzip", "-dc", path], capture=True).stdout
+    return path.read_bytes()
+
+
+def iter_cpio(data: bytes) -> Iterator[CpioEntry]:
+    """Entries of one or more concatenated newc archives; raises CpioFormatError when malformed."""
+    off = 0
+    seen_trailer = False
+    while off < len(data):
+        # Archives may be padded with NULs to a block boundary between and after members.
+        if data[off] == 0:
+            off += 1
+            continue
+        magic = data[off:off + 6]
+        if magic not in (b"070701", b"070702"):
+            raise CpioFormatError(f"bad cpio magic {magic!r} at offset {off}")
+        try:
+            fields = [int(data[off + 6 + 8 * i: off + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise CpioFormatError(f"bad cpio header at offset {off}") from None
+        mode, mtime, filesize, namesize = fields[1], fields[5], fields[6], fields[11]
+        name_start = off + 110
+        name = data[name_start:name_start + namesize - 1].decode(errors="replace")
+        data_start = (name_start + namesize + 3) & ~3
+        data_end = data_start + filesize
+        if data_end > len(data):
+            raise CpioFormatError(f"entry {name!r} runs past the end of the archive")
+        off = (data_end + 3) & ~3
+        if name == TRAILER:
+            seen_trailer = True
+            continue
+        seen_trailer = False
+        yield CpioEntry(name.lstrip("./") if name not in (".", "./") else ".", mode, filesize, mtime,
+                        data[data_start:data_end])
+    if not seen_trailer:
+        raise CpioFormatError("archive has no trailer (truncated?)")
+
+
+def read_cpio(path: Path) -> list[CpioEntry]:
+    return list(iter_cpio(decompress_image(path)))
+
+
+def resolve(entries: dict[str, CpioEntry], name: str, depth: int = 0) -> CpioEntry | None:
+    """Follow symlinks (relative or absolute) inside the archive to the entry `name` denotes."""
+    if depth > 20:
+        return None
+    parts: list[str] = []
+    for i, comp in enumerate(name.strip("/").split("/")):
+        candidate = "/".join(parts + [comp])
+        e = entries.get(candidate)
+        if e is not None and e.is_symlink:
+            target = e.data.decode()
+            base = "" if target.startswith("/") else "/".join(parts)
+            rest = "/".join(name.strip("/").split("/")[i + 1:])
+            joined = _normalize(f"{base}/{target}/{rest}" if rest else f"{base}/{target}")
+            return resolve(entries, joined, depth + 1)
+        parts.append(comp)
+    return entries.get("/".join(parts))
+
+
+def _normalize(path: str) -> str:
+    out: list[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(comp)
+    return "/".join(out)

@@ -1,0 +1,116 @@
+"""Exception types, one per failure class; each carries the file, package or setting at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+
+class BuilderError(Exception):
+    """Base class: a failure the user can act on. `hint` is printed after the message."""
+
+    hint: Optional[str] = None
+
+    def __init__(self, message: str, *, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class VariantError(BuilderError):
+    """A variant file is missing, malformed, or has an invalid or unknown key."""
+
+    def __init__(self, path: Path, message: str, *, key: Optional[str] = None) -> None:
+        self.path = path
+        self.key = key
+        where = f"{path}: {key}" if key else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+class RepositoryError(BuilderError):
+    """The package repository is missing, empty, or lacks usable repodata."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        super().__init__(f"repository {path}: {message}")
+
+
+class PackageMissingError(BuilderError):
+    """A package a variant needs is not in the repository."""
+
+    def __init__(self, packages: Sequence[str], repo: Path, *, variant: Optional[str] = None) -> None:
+        self.packages = list(packages)
+        self.repo = repo
+        who = f"variant {variant!r} needs" if variant else "needed"
+        super().__init__(f"{who} {', '.join(self.packages)}, not found in repository {repo}")
+
+
+class KernelNotFoundError(BuilderError):
+    """No package in the repository ships /usr/lib/modules/<KVER>/."""
+
+    def __init__(self, kernel_version: str, repo: Path, available: Sequence[str]) -> None:
+        self.kernel_version = kernel_version
+        self.available = list(available)
+        have = ", ".join(self.available) if self.available else "none"
+        super().__init__(
+            f"kernel {kernel_version} not found in repository {repo} (kernel versions available: {have})"
+        )
+
+
+class ToolMissingError(BuilderError):
+    """An external program the build needs is not installed."""
+
+    hint = "run 'make setup' to install the tools"
+
+    def __init__(self, tool: str, detail: str = "") -> None:
+        self.tool = tool
+        super().__init__(f"{tool} not found" + (f" ({detail})" if detail else ""))
+
+
+class CommandError(BuilderError):
+    """An external command failed; carries its argv and the tail of its output."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output_tail: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output_tail = output_tail
+        msg = f"{Path(self.argv[0]).name} failed with exit status {returncode}: {' '.join(self.argv)}"
+        if output_tail:
+            msg += "\n" + output_tail
+        super().__init__(msg)
+
+
+class SizeBudgetError(BuilderError):
+    """An image is larger than its variant's size budget."""
+
+
+class OutputError(BuilderError):
+    """The output location cannot be written."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        super().__init__(f"output {path}: {message}")
+
+
+class VerifyError(BuilderError):
+    """A built image does not match its manifest or is malformed."""
+
+
+class BootError(BuilderError):
+    """An image did not boot to the marker in QEMU."""
+
+
+class StagingError(BuilderError):
+    """Staging a repository failed; the message names the package, file or URL at fault."""
+
+
+class VariantBuildError(BuilderError):
+    """One or more variants failed; each entry maps the variant name to its error."""
+
+    def __init__(self, failures: dict[str, BaseException]) -> None:
+        self.failures = failures
+        lines = [f"{len(failures)} variant(s) failed: {', '.join(sorted(failures))}"]
+        for name in sorted(failures):
+            lines.append(f"  {name}: {str(failures[name]).splitlines()[0] if str(failures[name]) else type(failures[name]).__name__}")
+        super().__init__("\n".join(lines))

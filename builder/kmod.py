@@ -1,0 +1,158 @@
+"""Kernel module selection: read each module's .modinfo, pick the variant's modules and their dependencies."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import lzma
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .run import run
+
+# depmod's outputs; the image regenerates them with its own depmod, so the tree handed to mkosi
+# must not carry stale copies.
+DEPMOD_OUTPUTS = (
+    "modules.alias", "modules.alias.bin", "modules.builtin.alias.bin", "modules.builtin.bin",
+    "modules.dep", "modules.dep.bin", "modules.devname", "modules.softdep", "modules.symbols",
+    "modules.symbols.bin", "modules.weakdep",
+)
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+def module_name(path: Path | str) -> str:
+    """'kernel/fs/ext4/ext4.ko.xz' -> 'ext4'; dashes and underscores are the same to the kernel."""
+    return Path(path).name.split(".", 1)[0].replace("-", "_")
+
+
+def read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".zst"):
+        return run(["zstd", "-dc", path], capture=True).stdout
+    return data
+
+
+def modinfo(elf: bytes) -> dict[str, list[str]]:
+    """The key=value strings of an ELF64 module's .modinfo section."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        raise ValueError("not an ELF64 object")
+    endian = "<" if elf[5] == 1 else ">"
+    shoff, = struct.unpack_from(endian + "Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", elf, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(endian + "IIQQQQ", elf, shoff + i * shentsize)
+        return name, offset, size
+
+    _, stroff, _ = section(shstrndx)
+    info: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name_off, offset, size = section(i)
+        end = elf.index(b"\0", stroff + name_off)
+        if elf[stroff + name_off:end] != b".modinfo":
+            continue
+        for entry in elf[offset:offset + size].split(b"\0"):
+            key, sep, value = entry.decode(errors="replace").partition("=")
+            if sep:
+                info.setdefault(key, []).append(value)
+    return info
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSelection:
+    kept: tuple[str, ...]       # paths relative to /usr/lib/modules/<KVER>/
+    removed: tuple[str, ...]
+    firmware: tuple[str, ...]   # firmware the kept modules ask for (not shipped by kernel packages)
+    missing_dependencies: tuple[str, ...]
+
+
+def select_modules(
+    modules_dir: Path,
+    include: Sequence[str],
+    exclude: Sequence[str],
+) -> ModuleSelection:
+    """Choose the modules under `modules_dir` matching `include` (all when empty) and not `exclude`,
+    then add every dependency (depends= and softdep=) of what was chosen."""
+    paths = sorted(
+        p.relative_to(modules_dir).as_posix()
+        for p in modules_dir.rglob("*") if p.name.endswith(MODULE_SUFFIXES) and p.is_file()
+    )
+    by_name = {module_name(p): p for p in paths}
+    builtin = set()
+    if (modules_dir / "modules.builtin").exists():
+        builtin = {module_name(line) for line in (modules_dir / "modules.builtin").read_text().split()}
+
+    inc = re.compile("|".join(include)) if include else None
+    exc = re.compile("|".join(exclude)) if exclude else None
+    wanted = [p for p in paths if (inc is None or inc.search(p)) and not (exc and exc.search(p))]
+
+    infos: dict[str, dict[str, list[str]]] = {}
+
+    def info_of(name: str) -> dict[str, list[str]]:
+        if name not in infos:
+            infos[name] = modinfo(read_module(modules_dir / by_name[name]))
+        return infos[name]
+
+    aliases: dict[str, str] = {}
+    aliases_read = False
+
+    def by_alias(name: str) -> str | None:
+        # softdep names may be aliases ("crc32c" is provided by crc32c_generic); reading every
+        # module's .modinfo is slow, so only do it the first time a name is not a file name.
+        nonlocal aliases_read
+        if not aliases_read:
+            for n in sorted(by_name):
+                for a in info_of(n).get("alias", []):
+                    aliases.setdefault(a.replace("-", "_"), n)
+            aliases_read = True
+        return aliases.get(name)
+
+    kept: set[str] = set()
+    firmware: set[str] = set()
+    missing: set[str] = set()
+    todo = [module_name(p) for p in wanted]
+    while todo:
+        name = todo.pop()
+        if name in kept or name in builtin:
+            continue
+        if name not in by_name:
+            alias = by_alias(name)
+            if alias:
+                todo.append(alias)
+            else:
+                missing.add(name)
+            continue
+        kept.add(name)
+        info = info_of(name)
+        deps = [d for v in info.get("depends", []) for d in v.split(",") if d]
+        for v in info.get("softdep", []):
+            deps += [d for d in v.split() if not d.endswith(":")]
+        todo += [d.replace("-", "_") for d in deps]
+        firmware.update(info.get("firmware", []))
+    kept_paths = tuple(sorted(by_name[n] for n in kept))
+    removed = tuple(sorted(set(paths) - set(kept_paths)))
+    return ModuleSelection(kept_paths, removed, tuple(sorted(firmware)), tuple(sorted(missing)))
+
+
+def prune_modules(modules_dir: Path, selection: ModuleSelection) -> None:
+    """Delete the modules not selected and depmod's outputs; drop directories left empty."""
+    for rel in selection.removed:
+        (modules_dir / rel).unlink()
+    for name in DEPMOD_OUTPUTS:
+        (modules_dir / name).unlink(missing_ok=True)
+    for d in sorted((p for p in modules_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+
+
+def expand_default(patterns: Iterable[str], default_patterns: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for p in patterns:
+        out.extend(default_patterns if p == "default" else [p])
+    return out

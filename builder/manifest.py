@@ -1,0 +1,47 @@
+"""manifest.json: what went into one variant's image and what came out (the builder → spec contract)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import VerifyError
+from .fsutil import atomic_write
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+INITRD_NAME = "initrd.cpio.zst"
+UKI_NAME = "uki.efi"
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def inputs_hash(inputs: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of every build input: the provenance record and the cache key."""
+    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    path = directory / MANIFEST_NAME
+    atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"{path}: no manifest (is {directory} a variant output directory?)") from None
+    except (OSError, ValueError) as e:
+        raise VerifyError(f"{path}: unreadable manifest: {e}") from None
+    if not isinstance(data, dict) or data.get("manifest-version") != MANIFEST_VERSION:
+        raise VerifyError(f"{path}: not a version {MANIFEST_VERSION} manifest")
+    for key in ("variant", "kernel", "packages", "outputs", "inputs-hash"):
+        if key not in data:
+            raise VerifyError(f"{path}: manifest lacks {key!r}")
+    return data

@@ -1,0 +1,150 @@
+"""Render a variant into an mkosi configuration that builds offline from one local repository."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from pathlib import Path
+
+from .variants import Base, VariantSpec
+
+# Removed from every image: kernel images (the UKI carries its own) and caches that would make
+# the output depend on when it was built.
+REMOVE_FILES = (
+    "/usr/lib/modules/*/vmlinuz*",
+    "/usr/lib/modules/*/vmlinux*",
+    "/usr/lib/modules/*/System.map",
+    "/var/cache",
+    "/var/log",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MkosiPaths:
+    """Where one variant's mkosi run reads and writes; all absolute."""
+
+    repo: Path
+    kernel_tree: Path
+    sandbox_tree: Path
+    package_cache: Path
+    workspace: Path
+    output_dir: Path
+    config_dir: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedConfig:
+    conf: str               # mkosi.conf
+    dropin: str             # mkosi.conf.d/50-variant.conf: the variant's [mkosi] pass-through ("" if none)
+    argv: tuple[str, ...]   # mkosi options, before the verb
+
+    def write(self, config_dir: Path) -> None:
+        (config_dir / "mkosi.conf").write_text(self.conf)
+        if self.dropin:
+            (config_dir / "mkosi.conf.d").mkdir(exist_ok=True)
+            (config_dir / "mkosi.conf.d" / "50-variant.conf").write_text(self.dropin)
+
+
+def render_variant(
+    variant: VariantSpec,
+    *,
+    release: str,
+    source_date_epoch: int,
+    paths: MkosiPaths,
+) -> RenderedConfig:
+    """The mkosi configuration and command line for one variant.
+
+    mkosi 25 parses an Include= where it stands, and an Include= at the top of mkosi.conf loses
+    the ExtraTrees= that follow it, so the include goes last. Settings the included mkosi-initrd
+    configuration also sets (format, output name, manifest format) go on the command line, which
+    wins over any file; the variant's pass-through settings go into a drop-in, which mkosi reads
+    after mkosi.conf and its includes, so they win over the base configuration.
+    """
+    sections: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+        "Distribution": [
+            ("LocalMirror", (paths.repo.as_uri(),)),
+            ("RepositoryKeyCheck", ("no",)),
+            ("RepositoryKeyFetch", ("no",)),
+        ],
+        "Output": [
+            ("ImageId", (variant.name,)),
+            ("OutputDirectory", (str(paths.output_dir),)),
+            ("CompressOutput", ("zstd",)),
+        ],
+        "Content": [
+            ("Bootable", ("no",)),
+            ("MakeInitrd", ("yes",)),
+            ("CleanPackageMetadata", ("yes",)),
+            ("SourceDateEpoch", (str(source_date_epoch),)),
+            ("Packages", variant.packages),
+            ("ExtraTrees", (str(paths.kernel_tree),)),
+            ("RemoveFiles", REMOVE_FILES),
+        ],
+        "Build": [
+            ("ToolsTree", ("",)),
+            ("Incremental", ("no",)),
+            ("CacheOnly", ("auto",)),
+            ("History", ("no",)),
+            ("WithNetwork", ("no",)),
+            ("SandboxTrees", (str(paths.sandbox_tree),)),
+            ("PackageCacheDirectory", (str(paths.package_cache),)),
+            ("WorkspaceDirectory", (str(paths.workspace),)),
+            ("CacheDirectory", ("",)),
+        ],
+    }
+    if variant.base is Base.mkosi_initrd:
+        sections["Include"] = [("Include", ("mkosi-initrd",))]
+    passthrough: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for section, key, values in variant.mkosi:
+        passthrough.setdefault(section, []).append((key, values))
+
+    argv = [
+        f"--directory={paths.config_dir}",
+        "--distribution=fedora",
+        f"--release={release}",
+        "--format=cpio",
+        "--output=initrd",
+        "--manifest-format=json",
+        *(f"--profile={p}" for p in variant.profiles),
+        "--force",
+    ]
+    return RenderedConfig(conf=format_ini(sections), dropin=format_ini(passthrough) if passthrough else "",
+                          argv=tuple(argv))
+
+
+def format_ini(sections: dict[str, list[tuple[str, tuple[str, ...]]]]) -> str:
+    lines: list[str] = []
+    for section, settings in sections.items():
+        lines.append(f"[{section}]")
+        for key, values in settings:
+            if not values:
+                continue
+            if len(values) == 1:
+                lines.append(f"{key}={values[0]}")
+            else:
+                lines.append(f"{key}=")
+                lines += [f"        {v}" for v in values]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def mkosi_initrd_default_modules(mkosi_conf: Path) -> tuple[str, ...]:
+    """mkosi-initrd's KernelModulesInclude= list, read from the installed mkosi's resources."""
+    patterns: list[str] = []
+    collecting = False
+    for raw in mkosi_conf.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if re.match(r"^KernelModulesInclude=", line):
+            collecting = True
+            value = line.split("=", 1)[1].strip()
+            if value:
+                patterns.append(value)
+            continue
+        if collecting:
+            if line.startswith((" ", "\t")) and line.strip():
+                patterns.append(line.strip())
+            elif line.strip():
+                collecting = False
+    return tuple(patterns)

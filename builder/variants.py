@@ -1,0 +1,321 @@
+"""Variant definitions: one TOML file per variant, validated against a schema declared once as data."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import VariantError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9/3.10 (Fedora's python3-tomli)
+    import tomli as tomllib
+
+
+class Base(str, enum.Enum):
+    """What the image starts from."""
+
+    mkosi_initrd = "mkosi-initrd"  # mkosi's built-in initrd configuration (Include=mkosi-initrd)
+    none = "none"                  # only the variant's package list
+
+
+class OutputFormat(str, enum.Enum):
+    initrd = "initrd"  # OUTPUT/<variant>/initrd.cpio.zst
+    uki = "uki"        # OUTPUT/<variant>/uki.efi
+
+
+VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+]*$")
+# rpm package names allow more, but a variant name ends up in a subpackage name and a file name.
+PACKAGE_NAME_RE = re.compile(r"^[A-Za-z0-9_.+()/:-][A-Za-z0-9_.+()/:<>=, -]*$")
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+# mkosi sections a [mkosi] pass-through table may name (mkosi 25 spelling).
+MKOSI_SECTIONS = ("Distribution", "Output", "Content", "Validation", "Build", "Runtime")
+# Settings the builder owns: overriding them would break offline builds, the output contract or
+# reproducibility, so a variant may not pass them through.
+MKOSI_RESERVED = frozenset({
+    "Distribution", "Release", "Architecture", "Mirror", "LocalMirror", "Repositories",
+    "RepositoryKeyCheck", "RepositoryKeyFetch", "ToolsTree", "ToolsTreeDistribution",
+    "ToolsTreeMirror", "ToolsTreeRepositories", "CacheOnly", "SandboxTrees", "PackageManagerTrees",
+    "PackageCacheDirectory", "CacheDirectory", "WorkspaceDirectory", "BuildDirectory",
+    "OutputDirectory", "Output", "Format", "ImageId", "SourceDateEpoch", "WithNetwork",
+    "Incremental", "History", "Include", "Profiles", "Packages", "ExtraTrees", "KernelCommandLine",
+    "KernelModulesInclude", "KernelModulesExclude", "ManifestFormat", "Bootable", "MakeInitrd",
+})
+
+
+def _fail(path: Path, key: str, message: str) -> VariantError:
+    return VariantError(path, message, key=key)
+
+
+def parse_str(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_nonempty_str(path: Path, key: str, value: Any) -> str:
+    value = parse_str(path, key, value).strip()
+    if not value:
+        raise _fail(path, key, "must not be empty")
+    return value
+
+
+def parse_summary(path: Path, key: str, value: Any) -> str:
+    value = parse_nonempty_str(path, key, value)
+    if "\n" in value:
+        raise _fail(path, key, "must be a single line (it becomes an RPM Summary)")
+    return value
+
+
+def parse_str_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(path, key, "expected a list of strings")
+    return tuple(v.strip() for v in value)
+
+
+def parse_packages(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    packages = parse_str_list(path, key, value)
+    for p in packages:
+        if not p or not PACKAGE_NAME_RE.match(p):
+            raise _fail(path, key, f"{p!r} is not a valid package name or provide")
+    if len(set(packages)) != len(packages):
+        dup = sorted({p for p in packages if packages.count(p) > 1})
+        raise _fail(path, key, f"listed twice: {', '.join(dup)}")
+    return packages
+
+
+def parse_profiles(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    profiles = parse_str_list(path, key, value)
+    for p in profiles:
+        if not p or "/" in p or p.startswith("."):
+            raise _fail(path, key, f"{p!r} is not a valid mkosi profile name")
+    return profiles
+
+
+def parse_regex_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    patterns = parse_str_list(path, key, value)
+    for p in patterns:
+        if not p:
+            raise _fail(path, key, "empty pattern")
+        if p == "default":
+            continue
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise _fail(path, key, f"{p!r} is not a valid regular expression: {e}") from None
+    return patterns
+
+
+def parse_formats(path: Path, key: str, value: Any) -> tuple[OutputFormat, ...]:
+    names = parse_str_list(path, key, value)
+    formats = []
+    for n in names:
+        try:
+            formats.append(OutputFormat(n))
+        except ValueError:
+            allowed = ", ".join(f.value for f in OutputFormat)
+            raise _fail(path, key, f"unknown format {n!r} (allowed: {allowed})") from None
+    if OutputFormat.initrd not in formats:
+        raise _fail(path, key, "must include 'initrd' (every variant builds its initrd; a UKI embeds it)")
+    return tuple(sorted(set(formats), key=list(OutputFormat).index))
+
+
+def parse_base(path: Path, key: str, value: Any) -> Base:
+    name = parse_str(path, key, value)
+    try:
+        return Base(name)
+    except ValueError:
+        allowed = ", ".join(repr(b.value) for b in Base)
+        raise _fail(path, key, f"unknown base {name!r} (allowed: {allowed})") from None
+
+
+def parse_size(path: Path, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _fail(path, key, "expected a size such as \"60M\"")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = SIZE_RE.match(value)
+        if not m:
+            raise _fail(path, key, f"{value!r} is not a size (use a number with an optional K, M or G suffix)")
+        size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
+    if size <= 0:
+        raise _fail(path, key, "must be positive")
+    return size
+
+
+def parse_mkosi(path: Path, key: str, value: Any) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """[mkosi.<Section>] tables: Setting = "value" or ["values", ...], passed to mkosi as written."""
+    if not isinstance(value, dict):
+        raise _fail(path, key, "expected a table of mkosi sections, e.g. [mkosi.Content]")
+    settings = []
+    for section, table in value.items():
+        where = f"{key}.{section}"
+        if section not in MKOSI_SECTIONS:
+            raise _fail(path, where, f"unknown mkosi section (allowed: {', '.join(MKOSI_SECTIONS)})")
+        if not isinstance(table, dict):
+            raise _fail(path, where, "expected a table of mkosi settings")
+        for setting, raw in table.items():
+            skey = f"{where}.{setting}"
+            if not re.match(r"^[A-Z][A-Za-z0-9]*$", setting):
+                raise _fail(path, skey, "not an mkosi setting name (CamelCase, as in mkosi.conf)")
+            if setting in MKOSI_RESERVED:
+                raise _fail(path, skey, "is set by the builder (offline repository, outputs, "
+                                        "reproducibility) or by a variant key; it cannot be passed through")
+            values: list[Any] = raw if isinstance(raw, list) else [raw]
+            out = []
+            for v in values:
+                if isinstance(v, bool):
+                    out.append("yes" if v else "no")
+                elif isinstance(v, (int, str)):
+                    if "\n" in str(v):
+                        raise _fail(path, skey, "values must be single lines")
+                    out.append(str(v))
+                else:
+                    raise _fail(path, skey, "expected a string, number, boolean or a list of them")
+            settings.append((section, setting, tuple(out)))
+    return tuple(settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantField:
+    """One key of a variant file: its TOML spelling, parser, default (None: required) and help."""
+
+    key: str
+    parse: Callable[[Path, str, Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace("-", "_")
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+VARIANT_FIELDS: tuple[VariantField, ...] = (
+    VariantField("summary", parse_summary, None, "One line; becomes the subpackage's Summary."),
+    VariantField("description", parse_nonempty_str, None, "Paragraph; becomes the subpackage's %description."),
+    VariantField("base", parse_base, Base.mkosi_initrd,
+                 "'mkosi-initrd' includes mkosi's built-in initrd configuration; 'none' uses only 'packages'."),
+    VariantField("profiles", parse_profiles, (), "mkosi profiles to enable (Profiles=)."),
+    VariantField("packages", parse_packages, (), "Packages (names or provides) installed into the image."),
+    VariantField("kernel-modules-include", parse_regex_list, (),
+                 "Regexes matched against module paths under /usr/lib/modules/<KVER>/ (e.g. '/ext4\\.ko'); "
+                 "'default' stands for mkosi-initrd's list. Empty: every module the kernel package ships."),
+    VariantField("kernel-modules-exclude", parse_regex_list, (),
+                 "Regexes of modules to leave out even when included; dependencies of kept modules stay."),
+    VariantField("kernel-command-line", parse_str, "", "The UKI's .cmdline section."),
+    VariantField("formats", parse_formats, (OutputFormat.initrd,), "Outputs to build: 'initrd', 'uki'."),
+    VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
+    VariantField("mkosi", parse_mkosi, (), "[mkosi.<Section>] tables passed through to mkosi verbatim."),
+)
+FIELDS_BY_KEY = {f.key: f for f in VARIANT_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    path: Path
+    summary: str
+    description: str
+    base: Base
+    profiles: tuple[str, ...]
+    packages: tuple[str, ...]
+    kernel_modules_include: tuple[str, ...]
+    kernel_modules_exclude: tuple[str, ...]
+    kernel_command_line: str
+    formats: tuple[OutputFormat, ...]
+    size_budget: int
+    mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (for manifests, input hashes and golden tests); no file system paths."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "description": self.description,
+            "base": self.base.value,
+            "profiles": list(self.profiles),
+            "packages": list(self.packages),
+            "kernel-modules-include": list(self.kernel_modules_include),
+            "kernel-modules-exclude": list(self.kernel_modules_exclude),
+            "kernel-command-line": self.kernel_command_line,
+            "formats": [f.value for f in self.formats],
+            "size-budget": self.size_budget,
+            "mkosi": [[s, k, list(v)] for s, k, v in self.mkosi],
+        }
+
+
+def load_variant(path: Path) -> VariantSpec:
+    name = path.name.removesuffix(".toml")
+    if not VARIANT_NAME_RE.match(name):
+        raise VariantError(path, f"variant name {name!r} (the file name) must match {VARIANT_NAME_RE.pattern}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VariantError(path, "no such variant file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise VariantError(path, f"cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise VariantError(path, f"invalid TOML: {e}") from None
+    unknown = sorted(set(data) - set(FIELDS_BY_KEY))
+    if unknown:
+        raise VariantError(path, f"unknown key (known keys: {', '.join(FIELDS_BY_KEY)})", key=unknown[0])
+    values: dict[str, Any] = {"name": name, "path": path}
+    for field in VARIANT_FIELDS:
+        if field.key in data:
+            values[field.attr] = field.parse(path, field.key, data[field.key])
+        elif field.required:
+            raise VariantError(path, "required key is missing", key=field.key)
+        else:
+            values[field.attr] = field.default
+    spec = VariantSpec(**values)
+    if spec.base is Base.none and not spec.packages:
+        raise VariantError(path, "base = \"none\" needs at least one package", key="packages")
+    return spec
+
+
+def load_variants(directory: Path, names: Sequence[str] = ()) -> list[VariantSpec]:
+    """Load every variant in `directory`, or only `names` (in that order)."""
+    if not directory.is_dir():
+        raise VariantError(directory, "variants directory does not exist")
+    available = sorted(p.name.removesuffix(".toml") for p in directory.glob("*.toml"))
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise VariantError(directory, f"unknown variant {missing[0]!r} "
+                                          f"(available: {', '.join(available) or 'none'})")
+        chosen: Iterable[str] = dict.fromkeys(names)
+    else:
+        if not available:
+            raise VariantError(directory, "no variant files (*.toml) found")
+        chosen = available
+    return [load_variant(directory / f"{n}.toml") for n in chosen]
+
+
+def variant_help() -> str:
+    """The variant file format, derived from VARIANT_FIELDS (used by --help and the README check)."""
+    lines = []
+    for f in VARIANT_FIELDS:
+        req = "required" if f.required else f"default: {_show_default(f.default)}"
+        lines.append(f"  {f.key:24} {f.help} ({req})")
+    return "\n".join(lines)
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return repr(value.value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(repr(v.value if isinstance(v, enum.Enum) else v) for v in value) + "]"
+    return repr(value)
+

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: the fixture RPM repository (built once per session, cached by content hash)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parent.parent
+TOOLS = TOP / ".tools"
+FIXTURE_VARIANTS = TOP / "tests" / "fixtures" / "variants"
+PRODUCT_VARIANTS = TOP / "spec" / "variants"
+# The fixture cache outlives one session (keyed by a hash of the sources), so repeated runs skip
+# rpmbuild; CI starts from a clean checkout and builds it once.
+FIXTURE_CACHE = Path(os.environ.get("MKOSI_INITRD_FIXTURE_CACHE", TOP / "build" / "fixture-cache"))
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test when a tool is absent, naming it (make setup installs them all)."""
+    from mkosi_initrd_builder.tools import tool_path
+
+    missing = [n for n in names if shutil.which(n, path=tool_path()) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (run 'make setup')")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mkosi's sandbox and unshare -n create namespaces")
+
+
+@pytest.fixture(scope="session")
+def fixture_repo():
+    from tests.support.fixtures import build_fixture_repo
+
+    require_tools("rpmbuild", "createrepo_c")
+    return build_fixture_repo(FIXTURE_CACHE)

@@ -1,0 +1,144 @@
+#!/bin/bash
+# Installs everything the builder, the tests and `make run` need, idempotently.
+# Host packages come from the distribution; mkosi 25.3, ukify 257 and a 257 EFI stub are
+# extracted from Debian trixie .debs into $TOOLS (the host's apt sources and systemd stay
+# untouched); a real Debian kernel is downloaded and extracted for the fixtures; .venv holds
+# the Python package and the test dependencies.
+set -euo pipefail
+
+TOP=$(cd "$(dirname "$0")/../.." && pwd)
+TOOLS=${TOOLS:-$TOP/.tools}
+VENV=${VENV:-$TOP/.venv}
+mkdir -p "$TOOLS"
+
+log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+. /etc/os-release
+DEBIAN_PKGS=(rpm createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-venv busybox-static
+             cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
+             ca-certificates dpkg-dev file)
+FEDORA_PKGS=(rpm-build createrepo_c dnf python3-dnf python3-rpm python3-pefile busybox cpio zstd
+             binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg)
+NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb)
+
+missing_cmds() {
+    local c
+    for c in "${NEEDED_CMDS[@]}"; do command -v "$c" >/dev/null || { echo "$c"; return; }; done
+    [[ -e /usr/share/ovmf/OVMF.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.fd ]] || echo ovmf
+    /usr/bin/python3 -c 'import dnf, rpm, pefile' 2>/dev/null || echo python3-modules
+}
+
+if [[ -n "$(missing_cmds)" ]]; then
+    case "$ID" in
+        debian)
+            log "installing host packages: ${DEBIAN_PKGS[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -q || log "apt-get update reported errors; continuing with what it fetched"
+            apt-get install -y -q --no-install-recommends "${DEBIAN_PKGS[@]}"
+            ;;
+        fedora)
+            log "installing host packages: ${FEDORA_PKGS[*]}"
+            dnf install -y "${FEDORA_PKGS[@]}"
+            ;;
+        *) echo "setup: unsupported distribution '$ID' (Debian 12 and Fedora are supported)" >&2; exit 1 ;;
+    esac
+else
+    log "host packages present"
+fi
+
+# Debian packages downloaded (never installed) through a private apt configuration.
+apt_private() {
+    local suite=$1; shift
+    local d=$TOOLS/apt-$suite
+    mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/sources.list.d"
+    cat > "$d/sources.list.d/$suite.sources" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: $suite
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$d/sources.list.d" \
+        -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" -o Dir::State::Status=/var/lib/dpkg/status \
+        -o APT::Get::List-Cleanup=0 "$@"
+}
+
+extract_deb_tool() {  # name suite package...
+    local name=$1 suite=$2; shift 2
+    local dest=$TOOLS/$name
+    if [[ -f $dest/.complete ]]; then log "$name present"; return; fi
+    if [[ -n "${FEDORA_TOOLS:-}" ]]; then :; fi
+    log "downloading $* from Debian $suite"
+    [[ -f $TOOLS/apt-$suite/.updated ]] || { apt_private "$suite" update && touch "$TOOLS/apt-$suite/.updated"; }
+    local tmp; tmp=$(mktemp -d "$TOOLS/.dl.XXXXXX")
+    (cd "$tmp" && apt_private "$suite" download "$@")
+    rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
+    local deb
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; basename "$deb" >> "$dest.tmp/.debs"; done
+    rm -rf "$tmp" "$dest"
+    touch "$dest.tmp/.complete"
+    mv "$dest.tmp" "$dest"
+}
+
+if [[ "$ID" == debian ]]; then
+    extract_deb_tool mkosi trixie mkosi
+    extract_deb_tool ukify trixie systemd-ukify
+    extract_deb_tool stub trixie systemd-boot-efi
+    # Wrappers so the builder finds them on PATH; they run under Debian's python3, which sees
+    # python3-pefile and python3-dnf (the pyenv python3 first on PATH does not).
+    mkdir -p "$TOOLS/bin"
+    cat > "$TOOLS/bin/mkosi" <<WRAP
+#!/bin/sh
+PYTHONPATH="$TOOLS/mkosi/usr/lib/python3/dist-packages\${PYTHONPATH:+:\$PYTHONPATH}" exec /usr/bin/python3 -m mkosi "\$@"
+WRAP
+    cat > "$TOOLS/bin/ukify" <<WRAP
+#!/bin/sh
+exec /usr/bin/python3 "$TOOLS/ukify/usr/bin/ukify" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/mkosi" "$TOOLS/bin/ukify"
+    # The kernel the fixtures repackage: the one linux-image-amd64 currently points at.
+    if [[ ! -f $TOOLS/kernel/.complete ]]; then
+        KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        [[ -n $KPKG ]] || { echo "setup: cannot find the kernel package linux-image-amd64 depends on" >&2; exit 1; }
+        log "downloading kernel $KPKG"
+        tmp=$(mktemp -d "$TOOLS/.dl.XXXXXX")
+        (cd "$tmp" && apt-get download -q "$KPKG")
+        rm -rf "$TOOLS/kernel.tmp"; mkdir -p "$TOOLS/kernel.tmp"
+        dpkg-deb -x "$tmp"/*.deb "$TOOLS/kernel.tmp"
+        basename "$tmp"/*.deb > "$TOOLS/kernel.tmp/.debs"
+        rm -rf "$tmp" "$TOOLS/kernel"; touch "$TOOLS/kernel.tmp/.complete"; mv "$TOOLS/kernel.tmp" "$TOOLS/kernel"
+    else
+        log "kernel present"
+    fi
+else
+    # On Fedora, mkosi, ukify and the stub come from the distribution; the fixture kernel is
+    # the newest kernel-core, extracted.
+    command -v mkosi >/dev/null || dnf install -y mkosi systemd-ukify systemd-boot-unsigned
+    if [[ ! -f $TOOLS/kernel/.complete ]]; then
+        tmp=$(mktemp -d "$TOOLS/.dl.XXXXXX")
+        dnf download -q --destdir "$tmp" kernel-core kernel-modules-core
+        rm -rf "$TOOLS/kernel.tmp"; mkdir -p "$TOOLS/kernel.tmp"
+        for r in "$tmp"/*.rpm; do (cd "$TOOLS/kernel.tmp" && rpm2cpio "$r" | cpio -idm --quiet); done
+        rm -rf "$tmp" "$TOOLS/kernel"; touch "$TOOLS/kernel.tmp/.complete"; mv "$TOOLS/kernel.tmp" "$TOOLS/kernel"
+    fi
+fi
+
+# The venv sees Debian's python3-dnf, python3-rpm and python3-pefile (system site packages).
+if [[ ! -x $VENV/bin/python ]]; then
+    log "creating $VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+STAMP=$VENV/.setup-stamp
+WANT=$(cat "$TOP/setup.cfg" "$0" | sha256sum | cut -c1-16)
+if [[ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; then
+    log "installing Python dependencies into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$TOP[test]"
+    # koji's requests-gssapi dependency needs Kerberos headers to build, and nothing here
+    # uses Kerberos: install koji alone plus what it imports.
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps 'koji==1.36.1'
+    "$VENV/bin/pip" install -q --disable-pip-version-check requests python-dateutil defusedxml
+    echo "$WANT" > "$STAMP"
+else
+    log "Python environment up to date"
+fi
+log "setup complete"

@@ -1,0 +1,84 @@
+"""Rendering variants into mkosi configuration: offline settings always, golden files for the product."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
+from mkosi_initrd_builder.variants import load_variant, load_variants
+from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, TOOLS
+
+GOLDEN = Path(__file__).parent / "golden"
+PATHS = MkosiPaths(
+    repo=Path("/srv/repo"), kernel_tree=Path("/work/kernel"), sandbox_tree=Path("/work/sandbox"),
+    package_cache=Path("/work/pkgcache"), workspace=Path("/work/ws"), output_dir=Path("/work/out"),
+    config_dir=Path("/work/config"),
+)
+
+
+def render(variant):
+    return render_variant(variant, release="rawhide", source_date_epoch=1700000000, paths=PATHS)
+
+
+@pytest.mark.parametrize("variant", load_variants(PRODUCT_VARIANTS), ids=lambda v: v.name)
+def test_product_variant_renders_as_golden(variant):
+    r = render(variant)
+    got = r.conf + (f"\n# mkosi.conf.d/50-variant.conf\n{r.dropin}" if r.dropin else "") \
+        + "\n# argv: " + " ".join(r.argv) + "\n"
+    golden = GOLDEN / f"{variant.name}.mkosi.conf"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(got)
+    assert got == golden.read_text()
+
+
+@pytest.mark.parametrize("variant", load_variants(PRODUCT_VARIANTS) + load_variants(FIXTURE_VARIANTS),
+                         ids=lambda v: v.name)
+def test_every_render_is_offline(variant):
+    conf = render(variant).conf
+    assert "LocalMirror=file:///srv/repo\n" in conf
+    assert "RepositoryKeyCheck=no\n" in conf
+    assert "RepositoryKeyFetch=no\n" in conf
+    assert "ToolsTree=\n" in conf
+    assert "WithNetwork=no\n" in conf
+    assert "Incremental=no\n" in conf
+    assert "SandboxTrees=/work/sandbox\n" in conf
+    for forbidden in ("Mirror=http", "Repositories=", "https://"):
+        assert forbidden not in conf
+
+
+def test_base_mkosi_initrd_includes_builtin_config_last(tmp_path):
+    p = tmp_path / "v.toml"
+    p.write_text('summary = "s"\ndescription = "d"\n')
+    conf = render(load_variant(p)).conf
+    assert conf.endswith("[Include]\nInclude=mkosi-initrd\n")
+
+
+def test_passthrough_goes_to_a_dropin_read_after_the_include():
+    r = render(load_variant(FIXTURE_VARIANTS / "storage.toml"))
+    assert r.dropin == "[Content]\nRemoveFiles=/usr/share/doc\n"
+    assert "/usr/share/doc" not in r.conf
+
+
+def test_base_none_has_no_include():
+    conf = render(load_variant(FIXTURE_VARIANTS / "minimal.toml")).conf
+    assert "Include=" not in conf
+
+
+def test_cli_carries_settings_the_include_would_override():
+    argv = render(load_variant(PRODUCT_VARIANTS / "generic.toml")).argv
+    for opt in ("--format=cpio", "--output=initrd", "--manifest-format=json", "--distribution=fedora",
+                "--directory=/work/config", "--profile=raid"):
+        assert opt in argv
+
+
+def test_mkosi_initrd_default_module_list_is_read_from_mkosi():
+    conf = TOOLS / "mkosi/usr/lib/python3/dist-packages/mkosi/resources/mkosi-initrd/mkosi.conf"
+    if not conf.exists():
+        pytest.skip("mkosi is not extracted into .tools (run 'make setup')")
+    patterns = mkosi_initrd_default_modules(conf)
+    assert "/ext4.ko" in patterns and "crypto/" in patterns and "^fs/nls/" in patterns
+    assert all(not p.startswith("#") and p for p in patterns)

@@ -1,0 +1,131 @@
+"""Variant files: the schema, its error messages, and the shipped variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.errors import VariantError
+from mkosi_initrd_builder.variants import (
+    VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants, variant_help,
+)
+from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS
+
+GOLDEN = Path(__file__).parent / "golden"
+
+MINIMAL = """
+summary = "s"
+description = "d"
+packages = ["a"]
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_variant_gets_defaults(tmp_path):
+    v = load_variant(write(tmp_path, "tiny", MINIMAL))
+    assert v.name == "tiny"
+    assert v.base is Base.mkosi_initrd
+    assert v.formats == (OutputFormat.initrd,)
+    assert v.size_budget == 0
+    assert v.packages == ("a",)
+
+
+@pytest.mark.parametrize("text, key, message", [
+    (MINIMAL + "colour = 'blue'\n", "colour", "unknown key"),
+    ('description = "d"\n', "summary", "required key is missing"),
+    (MINIMAL + "formats = ['uki']\n", "formats", "must include 'initrd'"),
+    (MINIMAL + "formats = ['initrd', 'iso']\n", "formats", "unknown format 'iso'"),
+    (MINIMAL + "base = 'dracut'\n", "base", "unknown base 'dracut'"),
+    (MINIMAL + "size-budget = 'lots'\n", "size-budget", "is not a size"),
+    (MINIMAL + "size-budget = -1\n", "size-budget", "must be positive"),
+    (MINIMAL + "kernel-modules-include = ['(']\n", "kernel-modules-include", "not a valid regular expression"),
+    (MINIMAL.replace('["a"]', '["a", "a"]'), "packages", "listed twice: a"),
+    (MINIMAL.replace('["a"]', '"a"'), "packages", "expected a list of strings"),
+    (MINIMAL + "[mkosi.Content]\nLocalMirror = 'http://x'\n", "mkosi.Content.LocalMirror", "cannot be passed through"),
+    (MINIMAL + "[mkosi.Nonsense]\nFoo = 'x'\n", "mkosi.Nonsense", "unknown mkosi section"),
+    (MINIMAL + "[mkosi.Content]\nwith_docs = true\n", "mkosi.Content.with_docs", "not an mkosi setting name"),
+    ('summary = "s"\ndescription = "d"\nbase = "none"\n', "packages", "needs at least one package"),
+])
+def test_invalid_variant_error_names_file_and_key(tmp_path, text, key, message):
+    path = write(tmp_path, "bad", text)
+    with pytest.raises(VariantError) as e:
+        load_variant(path)
+    assert e.value.key == key
+    assert str(e.value).startswith(f"{path}: {key}: ")
+    assert message in str(e.value)
+
+
+def test_invalid_toml_names_file(tmp_path):
+    path = write(tmp_path, "broken", "summary = \n")
+    with pytest.raises(VariantError, match=rf"^{path}: invalid TOML"):
+        load_variant(path)
+
+
+def test_variant_name_comes_from_file_name(tmp_path):
+    with pytest.raises(VariantError, match="must match"):
+        load_variant(write(tmp_path, "Bad Name", MINIMAL))
+
+
+def test_unknown_variant_lists_available(tmp_path):
+    write(tmp_path, "one", MINIMAL)
+    write(tmp_path, "two", MINIMAL)
+    with pytest.raises(VariantError, match=r"unknown variant 'three' \(available: one, two\)"):
+        load_variants(tmp_path, ["three"])
+    assert [v.name for v in load_variants(tmp_path, ["two", "one"])] == ["two", "one"]
+
+
+def test_empty_variants_dir_is_an_error(tmp_path):
+    with pytest.raises(VariantError, match="no variant files"):
+        load_variants(tmp_path)
+
+
+def test_size_budget_units(tmp_path):
+    for text, size in (("'60M'", 60 << 20), ("'1.5G'", int(1.5 * (1 << 30))), ("'512K'", 512 << 10), ("4096", 4096)):
+        v = load_variant(write(tmp_path, "s", MINIMAL + f"size-budget = {text}\n"))
+        assert v.size_budget == size
+
+
+def test_mkosi_passthrough_keeps_order_and_values(tmp_path):
+    v = load_variant(write(tmp_path, "p", MINIMAL + "[mkosi.Content]\nRemoveFiles = ['/a', '/b']\nWithDocs = false\n"))
+    assert v.mkosi == (("Content", "RemoveFiles", ("/a", "/b")), ("Content", "WithDocs", ("no",)))
+
+
+def test_help_lists_every_field():
+    text = variant_help()
+    for f in VARIANT_FIELDS:
+        assert f.key in text
+
+
+def test_variants_readme_documents_every_field():
+    readme = (PRODUCT_VARIANTS / "README.md").read_text()
+    for f in VARIANT_FIELDS:
+        assert f"`{f.key}`" in readme, f"spec/variants/README.md does not document {f.key}"
+
+
+@pytest.mark.parametrize("directory", [PRODUCT_VARIANTS, FIXTURE_VARIANTS])
+def test_shipped_variants_load(directory):
+    variants = load_variants(directory)
+    assert variants
+
+
+def test_product_variants_golden():
+    """The parsed form of spec/variants is pinned; UPDATE_GOLDEN=1 rewrites the golden file."""
+    got = json.dumps([v.to_dict() for v in load_variants(PRODUCT_VARIANTS)], indent=2, sort_keys=True) + "\n"
+    golden = GOLDEN / "product-variants.json"
+    import os
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(got)
+    assert got == golden.read_text()
+
+
+def test_product_variants_cover_virt_and_generic():
+    names = {v.name for v in load_variants(PRODUCT_VARIANTS)}
+    assert {"virt", "generic"} <= names
