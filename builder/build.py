@@ -20,13 +20,13 @@ from .errors import (
     BuilderError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
     SizeBudgetError, VariantBuildError,
 )
-from .fsutil import atomic_write, link_or_copy_tree, replace_dir, sha256_file
+from .fsutil import link_or_copy_tree, replace_dir, sha256_file
 from .kmod import expand_default, prune_modules, select_modules
 from .log import step
 from .manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
 from .mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
 from .repo import Repository, extract_rpm, open_repository
-from .run import run
+from .run import run, terminate_children
 from .tools import find_tool, tool_path, tool_version
 from .uki import STUB_PATH, UkiInputs, build_uki
 from .variants import OutputFormat, VariantSpec
@@ -135,11 +135,24 @@ def extract_stub(repo: Repository, dest: Path) -> tuple[str, Path]:
     return pkg.nevra, dest / STUB_PATH.lstrip("/")
 
 
-def write_sandbox_tree(root: Path, release: str) -> None:
-    """The tree mkosi overlays on its package-manager sandbox: no default repositories, and the key
-    file mkosi insists on finding (never used: RepositoryKeyCheck=no, packages were verified when staged)."""
+def write_sandbox_tree(root: Path, repo: Path, release: str) -> None:
+    """The tree mkosi overlays on its package-manager sandbox.
+
+    mkosi writes its default repositories to etc/yum.repos.d/mkosi.repo only when that file does
+    not exist, so ours names exactly one repository, the local one (LocalMirror= makes mkosi
+    bind-mount that directory read-only into the sandbox). mkosi also insists on finding a key
+    file for the release; it is never used (RepositoryKeyCheck=no: packages are verified when
+    they are staged).
+    """
     (root / "etc/yum.repos.d").mkdir(parents=True)
-    (root / "etc/yum.repos.d/mkosi.repo").write_text("")
+    (root / "etc/yum.repos.d/mkosi.repo").write_text(
+        "[mkosi-initrd-local]\n"
+        "name=mkosi-initrd local repository\n"
+        f"baseurl={repo.resolve().as_uri()}\n"
+        "enabled=1\n"
+        "gpgcheck=0\n"
+        "metadata_expire=never\n"
+    )
     (root / "etc/pki/rpm-gpg").mkdir(parents=True)
     (root / f"etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-{release}-primary").write_text(
         "# placeholder: mkosi requires a key file; signatures are not checked in offline builds\n")
@@ -179,7 +192,7 @@ def build(request: BuildRequest) -> list[VariantResult]:
         stub = None
         if any(OutputFormat.uki in v.formats for v in request.variants):
             stub = extract_stub(repo, work / "stub")
-        write_sandbox_tree(work / "sandbox", request.release)
+        write_sandbox_tree(work / "sandbox", repo.path, request.release)
         cache = request.cache_dir or work / "pkgcache"
         cache.mkdir(parents=True, exist_ok=True)
         ctx = BuildContext(request, repo, kernel, stub, sde, work, work / "sandbox", cache, tools)
@@ -187,8 +200,9 @@ def build(request: BuildRequest) -> list[VariantResult]:
 
         results: list[VariantResult] = []
         failures: dict[str, BaseException] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
-            futures = {pool.submit(build_variant, ctx, v): v.name for v in request.variants}
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, request.jobs))
+        futures = {pool.submit(build_variant, ctx, v): v.name for v in request.variants}
+        try:
             for fut in concurrent.futures.as_completed(futures):
                 name = futures[fut]
                 try:
@@ -196,6 +210,16 @@ def build(request: BuildRequest) -> list[VariantResult]:
                 except Exception as e:  # each variant fails alone; the others still finish
                     logger.error("variant %s failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     failures[name] = e
+        except BaseException:
+            # Interrupted: stop queued variants and the commands of running ones, so the work
+            # directory can go and no variant reaches OUTPUT half-built.
+            pool.shutdown(wait=False, cancel_futures=True)
+            while not all(f.done() for f in futures):
+                terminate_children()
+                concurrent.futures.wait(futures, timeout=0.5)
+            raise
+        finally:
+            pool.shutdown(wait=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failures:

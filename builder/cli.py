@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -113,9 +113,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"{'variant':16} {'initrd':>12} {'uki':>12} {'seconds':>8}")
     for r in results:
         outs = r.manifest["outputs"]
-        uki = outs.get("uki.efi", {}).get("size")
-        print(f"{r.variant:16} {outs['initrd.cpio.zst']['size']:>12,} {uki if uki is None else f'{uki:,}':>12} "
-              f"{r.seconds:>8.1f}")
+        uki = f"{outs['uki.efi']['size']:,}" if "uki.efi" in outs else "-"
+        print(f"{r.variant:16} {outs['initrd.cpio.zst']['size']:>12,} {uki:>12} {r.seconds:>8.1f}")
     return 0
 
 
@@ -169,8 +168,14 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
+    # SIGTERM (a CI timeout, kojid cancelling a task) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     setup_logging(debug=args.debug, quiet=args.quiet)
     try:
         return args.handler(args)

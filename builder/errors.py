@@ -75,10 +75,21 @@ class CommandError(BuilderError):
         self.argv = list(argv)
         self.returncode = returncode
         self.output_tail = output_tail
-        msg = f"{Path(self.argv[0]).name} failed with exit status {returncode}: {' '.join(self.argv)}"
+        msg = f"{Path(self.argv[0]).name} failed with exit status {returncode}"
+        if key := self.key_line():
+            msg += f": {key}"
+        msg += "\n  command: " + " ".join(self.argv)
         if output_tail:
-            msg += "\n" + output_tail
+            msg += "\n  output (last lines):\n" + "\n".join(f"    {line}" for line in output_tail.splitlines())
         super().__init__(msg)
+
+    def key_line(self) -> str:
+        """The line of output most likely to say what went wrong: the last one mentioning an error."""
+        lines = [line.strip() for line in self.output_tail.splitlines() if line.strip()]
+        for line in reversed(lines):
+            if "error" in line.lower() or "not found" in line.lower() or "no match" in line.lower():
+                return line
+        return lines[-1] if lines else ""
 
 
 class SizeBudgetError(BuilderError):
@@ -112,5 +123,8 @@ class VariantBuildError(BuilderError):
         self.failures = failures
         lines = [f"{len(failures)} variant(s) failed: {', '.join(sorted(failures))}"]
         for name in sorted(failures):
-            lines.append(f"  {name}: {str(failures[name]).splitlines()[0] if str(failures[name]) else type(failures[name]).__name__}")
+            text = str(failures[name]) or type(failures[name]).__name__
+            first, *rest = text.splitlines()
+            lines.append(f"  {name}: {first}")
+            lines += [f"    {line}" for line in rest]
         super().__init__("\n".join(lines))

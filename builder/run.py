@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +17,26 @@ from typing import Optional, Union
 from .errors import CommandError, ToolMissingError
 
 logger = logging.getLogger("mkosi_initrd_builder.run")
+
+# Children running right now, so an interrupted build can stop them (variants build in threads,
+# and only the main thread sees SIGINT).
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+
+def terminate_children(grace: float = 5.0) -> None:
+    """Stop every command still running: SIGTERM, then SIGKILL after `grace` seconds."""
+    with _children_lock:
+        procs = list(_children)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 PathLike = Union[str, os.PathLike]
 TAIL_LINES = 25
@@ -55,12 +77,14 @@ def run(
                 raise CommandError(args, proc.returncode, tail)
             return proc
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        logfile = open(log_output, "ab") if log_output else None
+        proc = subprocess.Popen(
+            args, env=full_env, cwd=cwd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        with _children_lock:
+            _children.add(proc)
         try:
-            with subprocess.Popen(
-                args, env=full_env, cwd=cwd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            ) as proc:
+            with proc, (open(log_output, "ab") if log_output else contextlib.nullcontext()) as logfile:
                 if input is not None:
                     assert proc.stdin
                     proc.stdin.write(input)
@@ -77,9 +101,13 @@ def run(
                         proc.kill()
                         raise subprocess.TimeoutExpired(args, timeout or 0)
                 returncode = proc.wait()
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+            raise
         finally:
-            if logfile:
-                logfile.close()
+            with _children_lock:
+                _children.discard(proc)
         if returncode != 0:
             raise CommandError(args, returncode, "\n".join(tail))
         return subprocess.CompletedProcess(args, returncode)

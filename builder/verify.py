@@ -111,7 +111,8 @@ def boot_checks(directory: Path, manifest: dict, *, kernel: Optional[Path], expe
             checks.append(Check("boots (kernel + initrd)", False,
                                 "no kernel to boot with: pass --kernel (the variant has no UKI to take it from)"))
         else:
-            append = " ".join(["console=ttyS0", "panic=-1", manifest.get("kernel-command-line", "")]).strip()
+            words = ["console=ttyS0", "panic=-1", *manifest.get("kernel-command-line", "").split()]
+            append = " ".join(dict.fromkeys(words))
             r = boot(kernel=kernel, initrd=directory / INITRD_NAME, append=append, expect=expect, timeout=timeout)
             checks.append(Check("boots (kernel + initrd)", r.ok,
                                 f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else f"console tail:\n{r.console_tail}"))
