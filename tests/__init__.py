@@ -1,0 +1,1 @@
+"""Tests of mkosi-initrd-builder; tests.support holds the shared helpers."""

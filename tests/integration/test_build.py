@@ -1,0 +1,223 @@
+"""The builder end to end with the real mkosi, ukify, cpio, zstd and QEMU on fixture content."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.cpio import read_cpio
+from mkosi_initrd_builder.uki import uki_sections
+from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
+from tests.support.cli import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def build_args(repo, kver, output, *extra):
+    return ["build", "--repo", repo, "--kernel-version", kver, "--output", output,
+            "--variants-dir", FIXTURE_VARIANTS, *extra]
+
+
+@pytest.fixture(scope="module")
+def built(fixture_repo, tmp_path_factory):
+    """Both fixture variants, built once for this module with --jobs 2."""
+    require_tools("mkosi", "ukify", "rpm2cpio", "cpio", "zstd")
+    require_root()
+    out = tmp_path_factory.mktemp("build") / "out"
+    r = run_cli(build_args(fixture_repo.path, fixture_repo.kernel_version, out, "--jobs", "2"))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_build_writes_initrd_uki_and_manifest(built, fixture_repo):
+    assert sorted(p.name for p in built.iterdir()) == ["minimal", "storage"]
+    assert sorted(p.name for p in (built / "minimal").iterdir()) == ["initrd.cpio.zst", "manifest.json", "uki.efi"]
+    assert sorted(p.name for p in (built / "storage").iterdir()) == ["initrd.cpio.zst", "manifest.json"]
+    m = json.loads((built / "minimal/manifest.json").read_text())
+    assert m["variant"] == "minimal"
+    assert m["kernel"]["version"] == fixture_repo.kernel_version
+    assert m["kernel"]["packages"] and all(p.startswith("kernel-core-") for p in m["kernel"]["packages"])
+    names = {p.rsplit("-", 2)[0] for p in m["packages"]}
+    assert {"initrd-init", "kmod", "busybox", "filesystem", "basesystem"} <= names
+    assert m["source-date-epoch"] == fixture_repo.source_date_epoch
+    assert len(m["inputs-hash"]) == 64
+    assert set(m["tools"]) == {"mkosi", "ukify", "builder"}
+    for name, meta in m["outputs"].items():
+        assert meta["size"] == (built / "minimal" / name).stat().st_size
+
+
+def test_kernel_modules_filtered_and_dependencies_regenerated_in_image(built, fixture_repo):
+    kver = fixture_repo.kernel_version
+    entries = {e.name: e for e in read_cpio(built / "minimal/initrd.cpio.zst")}
+    modules = sorted(n.rsplit("/", 1)[-1] for n in entries if n.endswith(".ko"))
+    # ext4 plus its depends= and softdep= closure, nothing else from kernel-core
+    assert modules == ["crc16.ko", "crc32c_generic.ko", "ext4.ko", "jbd2.ko", "mbcache.ko"]
+    dep = entries[f"usr/lib/modules/{kver}/modules.dep"].data.decode()
+    ext4_line = next(line for line in dep.splitlines() if line.startswith("kernel/fs/ext4/ext4.ko:"))
+    assert "jbd2.ko" in ext4_line and "mbcache.ko" in ext4_line
+    assert not any(n.startswith(f"usr/lib/modules/{kver}/vmlinuz") for n in entries)
+    storage = sorted(e.name.rsplit("/", 1)[-1] for e in read_cpio(built / "storage/initrd.cpio.zst")
+                     if e.name.endswith(".ko"))
+    assert "squashfs.ko" not in storage and "vfat.ko" in storage and "fat.ko" in storage
+
+
+def test_uki_carries_kernel_initrd_stub_sections(built, fixture_repo):
+    require_tools("ukify")
+    sections = uki_sections(built / "minimal/uki.efi")
+    assert sections[".initrd"] == (built / "minimal/initrd.cpio.zst").read_bytes()
+    assert sections[".uname"].rstrip(b"\0").decode() == fixture_repo.kernel_version
+    assert sections[".cmdline"].rstrip(b"\0").decode() == "console=ttyS0 panic=-1"
+    assert b"IMAGE_ID=minimal" in sections[".osrel"] or b'IMAGE_ID="minimal"' in sections[".osrel"]
+    # the real inspector agrees
+    r = subprocess.run([shutil.which("ukify", path=f"{TOP}/.tools/bin:{os.environ['PATH']}"), "inspect",
+                        built / "minimal/uki.efi"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for s in (".linux", ".initrd", ".cmdline", ".osrel", ".uname"):
+        assert s in r.stdout
+
+
+def test_verify_and_inspect(built):
+    r = run_cli(["verify", built / "minimal"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FAIL" not in r.stdout
+    r = run_cli(["inspect", "--json", built / "minimal"])
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert "ext4.ko" in info["kernel-modules"]
+    assert dict(info["uki-sections"])[".linux"] > 1_000_000
+    sizes = [s for _, s in info["largest-files"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert "usr/bin/busybox" in [n for n, _ in info["largest-files"][:3]]
+
+
+def test_verify_detects_tampering(built, tmp_path):
+    copy = tmp_path / "minimal"
+    shutil.copytree(built / "minimal", copy)
+    with open(copy / "initrd.cpio.zst", "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\0\0\0")
+    r = run_cli(["verify", copy])
+    assert r.returncode == 1
+    assert "FAIL initrd.cpio.zst matches manifest" in r.stdout
+    assert "check(s) failed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_offline_rebuild_is_byte_identical(built, fixture_repo, tmp_path):
+    """A second build, cold cache, one job, inside a network namespace with no interfaces but lo
+    (down): same bytes as the first."""
+    require_tools("unshare", "ip")
+    out = tmp_path / "again"
+    script = "ip -o link show | grep -v ': lo:' && exit 99; exec \"$@\""
+    r = run_cli(build_args(fixture_repo.path, fixture_repo.kernel_version, out),
+                wrap=["unshare", "--net", "sh", "-c", script, "sh"])
+    assert r.returncode == 0, r.stderr
+    for rel in ("minimal/initrd.cpio.zst", "minimal/uki.efi", "storage/initrd.cpio.zst"):
+        assert (out / rel).read_bytes() == (built / rel).read_bytes(), rel
+    assert json.loads((out / "minimal/manifest.json").read_text()) == \
+        json.loads((built / "minimal/manifest.json").read_text())
+
+
+def test_source_date_epoch_changes_the_output(fixture_repo, built, tmp_path):
+    out = tmp_path / "sde"
+    r = run_cli(build_args(fixture_repo.path, fixture_repo.kernel_version, out, "--variant", "storage"),
+                env={"SOURCE_DATE_EPOCH": str(fixture_repo.source_date_epoch + 86400)})
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "storage/manifest.json").read_text())
+    assert m["source-date-epoch"] == fixture_repo.source_date_epoch + 86400
+    assert (out / "storage/initrd.cpio.zst").read_bytes() != (built / "storage/initrd.cpio.zst").read_bytes()
+
+
+@pytest.mark.boot
+def test_verify_boot_reaches_marker_with_initrd_and_uki(built):
+    require_tools("qemu-system-x86_64")
+    r = run_cli(["verify", "--boot", built / "minimal"], timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok   boots (kernel + initrd)" in r.stdout
+    assert "ok   boots (UKI under OVMF)" in r.stdout
+    assert "MKOSI-INITRD-BOOT-OK variant=minimal" in r.stdout
+
+
+def write_variant(directory: Path, name: str, text: str) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.toml").write_text(text)
+
+
+def test_failing_variant_neither_hides_nor_corrupts_others(fixture_repo, tmp_path):
+    variants = tmp_path / "variants"
+    shutil.copy(FIXTURE_VARIANTS / "storage.toml", variants.mkdir() or variants / "storage.toml")
+    write_variant(variants, "broken", 'summary = "s"\ndescription = "d"\nbase = "none"\n'
+                                      'packages = ["initrd-init", "no-such-package"]\n')
+    out = tmp_path / "out"
+    r = run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                 "--output", out, "--variants-dir", variants, "--jobs", "2"])
+    assert r.returncode == 1
+    assert "1 variant(s) failed: broken" in r.stderr
+    assert "broken: variant 'broken' needs no-such-package, not found in repository" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["storage"]  # no partial 'broken', no work dirs
+    assert run_cli(["verify", out / "storage"]).returncode == 0
+
+
+def test_dnf_failure_is_reported_with_its_cause(fixture_repo, tmp_path):
+    """A dependency that only dnf discovers (a Requires deep in the tree) fails that variant with
+    dnf's own error line."""
+    variants = tmp_path / "variants"
+    write_variant(variants, "deep", 'summary = "s"\ndescription = "d"\nbase = "none"\n'
+                                    'packages = ["initrd-init", "kernel-core > 999"]\n')
+    r = run_cli(build_args(fixture_repo.path, fixture_repo.kernel_version, tmp_path / "out")[:-2]
+                + ["--variants-dir", variants])
+    assert r.returncode == 1
+    assert "deep: mkosi failed with exit status 1" in r.stderr
+
+
+def test_size_budget_exceeded_lists_largest_contributors(fixture_repo, tmp_path):
+    variants = tmp_path / "variants"
+    write_variant(variants, "tight", 'summary = "s"\ndescription = "d"\nbase = "none"\n'
+                                     'packages = ["initrd-init", "kmod"]\nsize-budget = "200K"\n')
+    out = tmp_path / "out"
+    r = run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                 "--output", out, "--variants-dir", variants])
+    assert r.returncode == 1
+    assert "over its size-budget of 204,800 B" in r.stderr
+    packages_line = next(line for line in r.stderr.splitlines() if "largest packages (uncompressed):" in line)
+    assert "(kernel modules)" in packages_line and "busybox" in packages_line
+    modules_line = next(line for line in r.stderr.splitlines() if "largest modules:" in line)
+    assert "ext4.ko" in modules_line
+    assert list(out.iterdir()) == []
+
+
+def test_unknown_kernel_version_lists_available(fixture_repo, tmp_path):
+    r = run_cli(build_args(fixture_repo.path, "9.9.9-1-amd64", tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"mkosi-initrd-build: error: kernel 9.9.9-1-amd64 not found in repository {fixture_repo.path} "
+        f"(kernel versions available: {fixture_repo.kernel_version})")
+
+
+def test_interrupted_build_leaves_no_partial_output(fixture_repo, tmp_path):
+    require_root()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mkosi_initrd_builder", *map(str, build_args(
+            fixture_repo.path, fixture_repo.kernel_version, out, "--jobs", "2"))],
+        cwd=TOP, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "Building the image with mkosi" in line:
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert list(out.iterdir()) == []

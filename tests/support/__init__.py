@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fixture RPMs and repositories (see fixtures.py)."""

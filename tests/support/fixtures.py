@@ -1,0 +1,430 @@
+"""Fixture content for the tests: small, byte-reproducible RPMs built with rpmbuild from the specs in
+tests/fixtures/, and a createrepo_c repository of them, cached under a hash of every input.
+
+Command line (used by the Makefile): ``python -m tests.support.fixtures build --cache DIR`` prints the
+repository path on the first line and the fixture kernel's ``uname -r`` on the second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger("tests.fixtures")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+SPECS_DIR = FIXTURES_DIR / "SPECS"
+SOURCES_DIR = FIXTURES_DIR / "SOURCES"
+DEFAULT_TOOLS_DIR = REPO_ROOT / ".tools"
+
+# 2023-11-14T22:13:20Z. Every timestamp in the RPMs and the repodata derives from it.
+SOURCE_DATE_EPOCH = 1700000000
+BUILDHOST = "fixtures.invalid"
+# Measured for the whole set (2 cores): zstd -3 1.1 s, gzip -9 (rpm's default here) 2.9 s,
+# zstd -19 5.5 s, all within 5 % in size (kernel-core's vmlinuz is already compressed).
+# rpm, dnf and rpmfile[zstd] all read zstd payloads.
+BINARY_PAYLOAD = "w3.zstdio"
+# Written last into a finished cache entry; its presence is what "complete" means.
+COMPLETE_MARKER = "fixture-repo.json"
+# Bump to invalidate every cached repository when the layout of an entry changes.
+CACHE_FORMAT = "fixture-repo/1"
+OUTPUT_TAIL_LINES = 40
+STUB_FILES = ("linuxx64.efi.stub", "systemd-bootx64.efi")
+
+
+class FixtureBuildError(RuntimeError):
+    """Building the fixture RPMs or their repository failed; the message says which step and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FixtureRepo:
+    path: Path  # directory with *.rpm and repodata/ (createrepo_c)
+    kernel_version: str  # uname -r of the kernel in kernel-core, e.g. "6.1.0-56-amd64"
+    rpms: dict[str, Path]  # package name -> rpm file inside path
+    source_date_epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DebianVersion:
+    """A Debian package version split the way the fixture specs use it (no epoch)."""
+
+    version: str
+    release: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FixtureInputs:
+    """Everything outside tests/fixtures/ that the fixture RPMs are made from."""
+
+    kernel_tree: Path
+    kernel_uname: str
+    kernel_package: DebianVersion
+    kernel_debs: str
+    stub_dir: Path
+    stub_package: DebianVersion
+    stub_debs: str
+    busybox: Path
+    busybox_package: DebianVersion
+    busybox_sha256: str
+
+    def spec_defines(self) -> dict[str, str]:
+        """The rpmbuild --define values the specs in tests/fixtures/SPECS expect."""
+        return {
+            "kernel_tree": str(self.kernel_tree),
+            "kernel_uname": self.kernel_uname,
+            "kernel_version": self.kernel_package.version,
+            "kernel_release": self.kernel_package.release,
+            "stub_dir": str(self.stub_dir),
+            "stub_version": self.stub_package.version,
+            "stub_release": self.stub_package.release,
+            "busybox_binary": str(self.busybox),
+            "busybox_version": self.busybox_package.version,
+            "busybox_release": self.busybox_package.release,
+        }
+
+
+_RPM_VERSION_CHARS = re.compile(r"[A-Za-z0-9._+~^]+")
+
+
+def split_debian_version(debian_version: str) -> DebianVersion:
+    """'1:6.1.192-2' -> 6.1.192 / 2: epoch dropped, split at the last dash (native versions get
+    release 0)."""
+    without_epoch = re.sub(r"^[0-9]+(:|%3[aA])", "", debian_version)
+    version, dash, release = without_epoch.rpartition("-")
+    if not dash:
+        version, release = without_epoch, "0"
+    for part in (version, release):
+        if not _RPM_VERSION_CHARS.fullmatch(part):
+            raise FixtureBuildError(
+                f"Debian version {debian_version!r} does not map to an RPM version/release ({part!r})"
+            )
+    return DebianVersion(version, release)
+
+
+def _deb_from_list(debs_file: Path, package_prefix: str) -> tuple[str, DebianVersion]:
+    """Find package_prefix*.deb in a tools .debs list; returns the file name and its version."""
+    if not debs_file.is_file():
+        raise FixtureBuildError(f"{debs_file} is missing: run tests/scripts/setup.sh to fetch the fixture inputs")
+    for line in debs_file.read_text().split():
+        if line.startswith(package_prefix) and line.endswith(".deb"):
+            fields = line[: -len(".deb")].split("_")
+            if len(fields) == 3:
+                return line, split_debian_version(fields[1])
+    raise FixtureBuildError(f"{debs_file} names no {package_prefix}*.deb")
+
+
+def _kernel_uname(kernel_tree: Path) -> str:
+    candidates = sorted(
+        {
+            d.name
+            for parent in (kernel_tree / "lib" / "modules", kernel_tree / "usr" / "lib" / "modules")
+            if parent.is_dir()
+            for d in parent.iterdir()
+            if (d / "kernel").is_dir()
+        }
+    )
+    if len(candidates) != 1:
+        raise FixtureBuildError(
+            f"expected exactly one kernel with modules under {kernel_tree}, found {candidates or 'none'}"
+        )
+    return candidates[0]
+
+
+def _busybox_package(busybox: Path) -> DebianVersion:
+    """Version from the banner, e.g. 'BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call ...'."""
+    banner = subprocess.run([str(busybox)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    if m := re.search(r"\(Debian ([^)\s]+)\)", banner):
+        return split_debian_version(m.group(1))
+    if m := re.search(r"BusyBox v([A-Za-z0-9._+~^]+)", banner):
+        return DebianVersion(m.group(1), "1")
+    raise FixtureBuildError(f"cannot tell the version of {busybox} from its banner: {banner[:200]!r}")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | None = None) -> FixtureInputs:
+    """Locate the kernel, the EFI stub and busybox that the fixture RPMs repackage."""
+    kernel_tree = tools_dir / "kernel"
+    kernel_debs, kernel_package = _deb_from_list(kernel_tree / ".debs", "linux-image-")
+    stub_debs, stub_package = _deb_from_list(tools_dir / "stub" / ".debs", "systemd-boot-efi_")
+    stub_dir = tools_dir / "stub" / "usr" / "lib" / "systemd" / "boot" / "efi"
+    for name in STUB_FILES:
+        if not (stub_dir / name).is_file():
+            raise FixtureBuildError(f"{stub_dir / name} is missing: run tests/scripts/setup.sh")
+    if busybox is None:
+        found = Path("/bin/busybox") if Path("/bin/busybox").exists() else shutil.which("busybox")
+        if not found:
+            raise FixtureBuildError("busybox is not installed (Debian: busybox-static)")
+        busybox = Path(found)
+    return FixtureInputs(
+        kernel_tree=kernel_tree.resolve(),
+        kernel_uname=_kernel_uname(kernel_tree),
+        kernel_package=kernel_package,
+        kernel_debs=kernel_debs,
+        stub_dir=stub_dir.resolve(),
+        stub_package=stub_package,
+        stub_debs=stub_debs,
+        busybox=busybox.resolve(),
+        busybox_package=_busybox_package(busybox),
+        busybox_sha256=_sha256_file(busybox),
+    )
+
+
+def _tool_path() -> str:
+    """PATH for the build tools: depmod and modinfo live in /usr/sbin, which a user's PATH may lack."""
+    return os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+
+
+def _tool_version(argv: Sequence[str]) -> str:
+    try:
+        env = {**os.environ, "PATH": _tool_path()}
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env).stdout
+    except FileNotFoundError:
+        return "missing"
+    return out.splitlines()[0] if out else ""
+
+
+def fixture_hash(inputs: FixtureInputs) -> str:
+    """Cache key: the fixture sources, this module, the identity of the repackaged binaries and the
+    versions of the tools whose output ends up in the RPMs and the repodata."""
+    digest = hashlib.sha256()
+
+    def add(label: str, value: str | bytes) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    add("format", CACHE_FORMAT)
+    # Only what goes into the RPMs: the test variants under fixtures/variants are not RPM sources.
+    for path in sorted(p for d in ("SPECS", "SOURCES") for p in (FIXTURES_DIR / d).rglob("*") if p.is_file()):
+        add(f"fixture:{path.relative_to(FIXTURES_DIR).as_posix()}", _sha256_file(path))
+    add("module", _sha256_file(Path(__file__)))
+    add("kernel-debs", inputs.kernel_debs)
+    add("kernel-uname", inputs.kernel_uname)
+    add("stub-debs", inputs.stub_debs)
+    add("busybox-sha256", inputs.busybox_sha256)
+    for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"], ["depmod", "--version"]):
+        add(f"tool:{tool[0]}", _tool_version(tool))
+    return digest.hexdigest()[:16]
+
+
+def _run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None) -> str:
+    """Run a command, returning its combined output; failures raise FixtureBuildError naming `what`."""
+    log.info("%s: %s", what, " ".join(_quote(a) for a in argv))
+    try:
+        proc = subprocess.run(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=dict(env) if env is not None else None,
+        )
+    except FileNotFoundError as e:
+        raise FixtureBuildError(f"{what}: {argv[0]} is not installed") from e
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-OUTPUT_TAIL_LINES:])
+        raise FixtureBuildError(f"{what} failed (exit status {proc.returncode}); last output:\n{tail}")
+    return proc.stdout
+
+
+def _quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[A-Za-z0-9_./:=+%,@-]+", arg) else repr(arg)
+
+
+def build_rpm_from_spec(
+    spec: Path, topdir: Path, defines: dict[str, str], source_date_epoch: int
+) -> list[Path]:
+    """Build the binary RPMs of one spec (rpmbuild -bb) reproducibly and return their paths.
+
+    Sources are taken from ``<spec dir>/../SOURCES`` when it exists, else from the spec's own
+    directory; ``defines`` may override that (``_sourcedir``) and any other macro. The build ignores
+    the caller's ~/.rpmmacros. Raises FixtureBuildError naming the spec, with rpmbuild's output tail.
+    """
+    spec = spec.resolve()
+    topdir = topdir.resolve()
+    # Parallel rpmbuilds on a fresh topdir race to create these.
+    for sub in ("BUILD", "BUILDROOT", "RPMS", "SRPMS", "SOURCES", "SPECS", "tmp", "home"):
+        (topdir / sub).mkdir(parents=True, exist_ok=True)
+    sources = spec.parent.parent / "SOURCES"
+    macros = {
+        "_topdir": str(topdir),
+        "_tmppath": str(topdir / "tmp"),
+        "_sourcedir": str(sources if sources.is_dir() else spec.parent),
+        "_buildhost": BUILDHOST,
+        "use_source_date_epoch_as_buildtime": "1",
+        "clamp_mtime_to_source_date_epoch": "1",
+        "_binary_payload": BINARY_PAYLOAD,
+        **defines,
+    }
+    argv = ["rpmbuild", "-bb"]
+    for name, value in macros.items():
+        argv += ["--define", f"{name} {value}"]
+    argv.append(str(spec))
+    env = {
+        "PATH": _tool_path(),
+        "HOME": str(topdir / "home"),
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch),
+    }
+    started = time.monotonic()
+    output = _run(argv, what=f"rpmbuild {spec.name}", env=env)
+    rpms = [Path(line.split(":", 1)[1].strip()) for line in output.splitlines() if line.startswith("Wrote:")]
+    rpms = [p for p in rpms if not p.name.endswith(".src.rpm")]
+    if not rpms:
+        tail = "\n".join(output.splitlines()[-OUTPUT_TAIL_LINES:])
+        raise FixtureBuildError(f"rpmbuild {spec.name} wrote no binary RPM; last output:\n{tail}")
+    log.info("built %s in %.1fs: %s", spec.name, time.monotonic() - started, ", ".join(p.name for p in rpms))
+    return rpms
+
+
+def make_repo(directory: Path) -> None:
+    """Write reproducible repodata/ for the RPMs in directory (createrepo_c, timestamps = revision 1)."""
+    _run(
+        [
+            "createrepo_c",
+            "--quiet",
+            "--no-database",
+            "--simple-md-filenames",
+            "--revision",
+            "1",
+            "--set-timestamp-to-revision",
+            str(directory),
+        ],
+        what=f"createrepo_c {directory}",
+    )
+
+
+def _rpm_names(rpms: Sequence[Path]) -> dict[str, Path]:
+    out = _run(["rpm", "-qp", "--nosignature", "--qf", "%{NAME}\\n", *map(str, rpms)], what="rpm -qp")
+    names = out.split()
+    if len(names) != len(rpms):
+        raise FixtureBuildError(f"rpm -qp returned {len(names)} names for {len(rpms)} RPMs: {out!r}")
+    return dict(zip(names, rpms))
+
+
+def _load_complete(entry: Path) -> FixtureRepo | None:
+    marker = entry / COMPLETE_MARKER
+    try:
+        data = json.loads(marker.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    repo = entry / "repo"
+    rpms = {name: repo / filename for name, filename in data["rpms"].items()}
+    if not all(p.is_file() for p in rpms.values()) or not (repo / "repodata" / "repomd.xml").is_file():
+        return None
+    return FixtureRepo(
+        path=repo,
+        kernel_version=data["kernel_version"],
+        rpms=rpms,
+        source_date_epoch=data["source_date_epoch"],
+    )
+
+
+def build_fixture_repo(
+    cache_dir: Path, *, tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | None = None
+) -> FixtureRepo:
+    """Return the fixture repository ``cache_dir/<hash>/repo``, building it first unless a complete
+    one is cached. The build happens in a temporary directory that is renamed into place, so an
+    interrupted build never leaves a half-written entry."""
+    inputs = find_fixture_inputs(tools_dir, busybox)
+    key = fixture_hash(inputs)
+    cache_dir = cache_dir.resolve()
+    entry = cache_dir / key
+    if (cached := _load_complete(entry)) is not None:
+        log.info("fixture repo %s is cached", cached.path)
+        return cached
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=cache_dir) as tmp:
+        staged = Path(tmp) / "entry"
+        repo = staged / "repo"
+        repo.mkdir(parents=True)
+        defines = inputs.spec_defines()
+        specs = sorted(SPECS_DIR.glob("*.spec"))
+        if not specs:
+            raise FixtureBuildError(f"no specs in {SPECS_DIR}")
+        built: list[Path] = []
+        for spec in specs:
+            for rpm in build_rpm_from_spec(spec, Path(tmp) / "rpmbuild", defines, SOURCE_DATE_EPOCH):
+                target = repo / rpm.name
+                shutil.move(str(rpm), target)
+                # createrepo_c records file mtimes in primary.xml.
+                os.utime(target, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
+                built.append(target)
+        make_repo(repo)
+        rpms = _rpm_names(built)
+        manifest = {
+            "kernel_version": inputs.kernel_uname,
+            "source_date_epoch": SOURCE_DATE_EPOCH,
+            "rpms": {name: path.name for name, path in sorted(rpms.items())},
+            "inputs": {
+                "kernel_debs": inputs.kernel_debs,
+                "stub_debs": inputs.stub_debs,
+                "busybox_sha256": inputs.busybox_sha256,
+            },
+        }
+        (staged / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(staged, entry)
+        except OSError:
+            # Another build finished first, or a broken entry is in the way.
+            if (cached := _load_complete(entry)) is not None:
+                log.info("fixture repo %s was built concurrently; using it", cached.path)
+                return cached
+            shutil.rmtree(entry)
+            os.rename(staged, entry)
+    log.info("built fixture repo %s in %.1fs", entry / "repo", time.monotonic() - started)
+    result = _load_complete(entry)
+    if result is None:
+        raise FixtureBuildError(f"{entry} is incomplete right after it was built")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fixtures", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) the fixture repository")
+    build.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO_ROOT / "build" / "fixture-cache",
+        help="cache directory (default: build/fixture-cache, as tests/conftest.py uses)",
+    )
+    build.add_argument("--tools", type=Path, default=DEFAULT_TOOLS_DIR, help="tools directory (default: .tools)")
+    build.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        repo = build_fixture_repo(args.cache, tools_dir=args.tools)
+    except FixtureBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(repo.path)
+    print(repo.kernel_version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
