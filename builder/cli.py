@@ -3,66 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from .cliopts import Command, Option, epoch, positive_int
 from .errors import BuilderError
 from .log import setup_logging
 
 logger = logging.getLogger("mkosi_initrd_builder")
 PROG = "mkosi-initrd-build"
 DEFAULT_VARIANTS_DIR = Path(__file__).resolve().parent.parent / "spec" / "variants"
-
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    flags: tuple[str, ...]
-    help: str
-    type: Optional[Callable[[str], Any]] = None
-    action: Optional[str] = None
-    default: Any = None
-    required: bool = False
-    metavar: Optional[str] = None
-    dest: Optional[str] = None
-
-    def add_to(self, parser: argparse.ArgumentParser) -> None:
-        kwargs: dict[str, Any] = {"help": self.help}
-        for key in ("type", "action", "metavar", "dest"):
-            if getattr(self, key) is not None:
-                kwargs[key] = getattr(self, key)
-        if self.default is not None:
-            kwargs["default"] = self.default
-        if self.flags[0].startswith("-"):
-            kwargs["required"] = self.required
-        parser.add_argument(*self.flags, **kwargs)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def epoch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds since 1970") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
 
 
 VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: spec/variants)",
@@ -137,14 +94,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if failed:
         raise BuilderError(f"{args.directory}: {len(failed)} check(s) failed: {', '.join(failed)}")
     return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    options: tuple[Option, ...]
-    handler: Callable[[argparse.Namespace], int]
 
 
 COMMANDS: list[Command] = [
