@@ -49,8 +49,9 @@ INSPECT_OPTIONS = (
 VERIFY_OPTIONS = (
     Option(("directory",), "a variant's output directory (OUTPUT/<variant>)", type=Path),
     Option(("--boot",), "also boot the initrd (and the UKI under OVMF) in QEMU", action="store_true"),
-    Option(("--kernel",), "kernel image for the initrd boot (default: the UKI's .linux section)", type=Path,
-           metavar="FILE"),
+    Option(("--kernel",), "kernel image for the initrd boot", type=Path, metavar="FILE"),
+    Option(("--repo",), "take the kernel for the initrd boot from the manifest's kernel package in this "
+           "repository (default: the UKI's .linux section)", type=Path, metavar="DIR"),
     Option(("--expect",), "regex the console must print (default: the fixture init's marker)", metavar="REGEX"),
     Option(("--timeout",), "seconds to wait for each boot", type=float, default=180.0, metavar="S"),
 )
@@ -86,7 +87,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_variant
 
-    checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, expect=args.expect,
+    checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, expect=args.expect,
                             timeout=args.timeout)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail and (not c.ok or args.boot) else ""))

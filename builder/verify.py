@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from .cpio import CpioFormatError, read_cpio, resolve
-from .errors import BuilderError
+from .errors import BuilderError, VerifyError
 from .fsutil import sha256_file
 from .manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME, load_manifest
+from .repo import extract_rpm, open_repository
 from .qemu import BOOT_MARKER, DEFAULT_TIMEOUT, boot
 from .uki import REQUIRED_SECTIONS, uki_sections
 
@@ -32,6 +33,7 @@ def verify_variant(
     *,
     boot_test: bool = False,
     kernel: Optional[Path] = None,
+    repo: Optional[Path] = None,
     expect: Optional[str] = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[Check]:
@@ -95,21 +97,40 @@ def verify_variant(
                                     cmdline))
 
     if boot_test:
-        checks += boot_checks(directory, manifest, kernel=kernel, expect=expect or default_marker(variant, kver),
-                              timeout=timeout)
+        checks += boot_checks(directory, manifest, kernel=kernel, repo=repo,
+                              expect=expect or default_marker(variant, kver), timeout=timeout)
     return checks
 
 
-def boot_checks(directory: Path, manifest: dict, *, kernel: Optional[Path], expect: str, timeout: float) -> list[Check]:
+def kernel_from_repo(repo_path: Path, manifest: dict, dest: Path) -> Path:
+    """The vmlinuz of the exact kernel package(s) the manifest names, extracted from `repo_path`."""
+    kver = manifest["kernel"]["version"]
+    repo = open_repository(repo_path)
+    wanted = set(manifest["kernel"]["packages"])
+    packages = [p for p in repo.packages if p.nevra in wanted]
+    if not packages:
+        raise VerifyError(f"repository {repo_path} lacks the variant's kernel package(s) {', '.join(sorted(wanted))}")
+    for p in packages:
+        extract_rpm(repo.path / p.href, dest, [f"./usr/lib/modules/{kver}/vmlinuz*"])
+    images = sorted((dest / "usr/lib/modules" / kver).glob("vmlinuz*"))
+    if not images:
+        raise VerifyError(f"no vmlinuz for {kver} in {', '.join(sorted(wanted))}")
+    return images[0]
+
+
+def boot_checks(directory: Path, manifest: dict, *, kernel: Optional[Path], repo: Optional[Path], expect: str,
+                timeout: float) -> list[Check]:
     checks = []
     uki = directory / UKI_NAME
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-verify-") as tmp:
-        if kernel is None and uki.exists():
+        if kernel is None and repo is not None:
+            kernel = kernel_from_repo(repo, manifest, Path(tmp) / "kernel")
+        elif kernel is None and uki.exists():
             kernel = Path(tmp) / "vmlinuz"
             kernel.write_bytes(uki_sections(uki)[".linux"])
         if kernel is None:
             checks.append(Check("boots (kernel + initrd)", False,
-                                "no kernel to boot with: pass --kernel (the variant has no UKI to take it from)"))
+                                "no kernel to boot with: pass --kernel or --repo (the variant has no UKI to take it from)"))
         else:
             words = ["console=ttyS0", "panic=-1", *manifest.get("kernel-command-line", "").split()]
             append = " ".join(dict.fromkeys(words))
