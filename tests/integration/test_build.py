@@ -221,3 +221,20 @@ def test_interrupted_build_leaves_no_partial_output(fixture_repo, tmp_path):
     assert proc.wait(timeout=120) == 130, "".join(seen) + rest
     assert "interrupted" in rest
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.boot
+def test_verify_boot_takes_kernel_from_repository_for_initrd_only_variant(built, fixture_repo):
+    require_tools("qemu-system-x86_64")
+    r = run_cli(["verify", "--boot", built / "storage"], timeout=600)
+    assert r.returncode == 1
+    assert "no kernel to boot with: pass --kernel or --repo" in r.stdout
+    r = run_cli(["verify", "--boot", "--repo", fixture_repo.path, built / "storage"], timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "MKOSI-INITRD-BOOT-OK variant=storage" in r.stdout
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "mkosi-initrd-build"
+    r = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("mkosi-initrd-build ")
