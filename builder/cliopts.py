@@ -18,10 +18,11 @@ class Option:
     required: bool = False
     metavar: Optional[str] = None
     dest: Optional[str] = None
+    nargs: Optional[str] = None
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"help": self.help}
-        for key in ("type", "action", "metavar", "dest"):
+        for key in ("type", "action", "metavar", "dest", "nargs"):
             if getattr(self, key) is not None:
                 kwargs[key] = getattr(self, key)
         if self.default is not None:
@@ -56,3 +57,24 @@ class Command:
     handler: Callable[[argparse.Namespace], int]
 
 
+
+
+def parse_byte_size(text: str) -> int:
+    """'500M', '4G', '1048576' -> bytes (K, M, G are powers of 1024, as in variant files); ValueError otherwise."""
+    from .variants import SIZE_RE
+
+    m = SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (use a number with an optional K, M or G suffix)")
+    size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
+    if size <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return size
+
+
+def byte_size(text: str) -> int:
+    """An argparse type for sizes such as 500M."""
+    try:
+        return parse_byte_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

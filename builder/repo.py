@@ -6,10 +6,11 @@ import bz2
 import dataclasses
 import functools
 import gzip
+import io
 import lzma
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,8 @@ class RepoPackage:
     buildtime: int
     provides: tuple[str, ...]
     files: tuple[str, ...]
+    # xml:base of <location>: mergerepo_c --koji points external repositories' packages elsewhere with it.
+    location_base: str = ""
 
     @property
     def evr(self) -> str:
@@ -114,8 +117,12 @@ def _data_location(repomd: ET.Element, kind: str) -> Optional[str]:
     return None
 
 
-def open_repository(path: Path) -> Repository:
-    """Parse `path`/repodata; raise RepositoryError naming what is missing or broken."""
+def open_repository(path: Path, *, with_files: bool = True) -> Repository:
+    """Parse `path`/repodata; raise RepositoryError naming what is missing or broken.
+
+    with_files=False skips filelists (RepoPackage.files stays empty): staging needs only primary,
+    and a distribution's filelists are many times its size.
+    """
     path = Path(path)
     if not path.exists():
         raise RepositoryError(path, "does not exist")
@@ -128,23 +135,38 @@ def open_repository(path: Path) -> Repository:
     try:
         repomd = ET.parse(repomd_path).getroot()
         primary_href = _data_location(repomd, "primary")
-        filelists_href = _data_location(repomd, "filelists")
-        if not primary_href or not filelists_href:
+        filelists_href = _data_location(repomd, "filelists") if with_files else None
+        if not primary_href or (with_files and not filelists_href):
             raise RepositoryError(path, "repomd.xml lists no primary or filelists metadata")
         revision = (repomd.findtext("repo:revision", default="", namespaces=NS) or "").strip()
-        primary = ET.fromstring(decompress(path / primary_href))
-        filelists = ET.fromstring(decompress(path / filelists_href))
+        packages = list(_iter_primary(path, decompress(path / primary_href)))
+        files_by_pkgid: dict[str, tuple[str, ...]] = {}
+        if filelists_href:
+            filelists = ET.fromstring(decompress(path / filelists_href))
+            for pkg in filelists.findall("filelists:package", NS):
+                files_by_pkgid[pkg.get("pkgid", "")] = tuple(
+                    (f.text or "") for f in pkg.findall("filelists:file", NS)
+                )
     except (ET.ParseError, OSError, EOFError, lzma.LZMAError) as e:
         raise RepositoryError(path, f"unreadable repodata: {e}") from None
+    if files_by_pkgid:
+        packages = [dataclasses.replace(p, files=files_by_pkgid.get(p.checksum, ())) for p in packages]
+    if not packages:
+        raise RepositoryError(path, "holds no packages")
+    return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: p.nevra)))
 
-    files_by_pkgid: dict[str, tuple[str, ...]] = {}
-    for pkg in filelists.findall("filelists:package", NS):
-        files_by_pkgid[pkg.get("pkgid", "")] = tuple(
-            (f.text or "") for f in pkg.findall("filelists:file", NS)
-        )
-    packages = []
-    for pkg in primary.findall("common:package", NS):
+
+_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
+
+
+def _iter_primary(path: Path, primary_xml: bytes) -> Iterator[RepoPackage]:
+    """The rpm entries of primary.xml, parsed one <package> at a time so memory stays bounded."""
+    package_tag = f"{{{NS['common']}}}package"
+    for _, pkg in ET.iterparse(io.BytesIO(primary_xml), events=("end",)):
+        if pkg.tag != package_tag:
+            continue
         if pkg.get("type") != "rpm":
+            pkg.clear()
             continue
         v = pkg.find("common:version", NS)
         csum = pkg.find("common:checksum", NS)
@@ -158,8 +180,7 @@ def open_repository(path: Path) -> Repository:
         provides: tuple[str, ...] = ()
         if fmt is not None:
             provides = tuple(e.get("name", "") for e in fmt.findall("rpm:provides/rpm:entry", NS))
-        pkgid = csum.text or ""
-        packages.append(RepoPackage(
+        yield RepoPackage(
             name=pkg.findtext("common:name", default="", namespaces=NS),
             epoch=v.get("epoch", "0"),
             version=v.get("ver", ""),
@@ -167,15 +188,14 @@ def open_repository(path: Path) -> Repository:
             arch=pkg.findtext("common:arch", default="", namespaces=NS),
             href=loc.get("href", ""),
             checksum_type=csum.get("type", ""),
-            checksum=pkgid,
+            checksum=csum.text or "",
             size=int(size.get("package", "0")) if size is not None else 0,
             buildtime=int(time_.get("build", "0")) if time_ is not None else 0,
             provides=provides,
-            files=files_by_pkgid.get(pkgid, ()),
-        ))
-    if not packages:
-        raise RepositoryError(path, "holds no packages")
-    return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: p.nevra)))
+            files=(),
+            location_base=loc.get(_XML_BASE, "") or loc.get("base", ""),
+        )
+        pkg.clear()
 
 
 def extract_rpm(rpm: Path, dest: Path, patterns: Sequence[str] = ()) -> None:

@@ -69,6 +69,7 @@ def bench_builder(work: Path, repo, rows: list[tuple[str, str, str]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--only", choices=("builder", "staging"), help="run one part only")
     args = parser.parse_args()
     setup_logging(quiet=True)
     from tests.support.fixtures import build_fixture_repo
@@ -77,7 +78,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mkosi-initrd-bench-"))
     rows: list[tuple[str, str, str]] = []
     try:
-        bench_builder(work, repo, rows)
+        if args.only in (None, "builder"):
+            bench_builder(work, repo, rows)
+        if args.only in (None, "staging"):
+            from tests.bench.staging_bench import bench_staging
+
+            for count in (50, 500):
+                for latency in (0.0, 0.02):
+                    bench_staging(count, TOP / "build" / "bench-cache", rows, latency)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Settings of the kojid plugin (/etc/kojid/plugins/mkosi_initrd.conf), declared once as data and
+validated strictly: an unknown section or key, or a bad value, is an error naming it. The plugin turns
+that error into koji.GenericError at load time, so a broken file stops kojid instead of a build."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from .cliopts import parse_byte_size
+from .errors import PluginConfigError
+
+SECTION = "mkosi_initrd"
+# rpm package names and koji tag names: letters, digits and ._+- (koji's default tag name rule).
+NAME_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
+EXTRA_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+REQUIRED = object()
+
+
+def _names(text: str) -> frozenset[str]:
+    names = [n for n in re.split(r"[\s,]+", text.strip()) if n]
+    bad = [n for n in names if not NAME_RE.match(n)]
+    if bad:
+        raise ValueError(f"not a valid name: {', '.join(repr(b) for b in bad)}")
+    return frozenset(names)
+
+
+def _package_names(text: str) -> frozenset[str]:
+    names = _names(text)
+    if not names:
+        raise ValueError("name at least one source package (space or comma separated)")
+    return names
+
+
+def _extra_key(text: str) -> str:
+    text = text.strip()
+    if text and not EXTRA_RE.match(text):
+        raise ValueError(f"{text!r} is not a tag extra name")
+    return text
+
+
+def _absolute_dir(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_absolute():
+        raise ValueError(f"{text!r} is not an absolute path")
+    if path == Path("/") or ".." in path.parts:
+        raise ValueError(f"{text!r} cannot be a cache directory")
+    return path
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+KEYS = (
+    ConfigKey("packages", _package_names, REQUIRED,
+              "source package names whose buildArch tasks get a staged repository (space or comma separated)"),
+    ConfigKey("tags", _names, frozenset(),
+              "only for these build tags (empty: any build tag)"),
+    ConfigKey("tag_extra", _extra_key, "",
+              "only when the build tag has this extra set to a true value, e.g. mkosi_initrd.enabled "
+              "(empty: no check)"),
+    ConfigKey("cache_dir", _absolute_dir, Path("/var/cache/kojid/mkosi-initrd"),
+              "content-addressed cache of verified RPMs shared by all builds on this builder"),
+    ConfigKey("max_size", parse_byte_size, 8 * 1024 ** 3,
+              "refuse to stage more than this (K, M, G suffixes): the buildroot's disk is not endless"),
+    ConfigKey("jobs", _int_between(1, 64), 4, "parallel downloads"),
+    ConfigKey("retries", _int_between(1, 10), 4, "tries per file before a download fails the build"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginConfig:
+    """One field per row of KEYS (the defaults live there)."""
+
+    packages: frozenset[str]
+    tags: frozenset[str]
+    tag_extra: str
+    cache_dir: Path
+    max_size: int
+    jobs: int
+    retries: int
+
+    def skip_reason(self, package: str, tag: str, extra: Mapping[str, Any]) -> Optional[str]:
+        """Why a build of `package` in `tag` gets no staged repository; None when it does."""
+        if package not in self.packages:
+            return f"{package} is not in packages"
+        if self.tags and tag not in self.tags:
+            return f"build tag {tag} is not in tags"
+        if self.tag_extra and not _true(extra.get(self.tag_extra)):
+            return f"build tag {tag} does not set the extra {self.tag_extra} to true"
+        return None
+
+
+def _true(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def parse_plugin_config(parser: configparser.ConfigParser, path: Path) -> PluginConfig:
+    """Validate what was read from `path`; PluginConfigError names the section or key at fault."""
+    known = {k.name: k for k in KEYS}
+    for section in parser.sections():
+        if section != SECTION:
+            raise PluginConfigError(path, f"[{section}]", f"unknown section (the plugin reads only [{SECTION}])")
+    if not parser.has_section(SECTION):
+        raise PluginConfigError(path, f"[{SECTION}]", "section missing")
+    values: dict[str, Any] = {}
+    for key, text in parser.items(SECTION, raw=True):
+        if key not in known:
+            raise PluginConfigError(path, f"[{SECTION}] {key}",
+                                    f"unknown key (known: {', '.join(sorted(known))})")
+        try:
+            values[key] = known[key].parse(text)
+        except ValueError as e:
+            raise PluginConfigError(path, f"[{SECTION}] {key}", str(e)) from None
+    for k in KEYS:
+        if k.name not in values:
+            if k.default is REQUIRED:
+                raise PluginConfigError(path, f"[{SECTION}] {k.name}", f"missing: {k.help}")
+            values[k.name] = k.default
+    return PluginConfig(**values)

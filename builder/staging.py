@@ -1,0 +1,458 @@
+"""Stage an offline repository: exactly the RPMs a build needs, fetched from a source repository
+(a directory or URL, a koji repo included), each verified against the repository's checksum and its
+own header, with fresh repodata and a stage-manifest.json saying what came from where.
+
+The kojid plugin and `mkosi-initrd-build stage` both call stage_repository().
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+from . import __version__
+from .errors import CommandError, ResolveError, StagingError, VerificationError
+from .fsutil import atomic_write, is_within, replace_dir
+from .httpfetch import HttpClient, Interrupted, RetryPolicy
+from .log import step
+from .pkgcache import CacheEntry, PackageCache, hash_algorithm
+from .repo import RepoPackage
+from .run import run
+from .staging_resolve import PinnedPackage, depsolve, installed_packages, package_key, spec_buildrequires
+from .staging_source import (
+    Source, SourceKind, SourceMetadata, load_metadata, package_path, package_relpath, package_url, parse_source,
+)
+
+logger = logging.getLogger("mkosi_initrd_builder.staging")
+
+MANIFEST_NAME = "stage-manifest.json"
+MANIFEST_FORMAT = "mkosi-initrd-stage/1"
+RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
+
+
+class SelectionMode(str, enum.Enum):
+    packages = "packages"              # names or provides, resolved by dnf
+    spec = "spec"                      # a spec's BuildRequires, resolved by dnf
+    installed_root = "installed-root"  # what a root's rpm database lists, exactly
+    pinned = "pinned"                  # an exact list handed over (the kojid plugin: kojid's buildroot listing)
+
+
+class Via(str, enum.Enum):
+    http = "http"
+    link = "link"    # hard link to the source's file
+    copy = "copy"    # copy of the source's file (another file system)
+    cache = "cache"  # served from the cache: nothing fetched
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageSelection:
+    """What to stage; exactly one field is set."""
+
+    packages: tuple[str, ...] = ()
+    spec: Optional[Path] = None
+    spec_defines: tuple[tuple[str, str], ...] = ()
+    installed_root: Optional[Path] = None
+    pinned: tuple[PinnedPackage, ...] = ()
+
+    @property
+    def mode(self) -> SelectionMode:
+        given = {
+            SelectionMode.packages: bool(self.packages),
+            SelectionMode.spec: self.spec is not None,
+            SelectionMode.installed_root: self.installed_root is not None,
+            SelectionMode.pinned: bool(self.pinned),
+        }
+        chosen = [mode for mode, on in given.items() if on]
+        if len(chosen) != 1:
+            raise StagingError("choose exactly one of --packages, --spec and --installed-root"
+                               + (f" (got {', '.join(m.value for m in chosen)})" if chosen else ""))
+        return chosen[0]
+
+    def describe(self) -> dict[str, Any]:
+        mode = self.mode
+        requested: list[str]
+        if mode is SelectionMode.packages:
+            requested = list(self.packages)
+        elif mode is SelectionMode.spec:
+            requested = [str(self.spec)]
+        elif mode is SelectionMode.installed_root:
+            requested = [str(self.installed_root)]
+        else:
+            requested = [p.nevra for p in self.pinned]
+        return {"mode": mode.value, "requested": requested}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRequest:
+    source: str                         # directory, file://, http:// or https:// URL of a dnf repository
+    dest: Path                          # becomes: *.rpm, repodata/, stage-manifest.json
+    selection: PackageSelection
+    cache_dir: Optional[Path] = None    # content-addressed cache shared between stagings
+    jobs: int = 4                       # parallel fetches
+    max_bytes: Optional[int] = None     # refuse to stage more than this
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedPackage:
+    nevra: str
+    name: str
+    epoch: int
+    version: str
+    release: str
+    arch: str
+    file: str            # name in the staged repository
+    size: int
+    sha256: str
+    checksum: str        # the source repository's, "<type>:<hex>"
+    payloadhash: str     # header SIGMD5, hex (koji's payloadhash)
+    origin: str          # URL or path it was fetched from
+    via: Via
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["via"] = self.via.value
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    dest: Path
+    manifest: Path
+    source: dict[str, Any]
+    packages: tuple[StagedPackage, ...]
+    bytes_fetched: int
+    bytes_from_cache: int
+    seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.size for p in self.packages)
+
+    def summary(self) -> str:
+        return (f"staged {len(self.packages)} packages ({self.total_bytes:,} bytes) into {self.dest}: "
+                f"{self.bytes_fetched:,} bytes fetched, {self.bytes_from_cache:,} bytes from cache, "
+                f"{self.seconds:.1f}s")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    package: RepoPackage
+    file: str
+    origin: str
+    local: Optional[Path]                            # directory sources: the checked file
+    expected_payloadhashes: tuple[tuple[str, str], ...]  # (who says so, hex)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderFacts:
+    nevra: str
+    payloadhash: str
+
+
+def read_header(path: Path, package: str, origin: str) -> HeaderFacts:
+    """NEVRA and payload hash from the file's own header, read by rpm."""
+    with open(path, "rb") as f:
+        if f.read(4) != RPM_LEAD_MAGIC:
+            # rpm -qp reads a text file as a list of packages to query: never hand it one.
+            raise VerificationError(package, origin, "not an RPM file (no RPM lead)")
+    fmt = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SIGMD5}"
+    try:
+        out = run(["rpm", "-qp", "--nosignature", "--nodigest", "--qf", fmt, path], capture=True).stdout.decode()
+    except CommandError as e:
+        raise VerificationError(package, origin, f"rpm cannot read its header: {e.key_line()}") from None
+    fields = out.split("\t")
+    if len(fields) != 6:
+        raise VerificationError(package, origin, f"unexpected rpm -qp output {out!r}")
+    name, epoch, version, release, arch, sigmd5 = fields
+    nevra = PinnedPackage(name, int(epoch), version, release, arch).nevra
+    return HeaderFacts(nevra, sigmd5.strip().lower())
+
+
+def _hash_file(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
+    hashers = {a: hashlib.new(a) for a in algorithms}
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            for h in hashers.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _place(src: Path, dst: Path) -> Via:
+    """Hard link when the file system allows it, else copy (the copy becomes read-only)."""
+    try:
+        os.link(src, dst)
+        return Via.link
+    except OSError:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o444)
+        return Via.copy
+
+
+class _Stager:
+    """One staging run: fetches, verifies and places the files of the chosen packages."""
+
+    def __init__(self, request: StageRequest, metadata: SourceMetadata, http: HttpClient,
+                 cache: Optional[PackageCache]) -> None:
+        self.request = request
+        self.metadata = metadata
+        self.http = http
+        self.cache = cache
+
+    def _obtain(self, job: _Job, target: Path, algorithms: Sequence[str]) -> tuple[Via, int, dict[str, str]]:
+        if job.local is not None:
+            via = _place(job.local, target)
+            return via, target.stat().st_size, _hash_file(target, algorithms)
+        got = self.http.download_file(job.origin, target, algorithms=algorithms, package=job.package.nevra)
+        os.chmod(target, 0o444)
+        return Via.http, got.size, got.digests
+
+    def _verify(self, job: _Job, path: Path, size: int, digests: dict[str, str]) -> dict[str, Any]:
+        """Check a fetched file against the repository and its own header; returns the facts established."""
+        pkg = job.package
+        algo = hash_algorithm(pkg.checksum_type)
+        if pkg.size and size != pkg.size:
+            raise VerificationError(pkg.nevra, job.origin, f"{size} bytes, the repository says {pkg.size}")
+        if digests[algo] != pkg.checksum.strip().lower():
+            raise VerificationError(pkg.nevra, job.origin, f"{algo} is {digests[algo]}, the repository says "
+                                                           f"{pkg.checksum}")
+        header = read_header(path, pkg.nevra, job.origin)
+        if header.nevra != pkg.nevra:
+            raise VerificationError(pkg.nevra, job.origin, f"its header says it is {header.nevra}")
+        return {"nevra": header.nevra, "payloadhash": header.payloadhash, "sha256": digests["sha256"], "size": size}
+
+    def _check_payloadhash(self, job: _Job, payloadhash: str) -> None:
+        for who, expected in job.expected_payloadhashes:
+            if payloadhash != expected:
+                raise VerificationError(job.package.nevra, job.origin,
+                                        f"payload hash {payloadhash} does not match {expected} from {who}")
+
+    def stage_one(self, job: _Job, out_dir: Path) -> StagedPackage:
+        pkg = job.package
+        algorithms = sorted({hash_algorithm(pkg.checksum_type), "sha256"})
+        dest = out_dir / job.file
+        if self.cache is None:
+            part = out_dir / f".{job.file}.part"
+            try:
+                via, size, digests = self._obtain(job, part, algorithms)
+                facts = self._verify(job, part, size, digests)
+                self._check_payloadhash(job, facts["payloadhash"])
+                os.rename(part, dest)
+            finally:
+                part.unlink(missing_ok=True)
+            return self._staged(job, facts, via)
+
+        entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+        via = Via.cache
+        if entry is None:
+            with self.cache.lock(pkg.checksum):
+                # Another staging may have fetched it while this one waited for the lock.
+                entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+                if entry is None:
+                    temp = self.cache.temp_path(job.file)
+                    try:
+                        temp.unlink()
+                        via, size, digests = self._obtain(job, temp, algorithms)
+                        facts = self._verify(job, temp, size, digests)
+                        self._check_payloadhash(job, facts["payloadhash"])
+                        entry = self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts)
+                    finally:
+                        temp.unlink(missing_ok=True)
+        else:
+            self._check_cached(job, entry)
+        _place(entry.path, dest)
+        return self._staged(job, entry.facts, via)
+
+    def _check_cached(self, job: _Job, entry: CacheEntry) -> None:
+        """A cache entry was verified when it was added; its recorded facts must still fit this package."""
+        if entry.facts.get("nevra") != job.package.nevra:
+            raise VerificationError(job.package.nevra, str(entry.path),
+                                    f"the cache holds {entry.facts.get('nevra')} under the same checksum")
+        self._check_payloadhash(job, str(entry.facts.get("payloadhash")))
+
+    def _staged(self, job: _Job, facts: dict[str, Any], via: Via) -> StagedPackage:
+        p = job.package
+        return StagedPackage(
+            nevra=p.nevra, name=p.name, epoch=int(p.epoch or 0), version=p.version, release=p.release, arch=p.arch,
+            file=job.file, size=int(facts["size"]), sha256=facts["sha256"],
+            checksum=f"{p.checksum_type}:{p.checksum}", payloadhash=facts["payloadhash"], origin=job.origin, via=via,
+        )
+
+    def stage_all(self, jobs: Sequence[_Job], out_dir: Path) -> list[StagedPackage]:
+        results: list[StagedPackage] = []
+        # Largest first, so one big kernel package does not start last and finish alone.
+        ordered = sorted(jobs, key=lambda j: -j.package.size)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.request.jobs,
+                                                     thread_name_prefix="stage")
+        futures = [pool.submit(self._run_job, job, out_dir) for job in ordered]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                results.append(future.result())
+        except BaseException:
+            self.http.stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.http.close()
+        return sorted(results, key=lambda r: r.nevra)
+
+    def _run_job(self, job: _Job, out_dir: Path) -> StagedPackage:
+        if self.http.stop.is_set():
+            raise Interrupted(job.origin)
+        return self.stage_one(job, out_dir)
+
+
+def _select(request: StageRequest, metadata: SourceMetadata, work: Path) -> tuple[list[RepoPackage], dict]:
+    """The repository packages to stage and, per NEVRA, payload hashes they must have."""
+    by_key = {package_key(p.name, p.epoch, p.version, p.release, p.arch): p for p in metadata.packages}
+    selection = request.selection
+    mode = selection.mode
+    expected: dict[str, list[tuple[str, str]]] = {}
+    if mode in (SelectionMode.packages, SelectionMode.spec):
+        specs = selection.packages if mode is SelectionMode.packages else \
+            spec_buildrequires(selection.spec, selection.spec_defines)  # type: ignore[arg-type]
+        with step(f"Resolving {', '.join(specs)} with dnf"):
+            keys = depsolve(metadata.directory, specs, work / "dnf")
+        return [by_key[k] for k in keys], expected
+    pinned = selection.pinned if mode is SelectionMode.pinned else \
+        installed_packages(selection.installed_root)  # type: ignore[arg-type]
+    chosen, missing = [], []
+    for p in pinned:
+        if (found := by_key.get(p.key)) is None:
+            missing.append(p.nevra)
+            continue
+        chosen.append(found)
+        if p.payloadhash:
+            who = "the buildroot's package list" if mode is SelectionMode.pinned else "the installed rpm database"
+            expected.setdefault(found.nevra, []).append((who, p.payloadhash))
+    if missing:
+        raise ResolveError(f"{len(missing)} installed package(s) are not in the source {metadata.source}: "
+                           f"{', '.join(missing)}")
+    return chosen, expected
+
+
+def _jobs(packages: Sequence[RepoPackage], metadata: SourceMetadata,
+          expected: dict[str, list[tuple[str, str]]]) -> list[_Job]:
+    """Check every location before anything is fetched; a bad one fails the staging at once."""
+    source = metadata.source
+    jobs, files = [], {}
+    for pkg in packages:
+        if source.kind is SourceKind.http:
+            origin, local = package_url(source, pkg.href, pkg.location_base), None
+            name = PurePosixPath(unquote(urlsplit(origin).path)).name
+        else:
+            local = package_path(source, pkg.href, pkg.location_base)
+            origin, name = str(source.directory / pkg.href), package_relpath(pkg.href).name
+        if not name.endswith(".rpm") or name.startswith("."):
+            name = f"{pkg.nevra}.rpm"
+        if name in files:
+            raise StagingError(f"{files[name]} and {pkg.nevra} would both be staged as {name}")
+        files[name] = pkg.nevra
+        hashes = list(expected.get(pkg.nevra, []))
+        if (koji := metadata.payloadhashes.get(f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}")):
+            hashes.append(("koji's rpmlist.jsonl", koji))
+        jobs.append(_Job(pkg, name, origin, local, tuple(hashes)))
+    return jobs
+
+
+def _check_request(request: StageRequest, source: Source) -> None:
+    request.selection.mode  # noqa: B018 - raises when not exactly one is chosen
+    if request.jobs < 1:
+        raise StagingError(f"--jobs must be at least 1 (got {request.jobs})")
+    if request.max_bytes is not None and request.max_bytes <= 0:
+        raise StagingError(f"the size limit must be positive (got {request.max_bytes})")
+    dest = request.dest.absolute()
+    if source.kind is SourceKind.directory:
+        assert source.directory is not None
+        if not source.directory.is_dir():
+            raise StagingError(f"source {source.directory}: not a directory")
+        if is_within(dest, source.directory) or is_within(source.directory, dest):
+            raise StagingError(f"--dest {dest} and the source {source.directory} must not contain each other")
+    if dest.exists():
+        if not dest.is_dir():
+            raise StagingError(f"--dest {dest} exists and is not a directory")
+        if any(dest.iterdir()) and not (dest / MANIFEST_NAME).is_file():
+            raise StagingError(f"--dest {dest} is not empty and is no staged repository (no {MANIFEST_NAME}): "
+                               "refusing to replace it")
+
+
+def write_manifest(path: Path, metadata: SourceMetadata, request: StageRequest,
+                   staged: Sequence[StagedPackage], fetched: int, from_cache: int, seconds: float) -> dict:
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "builder-version": __version__,
+        "source": metadata.identity(),
+        "selection": request.selection.describe(),
+        "packages": [p.to_dict() for p in staged],
+        "totals": {
+            "packages": len(staged),
+            "bytes": sum(p.size for p in staged),
+            "bytes-fetched": fetched,
+            "bytes-from-cache": from_cache,
+        },
+        "seconds": round(seconds, 3),
+    }
+    atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n", mode=0o644)
+    return manifest
+
+
+def stage_repository(request: StageRequest) -> StageResult:
+    """Stage the selected packages from the source into request.dest; see the module docstring.
+
+    The destination appears complete or not at all: everything is written to a temporary
+    directory next to it and renamed at the end. Raises StagingError (or a subclass naming the
+    package, href or URL at fault).
+    """
+    started = time.monotonic()
+    source = parse_source(request.source)
+    _check_request(request, source)
+    dest = request.dest.absolute()
+    stop = threading.Event()
+    http = HttpClient(request.retry, stop=stop)
+    cache = PackageCache(request.cache_dir) if request.cache_dir is not None else None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mkosi-initrd-stage-") as tmp:
+        work = Path(tmp)
+        with step(f"Reading the metadata of {source}"):
+            metadata = load_metadata(source, http, work, filelists=request.selection.mode in
+                                     (SelectionMode.packages, SelectionMode.spec))
+        packages, expected = _select(request, metadata, work)
+        total = sum(p.size for p in packages)
+        if request.max_bytes is not None and total > request.max_bytes:
+            largest = max(packages, key=lambda p: p.size)
+            raise StagingError(f"the {len(packages)} packages to stage take {total:,} bytes, more than the limit "
+                               f"of {request.max_bytes:,} (largest: {largest.nevra}, {largest.size:,} bytes)")
+        jobs = _jobs(packages, metadata, expected)
+        out = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+        try:
+            with step(f"Fetching {len(jobs)} packages ({total:,} bytes) with {request.jobs} jobs"):
+                staged = _Stager(request, metadata, http, cache).stage_all(jobs, out)
+            with step("Writing repodata with createrepo_c"):
+                run(["createrepo_c", "--quiet", "--no-database", out], capture=True)
+            fetched = sum(p.size for p in staged if p.via is not Via.cache)
+            from_cache = sum(p.size for p in staged if p.via is Via.cache)
+            seconds = time.monotonic() - started
+            write_manifest(out / MANIFEST_NAME, metadata, request, staged, fetched, from_cache, seconds)
+            for d in (out, out / "repodata"):
+                os.chmod(d, 0o755)
+            replace_dir(out, dest)
+        finally:
+            stop.set()
+            shutil.rmtree(out, ignore_errors=True)
+    result = StageResult(dest=dest, manifest=dest / MANIFEST_NAME, source=metadata.identity(), packages=tuple(staged),
+                         bytes_fetched=fetched, bytes_from_cache=from_cache, seconds=seconds)
+    logger.info("%s", result.summary())
+    return result

@@ -1,0 +1,171 @@
+"""Which packages to stage: names or provides (and a spec's BuildRequires) resolved by dnf's own
+depsolver against the source, or exactly the packages installed in a root's rpm database."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import CommandError, ResolveError
+from .fsutil import is_within
+from .run import run
+
+logger = logging.getLogger("mkosi_initrd_builder.staging")
+
+# Where an rpm database may be below a root: Fedora >= 36 and RHEL >= 10, then older ones. A root
+# made by Debian's rpm (dnf --installroot on Debian) has it at the host's %_dbpath, ~/.rpmdb.
+RPMDB_DIRS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+RPMDB_FILES = ("rpmdb.sqlite", "Packages", "Packages.db")
+HEADER_QUERY = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SIGMD5}\\n"
+# Not packages anyone can fetch: imported keys, and the meta package of old koji buildroots.
+NOT_FILES = frozenset({"gpg-pubkey", "buildsys-build"})
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class PinnedPackage:
+    """One exact package, as an rpm database or koji's buildroot listing names it."""
+
+    name: str
+    epoch: int
+    version: str
+    release: str
+    arch: str
+    payloadhash: Optional[str] = dataclasses.field(default=None, compare=False)  # hex SIGMD5 of the header
+
+    @property
+    def nevra(self) -> str:
+        evr = f"{self.epoch}:{self.version}-{self.release}" if self.epoch else f"{self.version}-{self.release}"
+        return f"{self.name}-{evr}.{self.arch}"
+
+    @property
+    def nvra(self) -> str:
+        return f"{self.name}-{self.version}-{self.release}.{self.arch}"
+
+    @property
+    def key(self) -> tuple[str, int, str, str, str]:
+        return (self.name, self.epoch, self.version, self.release, self.arch)
+
+    @classmethod
+    def from_koji(cls, info: Mapping[str, Any]) -> "PinnedPackage":
+        """From an entry of kojid's BuildRoot.getPackageList() (epoch None when unset)."""
+        return cls(str(info["name"]), int(info.get("epoch") or 0), str(info["version"]), str(info["release"]),
+                   str(info["arch"]), (str(info["payloadhash"]).lower() if info.get("payloadhash") else None))
+
+
+def package_key(name: str, epoch: Any, version: str, release: str, arch: str) -> tuple[str, int, str, str, str]:
+    return (name, int(epoch or 0), version, release, arch)
+
+
+def _host_dbpath() -> Optional[str]:
+    try:
+        out = run(["rpm", "--eval", "%{_dbpath}"], capture=True).stdout.decode().strip()
+    except CommandError:
+        return None
+    return out if out.startswith("/") else None
+
+
+def rpmdb_candidates(root: Path) -> list[Path]:
+    candidates = [root / d for d in RPMDB_DIRS]
+    if (host := _host_dbpath()) is not None and host.strip("/") not in RPMDB_DIRS:
+        candidates.append(root / host.lstrip("/"))
+    return candidates
+
+
+def find_rpmdb(root: Path) -> Path:
+    """The rpm database directory below `root`; symlinks must not lead out of the root."""
+    real_root = Path(os.path.realpath(root))
+    tried = rpmdb_candidates(root)
+    for candidate in tried:
+        real = Path(os.path.realpath(candidate))
+        if is_within(real, real_root) and any((real / f).is_file() for f in RPMDB_FILES):
+            return real
+    raise ResolveError(f"no rpm database below {root} (looked in {', '.join(str(c) for c in tried)})")
+
+
+def installed_packages(root: Path) -> tuple[PinnedPackage, ...]:
+    """Every package installed in the root's rpm database, with the payload hash of its header."""
+    if not root.is_dir():
+        raise ResolveError(f"--installed-root {root}: not a directory")
+    db = find_rpmdb(root)
+    out = run(["rpm", "--dbpath", db, "-qa", "--qf", HEADER_QUERY], capture=True).stdout.decode()
+    packages = []
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 6:
+            raise ResolveError(f"unexpected rpm -qa output for {db}: {line!r}")
+        name, epoch, version, release, arch, sigmd5 = fields
+        if name in NOT_FILES or arch == "(none)":
+            continue
+        packages.append(PinnedPackage(name, int(epoch), version, release, arch,
+                                      sigmd5.lower() if sigmd5 != "(none)" else None))
+    if not packages:
+        raise ResolveError(f"the rpm database {db} lists no packages")
+    return tuple(sorted(packages))
+
+
+def spec_buildrequires(spec: Path, defines: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
+    """The BuildRequires of a spec file, as rpmspec parses them (macros expanded, conditionals applied)."""
+    if not spec.is_file():
+        raise ResolveError(f"--spec {spec}: no such file")
+    argv: list[Any] = ["rpmspec", "-q", "--buildrequires"]
+    for name, value in defines:
+        argv += ["--define", f"{name} {value}"]
+    argv.append(spec)
+    try:
+        out = run(argv, capture=True).stdout.decode()
+    except CommandError as e:
+        raise ResolveError(f"--spec {spec}: rpmspec cannot read it: {e.key_line()}") from None
+    requires = tuple(line.strip() for line in out.splitlines() if line.strip())
+    if not requires:
+        raise ResolveError(f"--spec {spec} has no BuildRequires: nothing to stage")
+    return requires
+
+
+def depsolve(metadata_dir: Path, specs: Sequence[str], work: Path) -> list[tuple[str, int, str, str, str]]:
+    """What `dnf install SPECS` into an empty root would install from the repository whose
+    metadata is in `metadata_dir`: dnf's own depsolver, nothing from the host's configuration
+    (no dnf.conf, no repos.d, no installed packages), weak dependencies off as in koji's buildroots."""
+    import dnf  # noqa: PLC0415 - python3-dnf is heavy and only this mode needs it
+    import dnf.exceptions
+
+    conf = dnf.conf.Conf()
+    conf.installroot = str(work / "root")
+    conf.cachedir = str(work / "cache")
+    conf.logdir = str(work / "log")
+    conf.persistdir = str(work / "persist")
+    conf.reposdir = []
+    conf.varsdir = []
+    conf.pluginconfpath = []
+    conf.install_weak_deps = False
+    conf.gpgcheck = False
+    conf.substitutions["releasever"] = "staging"
+    for d in (conf.installroot, conf.logdir):
+        os.makedirs(d, exist_ok=True)
+    base = dnf.Base(conf)
+    try:
+        base.repos.add_new_repo("source", conf, baseurl=[metadata_dir.absolute().as_uri()])
+        try:
+            base.fill_sack(load_system_repo=False)
+        except dnf.exceptions.RepoError as e:
+            raise ResolveError(f"dnf cannot read the source's metadata: {e}") from None
+        missing = []
+        for spec in specs:
+            try:
+                base.install(spec)
+            except dnf.exceptions.MarkingError:
+                missing.append(spec)
+        if missing:
+            raise ResolveError(f"nothing in the source provides {', '.join(missing)}")
+        try:
+            base.resolve()
+        except dnf.exceptions.DepsolveError as e:
+            raise ResolveError(f"dnf cannot resolve {', '.join(specs)}: {e}") from None
+        chosen = [package_key(p.name, p.epoch, p.version, p.release, p.arch) for p in base.transaction.install_set]
+    finally:
+        base.close()
+    logger.info("dnf resolved %s to %d packages", ", ".join(specs), len(chosen))
+    return sorted(chosen)

@@ -1,0 +1,173 @@
+"""Staging speed, for `make bench`: K synthetic RPMs (mostly small, some large, incompressible
+payloads) in a koji-like tree served over HTTP on 127.0.0.1.
+
+cold: stage_repository() with an empty cache, against sequential curl of the same URLs (one curl
+      process fetching them one after the other over one connection, and one curl per file), on
+      plain loopback and with a fixed delay per request standing in for a server some way off
+warm: stage_repository() again with the cache filled, against a plain hard-link copy of the K files
+      (cp -al), and against that copy plus createrepo_c (the least that makes it a repository)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mkosi_initrd_builder.staging import PackageSelection, StageRequest, stage_repository
+
+SOURCE_DATE_EPOCH = 1700000000
+LARGE_EVERY = 10            # one package in ten is large
+SMALL_BYTES = (8_000, 120_000)
+LARGE_BYTES = (2_000_000, 6_000_000)
+
+
+def _size(i: int) -> int:
+    low, high = LARGE_BYTES if i % LARGE_EVERY == 0 else SMALL_BYTES
+    # deterministic spread between low and high
+    return low + int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:4], "big") % (high - low)
+
+
+def synthetic_rpms(count: int, cache: Path) -> list[Path]:
+    """`count` noarch RPMs from one spec (subpackages), built once and kept under `cache`."""
+    out = cache.absolute() / f"bench-rpms-{count}"
+    done = out / ".complete"
+    if done.exists():
+        return sorted(out.glob("RPMS/**/*.rpm"))
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "SPECS").mkdir(parents=True)
+    lines = ["%global debug_package %{nil}", "%global __os_install_post %{nil}",
+             "Name: benchpkg", "Version: 1", "Release: 1", "Summary: bench", "License: MIT", "BuildArch: noarch",
+             "%description", "bench"]
+    install = ["%install"]
+    for i in range(count):
+        lines += [f"%package -n benchpkg{i:04d}", f"Summary: bench {i}", f"%description -n benchpkg{i:04d}", "bench"]
+        install.append(f"mkdir -p %{{buildroot}}/usr/share/bench{i:04d} && "
+                       f"head -c {_size(i)} /dev/urandom > %{{buildroot}}/usr/share/bench{i:04d}/data")
+    files = [f"%files -n benchpkg{i:04d}\n/usr/share/bench{i:04d}" for i in range(count)]
+    spec = out / "SPECS" / "bench.spec"
+    spec.write_text("\n".join(lines + ["%prep", "%build"] + install + files) + "\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(out), "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
+    subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {out}", "--define", "_binary_payload w1.zstdio",
+                    str(spec)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    done.touch()
+    return sorted(out.glob("RPMS/**/*.rpm"))
+
+
+def timed(fn):
+    start = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - start
+
+
+class HttpServerProcess:
+    """A file server (HTTP/1.1 keep-alive, TCP_NODELAY as production servers set it) in its own process:
+    an in-process server would compete with the stager for the GIL."""
+
+    def __init__(self, root: Path, latency: float = 0.0) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.staging_bench", "serve", str(root), str(port),
+                                      str(latency)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], latency: float = 0.0) -> None:
+    from tests.support.kojitree import build_koji_tree
+
+    rpms = synthetic_rpms(count, cache)
+    work = Path(tempfile.mkdtemp(prefix="mkosi-initrd-stage-bench-"))
+    server = None
+    try:
+        tree = build_koji_tree(work / "topdir", rpms, build_group=())
+        server = HttpServerProcess(tree.topdir, latency)
+        source = f"{server.url}/{tree.repo_relpath}"
+        names = tuple(sorted(i["name"] for i in tree.rpminfo.values()))
+        total = sum(i["size"] for i in tree.rpminfo.values())
+        label = f"{count} RPMs, {total / 1e6:.0f} MB" + (f", {latency * 1000:.0f} ms/request" if latency else "")
+
+        def stage(dest: str):
+            return stage_repository(StageRequest(source=source, dest=work / dest, cache_dir=work / "cache", jobs=4,
+                                                 selection=PackageSelection(packages=names)))
+
+        cold_result, cold = timed(lambda: stage("cold"))
+        urls = [f"{server.url}/{tree.repo_relpath}/{href}" for href in
+                (tree.repo_dir / "pkglist").read_text().split()]
+        (work / "curl").mkdir()
+        config = work / "curl.cfg"
+        config.write_text("".join(f'url = "{u}"\noutput = "{work}/curl/{i}.rpm"\n' for i, u in enumerate(urls)))
+        _, curl_one = timed(lambda: subprocess.run(["curl", "-sSf", "--config", str(config)], check=True))
+        (work / "curl2").mkdir()
+        _, curl_each = timed(lambda: [subprocess.run(["curl", "-sSf", "-o", f"{work}/curl2/{i}.rpm", u], check=True)
+                                      for i, u in enumerate(urls)])
+        warm_result, warm = timed(lambda: stage("warm"))
+        assert warm_result.bytes_fetched == 0, warm_result.summary()
+        files = [work / "cold" / p.file for p in cold_result.packages]
+        (work / "copy").mkdir()
+        _, link = timed(lambda: subprocess.run(["cp", "-al", *map(str, files), str(work / "copy")], check=True))
+        _, createrepo = timed(lambda: subprocess.run(["createrepo_c", "--quiet", "--no-database", str(work / "copy")],
+                                                     check=True))
+        rows += [
+            (f"{label}: cold staging over HTTP (4 jobs)", f"{cold:.2f}s",
+             f"{cold_result.bytes_fetched / 1e6:.0f} MB fetched"),
+            ("  sequential curl, one process", f"{curl_one:.2f}s", ""),
+            ("  sequential curl, one process per file", f"{curl_each:.2f}s", ""),
+            ("  ratio cold / curl (one process)", f"{cold / curl_one:.2f}", "goal <= 0.50"),
+            ("  ratio cold / curl (per file)", f"{cold / curl_each:.2f}", "goal <= 0.50"),
+            (f"{label}: warm staging from the cache", f"{warm:.2f}s",
+             f"{warm_result.bytes_from_cache / 1e6:.0f} MB from cache, 0 fetched"),
+            ("  cp -al of the same files", f"{link:.2f}s", ""),
+            ("  cp -al + createrepo_c", f"{link + createrepo:.2f}s", ""),
+            ("  ratio warm / (cp -al + createrepo_c)", f"{warm / (link + createrepo):.2f}", "goal <= 1.20"),
+            ("  ratio warm / cp -al", f"{warm / link:.1f}", "staging also resolves, checks and writes repodata"),
+        ]
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def serve(root: str, port: int, latency: float) -> None:
+    import functools
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Without it, keep-alive responses stall ~40 ms each on Nagle + delayed ACK, a quirk of this
+        # server that nginx or httpd do not have.
+        disable_nagle_algorithm = True
+
+        def log_message(self, format, *args):  # noqa: A002
+            pass
+
+        def do_GET(self):
+            time.sleep(latency)  # a server some way off: the round trips parallel fetching hides
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))

@@ -1,0 +1,349 @@
+"""The kojid plugin, loaded as kojid loads it (koji.plugin.PluginTracker), running buildArch tasks
+through the fake kojid (tests/support/fake_kojid.py) against the koji-like tree over HTTP and a
+minimal hub reached with the real koji.ClientSession."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any, Optional
+
+import koji
+import koji.plugin
+import pytest
+from koji.daemon import TaskManager
+
+from tests.conftest import TOP, require_root, require_tools
+from tests.support import fake_kojid
+from tests.support.fake_hub import FakeHub
+from tests.support.kojitree import Fault, build_srpm, place_task_srpm
+
+pytestmark = pytest.mark.integration
+
+PLUGIN_DIR = TOP / "koji_plugin"
+PLUGIN_MODULE = "_koji_plugin__mkosi_initrd"
+CONFIG_ENV = "MKOSI_INITRD_KOJID_CONFIG"
+SPECS = TOP / "tests" / "fixtures" / "koji"
+TASK_ID = 4242
+TASK_DIR = koji.pathinfo.taskrelpath(TASK_ID)
+STAGER_AGENT = "mkosi-initrd-build/"
+IN_CHROOT_REPO = "/chroot_tmpdir/mkosi-initrd/repo"
+BUILD_PATH = f"{TOP}/.venv/bin:{TOP}/.tools/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+@contextlib.contextmanager
+def loaded_plugin(config_text: str, config_file: Path):
+    """Load the plugin from koji_plugin/ as kojid does; undo its BuildRoot swap afterwards."""
+    config_file.write_text(config_text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fake_kojid, "BuildRoot", fake_kojid.BuildRoot)
+        mp.setenv(CONFIG_ENV, str(config_file))
+        sys.modules.pop(PLUGIN_MODULE, None)
+        try:
+            yield koji.plugin.PluginTracker(path=[str(PLUGIN_DIR)]).load("mkosi_initrd")
+        finally:
+            # PluginTracker leaves the module registered even when loading fails
+            sys.modules.pop(PLUGIN_MODULE, None)
+
+
+@dataclasses.dataclass
+class BuildRun:
+    result: Optional[dict]
+    error: Optional[BaseException]
+    hub: FakeHub
+    mock_calls: list[list[str]]
+    mockdir: Path
+
+    @property
+    def buildroot(self) -> Path:
+        (name,) = [p.name for p in self.mockdir.iterdir() if p.name != "koji"]
+        return self.mockdir / name
+
+    def upload(self, name: str) -> bytes:
+        return self.hub.uploads[(TASK_DIR, name)]
+
+
+def run_build_arch(work: Path, tree, server, srpm: str, *, topdir: Optional[Path] = None,
+                   extra: Optional[dict] = None) -> BuildRun:
+    """One buildArch task, as kojid's TaskManager would run it (handler built, then run())."""
+    hub = FakeHub(tag=tree.tag, repo_id=tree.repo_id, extra=extra)
+    mock_calls: list[list[str]] = []
+    options = types.SimpleNamespace(
+        topdir=str(topdir or work / "no-topdir-mount"), topurl=server.url, workdir=str(work / "work"),
+        mockdir=str(work / "mock"), chroot_tmpdir="/chroot_tmpdir", log_timestamps=False,
+        fake_build_user=(65534, 65534), fake_path=BUILD_PATH, fake_mock_log=mock_calls,
+    )
+    try:
+        task = fake_kojid.BuildArchTask(TASK_ID, "buildArch", [srpm, tree.tag, "x86_64", False,
+                                                                {"repo_id": tree.repo_id}], hub.session(), options)
+        result, error = None, None
+        try:
+            result = task.run()
+        except Exception as e:  # noqa: BLE001 - the tests look at it
+            error = e
+    finally:
+        hub.stop()
+    return BuildRun(result, error, hub, mock_calls, work / "mock")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def kojid_work():
+    """Scratch space the unprivileged build user can traverse (pytest's tmp_path is private to root)."""
+    require_root()
+    require_tools("dnf", "rpmbuild", "unshare", "setpriv", "createrepo_c")
+    work = Path(tempfile.mkdtemp(prefix="mkosi-initrd-kojid-"))
+    os.chmod(work, 0o755)
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def srpms(koji_tree, kojid_work) -> dict[str, str]:
+    """The test SRPMs, where a build task's parent would have uploaded them (work/tasks/...)."""
+    built = {
+        "kojitest": build_srpm(SPECS / "mkosi-initrd-kojitest.spec", TOP / "tests/fixtures/variants",
+                               kojid_work / "rpmbuild"),
+        "hello": build_srpm(SPECS / "kojitest-hello.spec", SPECS, kojid_work / "rpmbuild"),
+    }
+    return {key: place_task_srpm(koji_tree, path, TASK_ID) for key, path in built.items()}
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def test_plugin_loads_through_plugintracker_and_swaps_buildroot(tmp_path):
+    original = fake_kojid.BuildRoot
+    callbacks = {k: list(v) for k, v in koji.plugin.callbacks.items()}
+    with loaded_plugin("[mkosi_initrd]\npackages = mkosi-initrd-initrd\n", tmp_path / "c.conf") as plugin:
+        assert plugin.__name__ == PLUGIN_MODULE
+        swapped = fake_kojid.BuildRoot
+        assert swapped is not original and issubclass(swapped, original)
+        assert swapped.mkosi_initrd_config.packages == {"mkosi-initrd-initrd"}
+        # kojid scans the plugin for task handlers and callbacks: it must find none, so kojid's own
+        # buildArch handler keeps running and merely meets the swapped BuildRoot.
+        tm = TaskManager.__new__(TaskManager)
+        tm.handlers = {}
+        tm.scanPlugin(plugin)
+        assert tm.handlers == {}
+        assert {k: list(v) for k, v in koji.plugin.callbacks.items()} == callbacks
+        # loading again (kojid restart in-process, or a reload) replaces the subclass, never stacks
+        koji.plugin.PluginTracker(path=[str(PLUGIN_DIR)]).load("mkosi_initrd", reload=True)
+        assert fake_kojid.BuildRoot.__mro__[1] is original
+    assert fake_kojid.BuildRoot is original
+
+
+@pytest.mark.parametrize("config, key", [
+    ("[mkosi_initrd]\npackages = p\njobs = 0\n", "[mkosi_initrd] jobs"),
+    ("[mkosi_initrd]\npackages = p\ncolour = blue\n", "[mkosi_initrd] colour"),
+    ("[mkosi_initrd]\ncache_dir = /srv/cache\n", "[mkosi_initrd] packages"),
+    ("[mkosi_initrd]\npackages = p\npackages = q\n", "'packages'"),
+    ("packages = p\n", "MissingSectionHeaderError"),
+])
+def test_bad_config_stops_the_plugin_at_load(tmp_path, config, key):
+    original = fake_kojid.BuildRoot
+    with pytest.raises(koji.GenericError) as e, loaded_plugin(config, tmp_path / "bad.conf"):
+        pass
+    assert str(e.value).startswith("bad config: ") and str(tmp_path / "bad.conf") in str(e.value)
+    assert key in str(e.value)
+    assert fake_kojid.BuildRoot is original
+
+
+def test_missing_config_stops_the_plugin_at_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(fake_kojid, "BuildRoot", fake_kojid.BuildRoot)
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.conf"))
+    try:
+        with pytest.raises(koji.GenericError, match="bad config: .*absent.conf"):
+            koji.plugin.PluginTracker(path=[str(PLUGIN_DIR)]).load("mkosi_initrd")
+    finally:
+        sys.modules.pop(PLUGIN_MODULE, None)
+
+
+def test_plugin_outside_kojid_refuses_to_load(tmp_path, monkeypatch):
+    monkeypatch.delattr(fake_kojid, "BuildArchTask")
+    with pytest.raises(koji.PluginError, match="only works inside kojid"), \
+            loaded_plugin("[mkosi_initrd]\npackages = p\n", tmp_path / "c.conf"):
+        pass
+
+
+# --- builds -------------------------------------------------------------------------------------
+
+def _snapshot(run: BuildRun) -> dict[str, Any]:
+    root = run.buildroot / "root"
+    return {
+        "mock": run.mock_calls,
+        "hub": [c.method for c in run.hub.calls],
+        "uploads": sorted(run.hub.uploads),
+        "result": run.result,
+        "macros": (root / "etc/rpm/macros.mkosi-initrd").exists(),
+        "staged": (root / "chroot_tmpdir/mkosi-initrd").exists(),
+    }
+
+
+def test_package_off_the_allowlist_runs_exactly_as_without_the_plugin(koji_tree, tree_server, srpms, kojid_work):
+    work = kojid_work / "untouched"
+    plain = run_build_arch(work, koji_tree, tree_server, srpms["hello"])
+    assert plain.error is None, plain.error
+    without = _snapshot(plain)
+    shutil.rmtree(work)
+    tree_server.reset()
+    with loaded_plugin("[mkosi_initrd]\npackages = mkosi-initrd-kojitest\n", kojid_work / "untouched.conf"):
+        patched = run_build_arch(work, koji_tree, tree_server, srpms["hello"])
+    assert patched.error is None, patched.error
+    with_plugin = _snapshot(patched)
+    assert with_plugin == without
+    assert [call[3:] for call in with_plugin["mock"]] == [
+        ["--init"], ["--chroot", "uname -r"],
+        ["--no-clean", "--target", "x86_64", "--rebuild", f"{work}/work/{TASK_DIR}/local/work/{srpms['hello']}"],
+    ]
+    assert with_plugin["macros"] is False and with_plugin["staged"] is False
+    assert tree_server.requests_by(STAGER_AGENT) == []
+    assert with_plugin["result"]["rpms"] == [f"{TASK_DIR}/kojitest-hello-1-1.x86_64.rpm"]
+
+
+@pytest.fixture(scope="module")
+def allowlisted_builds(koji_tree, koji_http, srpms, kojid_work):
+    """The allow-listed package built twice with one cache: first over topurl, then with the topdir
+    mounted on the builder."""
+    require_tools("mkosi", "ukify")
+    records = _Records()
+    plugin_logger = logging.getLogger("koji.plugin.mkosi_initrd")
+    plugin_logger.addHandler(records)
+    old_level = plugin_logger.level
+    plugin_logger.setLevel(logging.INFO)
+    config = f"[mkosi_initrd]\npackages = mkosi-initrd-kojitest\ncache_dir = {kojid_work / 'cache'}\njobs = 4\n"
+    try:
+        with loaded_plugin(config, kojid_work / "e2e.conf"):
+            koji_http.reset()
+            first = run_build_arch(kojid_work / "first", koji_tree, koji_http, srpms["kojitest"])
+            first_agents = koji_http.requests_by(STAGER_AGENT)
+            first_messages = list(records.messages)
+            koji_http.reset()
+            second = run_build_arch(kojid_work / "second", koji_tree, koji_http, srpms["kojitest"],
+                                    topdir=koji_tree.topdir)
+            second_agents = koji_http.requests_by(STAGER_AGENT)
+    finally:
+        plugin_logger.removeHandler(records)
+        plugin_logger.setLevel(old_level)
+        koji_http.reset()
+    return types.SimpleNamespace(first=first, second=second, first_requests=first_agents,
+                                 second_requests=second_agents, first_messages=first_messages)
+
+
+def _rpmdb_nevras(root: Path) -> set[str]:
+    out = subprocess.run(["rpm", "--dbpath", str(root / "usr/lib/sysimage/rpm"), "-qa", "--qf", "%{NEVRA}\\n"],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_allowlisted_build_builds_the_initrd_offline_from_the_staged_repo(allowlisted_builds):
+    run = allowlisted_builds.first
+    assert run.error is None, f"{run.error}\n{(run.buildroot / 'result/build.log').read_text()[-3000:]}"
+    log = (run.buildroot / "result/build.log").read_text()
+    assert f"MKOSI-KOJITEST: built from {run.buildroot}/root{IN_CHROOT_REPO}" in log
+    assert run.result["rpms"] == [f"{TASK_DIR}/mkosi-initrd-kojitest-1-1.x86_64.rpm"]
+    rpm_file = run.mockdir.parent / "uploaded.rpm"
+    rpm_file.write_bytes(run.upload("mkosi-initrd-kojitest-1-1.x86_64.rpm"))
+    files = subprocess.run(["rpm", "-qlp", "--nosignature", str(rpm_file)], stdout=subprocess.PIPE, text=True,
+                           check=True).stdout.split()
+    assert "/usr/lib/mkosi-initrd-kojitest/initrd.cpio.zst" in files
+
+
+def test_mock_installs_the_buildrequires_before_the_rebuild(allowlisted_builds):
+    run = allowlisted_builds.first
+    srpm = run.mock_calls[2][-1]
+    assert [call[3:] for call in run.mock_calls] == [
+        ["--init"], ["--chroot", "uname -r"], ["--installdeps", srpm],
+        ["--no-clean", "--target", "x86_64", "--rebuild", srpm],
+    ]
+    assert run.mock_calls[0][:3] == ["/usr/bin/mock", "-r", f"koji/{run.buildroot.name}"]
+
+
+def test_staged_repository_holds_exactly_the_buildroot_packages(allowlisted_builds, koji_tree, koji_http):
+    run = allowlisted_builds.first
+    manifest = json.loads(run.upload("stage-manifest.json"))
+    staged = run.buildroot / "root" / IN_CHROOT_REPO.lstrip("/")
+    assert json.loads((staged / "stage-manifest.json").read_text()) == manifest
+    assert {p["nevra"] for p in manifest["packages"]} == _rpmdb_nevras(run.buildroot / "root")
+    assert {"kernel-core", "initrd-init", "kmod", "systemd-boot-unsigned", "busybox", "filesystem",
+            "basesystem"} <= {p["name"] for p in manifest["packages"]}
+    assert manifest["selection"]["mode"] == "pinned"
+    assert manifest["source"]["location"] == f"{koji_http.url}/{koji_tree.repo_relpath}/"
+    assert manifest["source"]["koji"] == {"tag": koji_tree.tag, "repo_id": koji_tree.repo_id,
+                                          "arch": koji_tree.arch}
+    assert manifest["totals"]["bytes-fetched"] == manifest["totals"]["bytes"]
+    for p in manifest["packages"]:
+        assert p["via"] == "http" and "/toplink/packages/" in p["origin"]
+        assert p["payloadhash"] == koji_tree.rpminfo[f"{p['name']}-{p['version']}-{p['release']}.{p['arch']}"][
+            "payloadhash"]
+        assert (staged / p["file"]).stat().st_mode & 0o222 == 0
+    # each RPM was fetched once, by the plugin, through toplink; nothing else
+    assert sorted(allowlisted_builds.first_requests) == sorted(
+        ["/" + koji_tree.repo_relpath + "/repodata/repomd.xml", f"/{koji_tree.repo_relpath}/rpmlist.jsonl",
+         *[f"/{koji_tree.repo_relpath}/repodata/{p.name}" for p in (koji_tree.repo_dir / "repodata").glob("*primary*")],
+         *[p["origin"][len(koji_http.url):] for p in manifest["packages"]]])
+    # read-only for the build user: root owns the directories and only root may write them
+    for d in (staged, staged / "repodata", staged.parent):
+        st = d.stat()
+        assert st.st_uid == 0 and st.st_mode & 0o022 == 0
+    assert f"{TASK_DIR}/stage-manifest.json" in run.result["logs"]
+
+
+def test_macro_names_the_repository_as_the_chroot_sees_it(allowlisted_builds):
+    macros = allowlisted_builds.first.buildroot / "root/etc/rpm/macros.mkosi-initrd"
+    value = subprocess.run(["rpm", "--load", str(macros), "--eval", "%{mkosi_initrd_repo}"], stdout=subprocess.PIPE,
+                           text=True, check=True).stdout.strip()
+    assert value == IN_CHROOT_REPO
+
+
+def test_one_summary_line_is_logged(allowlisted_builds):
+    summaries = [m for m in allowlisted_builds.first_messages if "staged" in m]
+    assert len(summaries) == 1
+    assert summaries[0].startswith(f"mkosi_initrd: mkosi-initrd-kojitest: staged 7 packages into {IN_CHROOT_REPO}: ")
+    assert " bytes fetched, 0 bytes from cache, " in summaries[0]
+
+
+def test_second_build_fetches_nothing(allowlisted_builds, koji_tree):
+    run = allowlisted_builds.second
+    assert run.error is None, run.error
+    manifest = json.loads(run.upload("stage-manifest.json"))
+    totals = manifest["totals"]
+    assert totals["bytes-fetched"] == 0 and totals["bytes-from-cache"] == totals["bytes"] > 9_000_000
+    assert {p["via"] for p in manifest["packages"]} == {"cache"}
+    # the builder mounts topdir now: the plugin reads the repository there, not over HTTP
+    assert manifest["source"]["kind"] == "directory"
+    assert manifest["source"]["location"] == str(koji_tree.repo_dir)
+    assert allowlisted_builds.second_requests == []
+
+
+def test_staging_failure_fails_the_build_naming_the_package(koji_tree, tree_server, srpms, kojid_work):
+    busybox = f"/{koji_tree.repo_relpath}/toplink/{koji_tree.package_path('busybox').relative_to(koji_tree.topdir)}"
+    # only the plugin's downloads fail; mock's own dnf still installs the buildroot
+    tree_server.faults[busybox] = Fault("status", status=404, user_agent=STAGER_AGENT)
+    config = f"[mkosi_initrd]\npackages = kojitest-hello\ncache_dir = {kojid_work / 'failing-cache'}\n"
+    with loaded_plugin(config, kojid_work / "failing.conf"):
+        run = run_build_arch(kojid_work / "failing", koji_tree, tree_server, srpms["hello"])
+    assert isinstance(run.error, koji.BuildError)
+    message = str(run.error)
+    assert message.startswith("mkosi_initrd: staging the buildroot packages of kojitest-hello from "
+                              f"{tree_server.url}/{koji_tree.repo_relpath} failed: cannot fetch busybox-1.35.0")
+    assert f"{tree_server.url}{busybox}: HTTP 404" in message
+    assert [call[3] for call in run.mock_calls] == ["--init", "--chroot", "--installdeps"]
+    assert set(run.hub.buildroot_states.values()) == {"EXPIRED"}
+    assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()

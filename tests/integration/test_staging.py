@@ -1,0 +1,355 @@
+"""Staging with the real tools: dnf's depsolver, rpm, createrepo_c, HTTP on 127.0.0.1 from a koji-like
+tree, and the builder building an image from what was staged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.errors import FetchError, ResolveError, StagingError, UnsafeHrefError, VerificationError
+from mkosi_initrd_builder.httpfetch import RetryPolicy
+from mkosi_initrd_builder.repo import open_repository
+from mkosi_initrd_builder.staging import MANIFEST_NAME, PackageSelection, StageRequest, Via, stage_repository
+from mkosi_initrd_builder.staging_resolve import PinnedPackage
+from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
+from tests.support.cli import run_cli
+from tests.support.kojitree import Fault, build_koji_tree
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRY = RetryPolicy(attempts=3, backoff=0.01, timeout=20)
+# mkosi installs basesystem into every Fedora image, whatever the variant lists.
+MINIMAL_PACKAGES = ("initrd-init", "kmod", "kernel-core", "systemd-boot-unsigned", "basesystem")
+
+
+def stage(source, dest, *, packages=(), cache=None, retry=FAST_RETRY, **kw):
+    return stage_repository(StageRequest(source=str(source), dest=dest, cache_dir=cache, retry=retry,
+                                         selection=PackageSelection(packages=tuple(packages), **kw)))
+
+
+def names(result) -> set[str]:
+    return {p.name for p in result.packages}
+
+
+def koji_url(server, tree) -> str:
+    return f"{server.url}/{tree.repo_relpath}"
+
+
+def package_urlpath(tree, name: str) -> str:
+    """The URL path a package is fetched by: through the repo's toplink, as its href says."""
+    return f"/{tree.repo_relpath}/toplink/{tree.package_path(name).relative_to(tree.topdir)}"
+
+
+def read_manifest(dest: Path) -> dict:
+    return json.loads((dest / MANIFEST_NAME).read_text())
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".staging-" in p.name or ".old-" in p.name)
+
+
+def test_stage_from_directory_hard_links_the_dnf_closure(fixture_repo, tmp_path):
+    dest = tmp_path / "staged"
+    result = stage(fixture_repo.path, dest, packages=["initrd-init"])
+    assert names(result) == {"initrd-init", "busybox", "filesystem"}  # dnf pulled in the Requires
+    assert {p.via for p in result.packages} == {Via.link}
+    for p in result.packages:
+        staged, source = dest / p.file, fixture_repo.rpms[p.name]
+        assert os.path.samefile(staged, source)
+        assert p.sha256 == hashlib.sha256(staged.read_bytes()).hexdigest()
+    # the destination is a repository of exactly those files, and nothing else
+    expected = [MANIFEST_NAME, "repodata", *(p.file for p in result.packages)]
+    assert sorted(p.name for p in dest.iterdir()) == sorted(expected)
+    assert {p.name for p in open_repository(dest).packages} == names(result)
+    manifest = read_manifest(dest)
+    assert manifest["format"] == "mkosi-initrd-stage/1"
+    assert manifest["selection"] == {"mode": "packages", "requested": ["initrd-init"]}
+    assert manifest["source"]["kind"] == "directory" and manifest["source"]["koji"] is None
+    assert manifest["totals"] == {"packages": 3, "bytes": result.total_bytes, "bytes-fetched": result.total_bytes,
+                                  "bytes-from-cache": 0}
+    entry = next(p for p in manifest["packages"] if p["name"] == "busybox")
+    assert entry["origin"] == str(fixture_repo.rpms["busybox"])
+    assert entry["nevra"] == subprocess.run(
+        ["rpm", "-qp", "--nosignature", "--qf", "%{NEVRA}", str(dest / entry["file"])],
+        stdout=subprocess.PIPE, text=True, check=True).stdout
+
+
+def test_stage_over_http_from_koji_repo_goes_through_toplink(koji_tree, tree_server, tmp_path):
+    dest = tmp_path / "staged"
+    result = stage(koji_url(tree_server, koji_tree), dest, packages=["kernel-core", "initrd-init"])
+    assert names(result) == {"kernel-core", "initrd-init", "busybox", "filesystem"}
+    assert {p.via for p in result.packages} == {Via.http}
+    for p in result.packages:
+        assert f"/{koji_tree.repo_relpath}/toplink/packages/{p.name}/" in p.origin
+        assert tree_server.requests_for(package_urlpath(koji_tree, p.name)) == 1
+        # the payload hash in the header is the one koji's rpmlist.jsonl records
+        assert p.payloadhash == koji_tree.rpminfo[f"{p.name}-{p.version}-{p.release}.{p.arch}"]["payloadhash"]
+    source = read_manifest(dest)["source"]
+    assert source["koji"] == {"tag": koji_tree.tag, "repo_id": koji_tree.repo_id, "arch": koji_tree.arch}
+    assert source["rpmlist"] is True and source["kind"] == "http"
+    # staged files are read-only for everyone: a build user cannot alter them
+    assert all((dest / p.file).stat().st_mode & 0o222 == 0 for p in result.packages)
+
+
+def test_stage_from_koji_directory_links_through_toplink(koji_tree, tmp_path):
+    result = stage(koji_tree.repo_dir, tmp_path / "staged", packages=["kmod"])
+    assert names(result) == {"kmod", "busybox", "filesystem"}
+    kmod = next(p for p in result.packages if p.name == "kmod")
+    assert "/toplink/packages/kmod/" in kmod.origin and kmod.via is Via.link
+    assert os.path.samefile(tmp_path / "staged" / kmod.file, koji_tree.package_path("kmod"))
+
+
+def test_stage_spec_buildrequires_through_the_cli(fixture_repo, tmp_path):
+    spec = tmp_path / "probe.spec"
+    spec.write_text("Name: probe\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\n"
+                    "BuildRequires: %{wanted} >= 1\nBuildRequires: /bin/sh\n%description\nd\n")
+    dest = tmp_path / "staged"
+    r = run_cli(["stage", "--source", fixture_repo.path, "--dest", dest, "--spec", spec, "--define", "wanted kmod"])
+    assert r.returncode == 0, r.stderr
+    assert "staged 3 packages" in r.stdout
+    manifest = read_manifest(dest)
+    assert {p["name"] for p in manifest["packages"]} == {"kmod", "busybox", "filesystem"}
+    assert manifest["selection"] == {"mode": "spec", "requested": [str(spec)]}
+
+
+def test_stage_reports_names_nothing_provides(fixture_repo, tmp_path):
+    with pytest.raises(ResolveError, match="nothing in the source provides no-such-package, kmod > 99"):
+        stage(fixture_repo.path, tmp_path / "staged", packages=["kmod", "no-such-package", "kmod > 99"])
+    assert not (tmp_path / "staged").exists()
+
+
+@pytest.fixture(scope="module")
+def installed_root(fixture_repo, tmp_path_factory):
+    """kmod installed with the real dnf --installroot; Debian's rpm puts the rpmdb at <root>/root/.rpmdb."""
+    require_tools("dnf")
+    root = tmp_path_factory.mktemp("installed") / "root"
+    conf = root.parent / "dnf.conf"
+    conf.write_text(f"[main]\nreposdir=/dev/null\ngpgcheck=0\ninstall_weak_deps=0\n"
+                    f"[fixture]\nname=fixture\nbaseurl={fixture_repo.path.as_uri()}\n")
+    subprocess.run(["dnf", "--installroot", str(root), "--config", str(conf), "--releasever", "test",
+                    "--disableplugin=*", "-y", "-q", "install", "kmod"], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "HOME": "/root"})
+    return root
+
+
+@pytest.mark.parametrize("dbdir", ["root/.rpmdb", "var/lib/rpm", "usr/lib/sysimage/rpm"])
+def test_installed_root_stages_exactly_the_rpmdb(installed_root, koji_tree, tmp_path, dbdir, monkeypatch):
+    monkeypatch.setenv("HOME", "/root")  # the host's %_dbpath is ~/.rpmdb on Debian
+    root = tmp_path / "root"
+    shutil.copytree(installed_root / "root/.rpmdb", root / dbdir)
+    result = stage(koji_tree.repo_dir, tmp_path / "staged", installed_root=root)
+    assert names(result) == {"kmod", "busybox", "filesystem"}
+    manifest = read_manifest(tmp_path / "staged")
+    assert manifest["selection"] == {"mode": "installed-root", "requested": [str(root)]}
+
+
+def test_installed_package_missing_from_source_is_named(koji_tree, tmp_path):
+    ghost = PinnedPackage("ghost", 0, "1", "1", "noarch")
+    with pytest.raises(ResolveError, match="not in the source .*: ghost-1-1.noarch"):
+        stage_repository(StageRequest(source=str(koji_tree.repo_dir), dest=tmp_path / "d",
+                                      selection=PackageSelection(pinned=(ghost,))))
+
+
+def test_installed_root_without_rpmdb_is_refused(koji_tree, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResolveError, match="no rpm database below .*usr/lib/sysimage/rpm"):
+        stage(koji_tree.repo_dir, tmp_path / "d", installed_root=tmp_path / "empty")
+
+
+@pytest.fixture
+def small_tree(fixture_repo, tmp_path):
+    """A koji tree of its own, whose files a test may damage."""
+    rpms = [fixture_repo.rpms[n] for n in ("kmod", "busybox", "filesystem")]
+    return build_koji_tree(tmp_path / "topdir", rpms)
+
+
+def test_verification_catches_a_corrupted_rpm_and_names_it(small_tree, tmp_path):
+    victim = small_tree.package_path("kmod")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(VerificationError) as e:
+        stage(small_tree.repo_dir, tmp_path / "staged", packages=["kmod"])
+    assert "kmod-30-1.fixture.noarch" in str(e.value) and "toplink/packages/kmod/" in str(e.value)
+    assert "sha256" in str(e.value)
+    assert not (tmp_path / "staged").exists() and leftovers(tmp_path) == []
+
+
+def test_verification_reads_the_header_nevra(small_tree, tmp_path):
+    # The repository's checksum matches the file, but the entry claims another version.
+    claimed = PinnedPackage("kmod", 0, "31", "1.fixture", "noarch")
+    primary = next((small_tree.repo_dir / "repodata").glob("*primary.xml.gz"))
+    import gzip
+    xml = gzip.decompress(primary.read_bytes()).replace(b'ver="30" rel="1.fixture"', b'ver="31" rel="1.fixture"')
+    primary.write_bytes(gzip.compress(xml))
+    with pytest.raises(VerificationError, match="kmod-31-1.fixture.noarch .*its header says it is kmod-30-1.fixture"):
+        stage_repository(StageRequest(source=str(small_tree.repo_dir), dest=tmp_path / "d",
+                                      selection=PackageSelection(pinned=(claimed,))))
+
+
+def test_payloadhash_from_rpmlist_is_checked(small_tree, tmp_path):
+    rpmlist = small_tree.repo_dir / "rpmlist.jsonl"
+    lines = [json.loads(line) for line in rpmlist.read_text().splitlines()]
+    for info in lines:
+        if info["name"] == "busybox":
+            info["payloadhash"] = "0" * 32
+    rpmlist.write_text("".join(json.dumps(i) + "\n" for i in lines))
+    with pytest.raises(VerificationError, match=r"busybox-.* does not match 0{32} from koji's rpmlist.jsonl"):
+        stage(small_tree.repo_dir, tmp_path / "d", packages=["busybox"])
+
+
+def test_stage_refuses_href_with_dotdot(fixture_repo, tmp_path):
+    outside = tmp_path / "outside"
+    repo = tmp_path / "repo"
+    outside.mkdir()
+    repo.mkdir()
+    shutil.copy(fixture_repo.rpms["filesystem"], outside)
+    (repo / "pkglist").write_text(f"../outside/{fixture_repo.rpms['filesystem'].name}\n")
+    subprocess.run(["createrepo_c", "--quiet", "-i", "pkglist", str(repo)], check=True, cwd=repo)
+    with pytest.raises(UnsafeHrefError) as e:
+        stage(repo, tmp_path / "staged", packages=["filesystem"])
+    assert f"'../outside/{fixture_repo.rpms['filesystem'].name}'" in str(e.value) and "'..'" in str(e.value)
+    assert not (tmp_path / "staged").exists()
+
+
+def test_tampered_download_fails_verification(koji_tree, tree_server, tmp_path):
+    path = package_urlpath(koji_tree, "busybox")
+    tree_server.faults[path] = Fault("tamper")
+    with pytest.raises(VerificationError) as e:
+        stage(koji_url(tree_server, koji_tree), tmp_path / "d", packages=["busybox"])
+    assert "busybox-1.35.0" in str(e.value) and tree_server.url + "/" in str(e.value)
+    assert tree_server.requests_for(path) == 1  # wrong bytes are not a transient failure
+
+
+@pytest.mark.parametrize("fault, tries, message", [
+    (Fault("truncate"), 3, "truncated: received"),
+    (Fault("status", status=500), 3, "HTTP 500"),
+    (Fault("status", status=404), 1, "HTTP 404"),
+])
+def test_http_failures_fail_with_the_url_after_bounded_retries(koji_tree, tree_server, tmp_path, fault, tries, message):
+    path = package_urlpath(koji_tree, "kmod")
+    tree_server.faults[path] = fault
+    started = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        stage(koji_url(tree_server, koji_tree), tmp_path / "d", packages=["kmod"], cache=tmp_path / "cache")
+    assert str(e.value).startswith(f"cannot fetch kmod-30-1.fixture.noarch from {tree_server.url}{path}: {message}")
+    assert (f"after {tries} attempts" in str(e.value)) == (tries > 1)
+    assert tree_server.requests_for(path) == tries
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_transient_http_failure_is_retried(koji_tree, tree_server, tmp_path):
+    path = package_urlpath(koji_tree, "kmod")
+    tree_server.faults[path] = Fault("status", status=503, times=1)
+    result = stage(koji_url(tree_server, koji_tree), tmp_path / "d", packages=["kmod"])
+    assert "kmod" in names(result)
+    assert tree_server.requests_for(path) == 2
+
+
+def test_second_staging_is_served_from_cache(koji_tree, tree_server, tmp_path):
+    cache = tmp_path / "cache"
+    source = koji_url(tree_server, koji_tree)
+    cold = stage(source, tmp_path / "one", packages=MINIMAL_PACKAGES, cache=cache)
+    assert cold.bytes_fetched == cold.total_bytes > 9_000_000 and cold.bytes_from_cache == 0
+    warm = stage(source, tmp_path / "two", packages=MINIMAL_PACKAGES, cache=cache)
+    assert warm.bytes_fetched == 0 and warm.bytes_from_cache == cold.total_bytes
+    assert {p.via for p in warm.packages} == {Via.cache}
+    assert read_manifest(tmp_path / "two")["totals"]["bytes-from-cache"] == cold.total_bytes
+    for p in warm.packages:  # each package was downloaded once, by the cold run
+        assert tree_server.requests_for(package_urlpath(koji_tree, p.name)) == 1
+        assert os.path.samefile(tmp_path / "one" / p.file, tmp_path / "two" / p.file)
+    # restaging into the same destination replaces it as a whole
+    again = stage(source, tmp_path / "two", packages=["kmod"], cache=cache)
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.rpm")) == sorted(p.file for p in again.packages)
+
+
+def test_concurrent_stagings_share_one_cache(koji_tree, tree_server, tmp_path):
+    cache = tmp_path / "cache"
+    # slow the big download down so the two runs overlap
+    tree_server.faults[package_urlpath(koji_tree, "kernel-core")] = Fault("delay", seconds=1.0)
+    source = koji_url(tree_server, koji_tree)
+    procs = [subprocess.Popen([sys.executable, "-m", "mkosi_initrd_builder", "stage", "--source", source,
+                               "--dest", str(tmp_path / f"d{i}"), "--cache", str(cache), "--packages",
+                               *MINIMAL_PACKAGES], cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    totals = [read_manifest(tmp_path / f"d{i}")["totals"] for i in range(2)]
+    assert totals[0]["bytes"] == totals[1]["bytes"]
+    # every file was fetched exactly once between the two; the other run got it from the cache
+    assert totals[0]["bytes-fetched"] + totals[1]["bytes-fetched"] == totals[0]["bytes"]
+    for name in ("kernel-core", "initrd-init", "busybox"):
+        assert tree_server.requests_for(package_urlpath(koji_tree, name)) == 1
+    entries = list(cache.glob("sha256/*/*.rpm"))
+    assert len(entries) == totals[0]["packages"]
+    for entry in entries:
+        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
+        assert json.loads(entry.with_suffix(".json").read_text())["sha256"] == entry.stem
+    assert list((cache / "tmp").iterdir()) == []
+
+
+def test_interrupted_staging_leaves_the_previous_repository(koji_tree, tree_server, tmp_path):
+    dest = tmp_path / "staged"
+    source = koji_url(tree_server, koji_tree)
+    stage(source, dest, packages=["kmod"])
+    before = sorted(p.name for p in dest.iterdir())
+    kernel = package_urlpath(koji_tree, "kernel-core")
+    tree_server.faults[kernel] = Fault("delay", seconds=3.0)
+    proc = subprocess.Popen([sys.executable, "-m", "mkosi_initrd_builder", "stage", "--source", source, "--dest",
+                             str(dest), "--cache", str(tmp_path / "cache"), "--packages", *MINIMAL_PACKAGES],
+                            cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while tree_server.requests_for(kernel) == 0 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert tree_server.requests_for(kernel) == 1, "the staging never reached the kernel download"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert sorted(p.name for p in dest.iterdir()) == before  # the old repository, whole
+    assert leftovers(tmp_path) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_size_limit_is_checked_before_fetching(koji_tree, tree_server, tmp_path):
+    with pytest.raises(StagingError, match=r"more than the limit of 1,048,576 \(largest: kernel-core-6"):
+        stage_repository(StageRequest(source=koji_url(tree_server, koji_tree), dest=tmp_path / "d",
+                                      selection=PackageSelection(packages=("kernel-core",)), max_bytes=1 << 20))
+    assert tree_server.requests_for(package_urlpath(koji_tree, "kernel-core")) == 0
+
+
+def test_destination_that_is_not_a_staged_repository_is_refused(fixture_repo, tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    r = run_cli(["stage", "--source", fixture_repo.path, "--dest", tmp_path / "home", "--packages", "kmod"])
+    assert r.returncode == 1
+    assert "is not empty and is no staged repository" in r.stderr
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+    r = run_cli(["stage", "--source", fixture_repo.path, "--dest", tmp_path / "x"])
+    assert r.returncode == 1 and "choose exactly one of --packages, --spec and --installed-root" in r.stderr
+
+
+def test_builder_builds_an_image_from_a_staged_repository(koji_tree, tree_server, fixture_repo, tmp_path):
+    require_tools("mkosi", "ukify", "rpm2cpio", "cpio", "zstd")
+    require_root()
+    staged = tmp_path / "staged"
+    stage(koji_url(tree_server, koji_tree), staged, packages=MINIMAL_PACKAGES)
+    out = tmp_path / "out"
+    r = run_cli(["build", "--repo", staged, "--kernel-version", fixture_repo.kernel_version, "--output", out,
+                 "--variants-dir", FIXTURE_VARIANTS, "--variant", "minimal"])
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "minimal" / "manifest.json").read_text())
+    assert {p.rsplit("-", 2)[0] for p in manifest["packages"]} >= {"initrd-init", "kmod", "busybox"}
+    assert (out / "minimal" / "initrd.cpio.zst").stat().st_size > 0

@@ -1,0 +1,97 @@
+"""The kojid plugin's configuration: validated strictly, every error naming the key at fault."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.cliopts import parse_byte_size
+from mkosi_initrd_builder.errors import PluginConfigError
+from mkosi_initrd_builder.plugin_config import KEYS, PluginConfig, parse_plugin_config
+
+TOP = Path(__file__).resolve().parents[2]
+CONF = Path("/etc/kojid/plugins/mkosi_initrd.conf")
+
+
+def parse(text: str) -> PluginConfig:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parse_plugin_config(parser, CONF)
+
+
+def test_shipped_example_config_is_valid():
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(TOP / "koji_plugin" / "mkosi_initrd.conf")
+    config = parse_plugin_config(parser, CONF)
+    assert config.packages == {"mkosi-initrd-initrd"}
+    assert config.cache_dir == Path("/var/cache/kojid/mkosi-initrd")
+
+
+def test_full_config_is_parsed():
+    config = parse("""
+[mkosi_initrd]
+packages = mkosi-initrd-initrd, other-initrd
+  third
+tags = f42-build f43-build
+tag_extra = mkosi_initrd.enabled
+cache_dir = /srv/cache
+max_size = 1.5G
+jobs = 8
+retries = 2
+""")
+    assert config == PluginConfig(packages=frozenset({"mkosi-initrd-initrd", "other-initrd", "third"}),
+                                  tags=frozenset({"f42-build", "f43-build"}), tag_extra="mkosi_initrd.enabled",
+                                  cache_dir=Path("/srv/cache"), max_size=int(1.5 * 1024 ** 3), jobs=8, retries=2)
+
+
+def test_defaults_come_from_the_key_table():
+    config = parse("[mkosi_initrd]\npackages = p\n")
+    for key in KEYS[1:]:
+        assert getattr(config, key.name) == key.default
+
+
+@pytest.mark.parametrize("text, key, detail", [
+    ("[mkosi_initrd]\n", "[mkosi_initrd] packages", "missing"),
+    ("[mkosi_initrd]\npackages =\n", "[mkosi_initrd] packages", "at least one"),
+    ("[mkosi_initrd]\npackages = good bad/name\n", "[mkosi_initrd] packages", "'bad/name'"),
+    ("[mkosi_initrd]\npackages = p\ncolour = blue\n", "[mkosi_initrd] colour", "unknown key"),
+    ("[mkosi_initrd]\npackages = p\njobs = 0\n", "[mkosi_initrd] jobs", "between 1 and 64"),
+    ("[mkosi_initrd]\npackages = p\njobs = many\n", "[mkosi_initrd] jobs", "not an integer"),
+    ("[mkosi_initrd]\npackages = p\nretries = 11\n", "[mkosi_initrd] retries", "between 1 and 10"),
+    ("[mkosi_initrd]\npackages = p\nmax_size = lots\n", "[mkosi_initrd] max_size", "not a size"),
+    ("[mkosi_initrd]\npackages = p\nmax_size = 0\n", "[mkosi_initrd] max_size", "positive"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = var/cache\n", "[mkosi_initrd] cache_dir", "absolute"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /\n", "[mkosi_initrd] cache_dir", "cannot be"),
+    ("[mkosi_initrd]\npackages = p\ntags = f42 build!\n", "[mkosi_initrd] tags", "'build!'"),
+    ("[mkosi_initrd]\npackages = p\ntag_extra = no spaces\n", "[mkosi_initrd] tag_extra", "not a tag extra"),
+    ("[mkosi_initrd]\npackages = p\n[paths]\nx = y\n", "[paths]", "unknown section"),
+    ("[global]\npackages = p\n", "[global]", "unknown section"),
+])
+def test_bad_config_names_the_key(text, key, detail):
+    with pytest.raises(PluginConfigError) as e:
+        parse(text)
+    assert e.value.key == key
+    assert str(e.value).startswith(f"{CONF}: {key}: ")
+    assert detail in str(e.value)
+
+
+def test_skip_reason_says_why_a_build_is_left_alone():
+    config = parse("[mkosi_initrd]\npackages = mkosi-initrd-initrd\ntags = f42-build\n"
+                   "tag_extra = mkosi_initrd.enabled\n")
+    assert config.skip_reason("bash", "f42-build", {"mkosi_initrd.enabled": True}) == "bash is not in packages"
+    assert "f41-build is not in tags" in config.skip_reason("mkosi-initrd-initrd", "f41-build", {})
+    assert "mkosi_initrd.enabled" in config.skip_reason("mkosi-initrd-initrd", "f42-build", {})
+    assert "mkosi_initrd.enabled" in config.skip_reason("mkosi-initrd-initrd", "f42-build",
+                                                        {"mkosi_initrd.enabled": "false"})
+    assert config.skip_reason("mkosi-initrd-initrd", "f42-build", {"mkosi_initrd.enabled": True}) is None
+    assert config.skip_reason("mkosi-initrd-initrd", "f42-build", {"mkosi_initrd.enabled": "yes"}) is None
+    # without tags and tag_extra only the package list matters
+    anywhere = parse("[mkosi_initrd]\npackages = mkosi-initrd-initrd\n")
+    assert anywhere.skip_reason("mkosi-initrd-initrd", "any-tag", {}) is None
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 1 << 20), ("500M", 500 << 20), ("2g", 2 << 30), ("4 KiB", 4096)])
+def test_byte_sizes(text, size):
+    assert parse_byte_size(text) == size
