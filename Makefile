@@ -16,6 +16,10 @@ run: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-real
+test-real: setup
+	$(PY) -m pytest -m realcontent $(PYTEST_ARGS)
+
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
@@ -24,3 +28,10 @@ bench: setup
 
 clean:
 	rm -rf out build .pytest_cache
+
+# The SRPM and RPMs of mkosi-initrd-initrd, built locally from the fixture repository with the
+# fixture variants; everything under $(RPM_OUT) (see tests/scripts/make-rpm.sh).
+RPM_OUT ?= out/rpm
+.PHONY: rpm
+rpm: setup
+	@bash tests/scripts/make-rpm.sh $(RPM_OUT)

@@ -177,6 +177,8 @@ def build(request: BuildRequest) -> list[VariantResult]:
         find_tool(tool)
     if any(OutputFormat.uki in v.formats for v in request.variants):
         find_tool("ukify")
+    # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
+    request = dataclasses.replace(request, output=request.output.absolute())
     prepare_output(request.output)
     with step(f"Reading repository {request.repo}"):
         repo = open_repository(request.repo)

@@ -16,6 +16,8 @@ from . import __version__
 from .cliopts import Command, Option, epoch, positive_int
 from .errors import BuilderError
 from .log import setup_logging
+from . import spec_cli
+from . import staging_cli
 
 logger = logging.getLogger("mkosi_initrd_builder")
 PROG = "mkosi-initrd-build"
@@ -101,6 +103,8 @@ COMMANDS: list[Command] = [
     Command("build", "build the initrd (and UKI) of each variant, offline", BUILD_OPTIONS, cmd_build),
     Command("inspect", "show what is inside a built variant", INSPECT_OPTIONS, cmd_inspect),
     Command("verify", "check a built variant against its manifest (and boot it)", VERIFY_OPTIONS, cmd_verify),
+    *spec_cli.COMMANDS,
+    staging_cli.COMMAND,
 ]
 
 

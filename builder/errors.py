@@ -128,3 +128,56 @@ class VariantBuildError(BuilderError):
             lines.append(f"  {name}: {first}")
             lines += [f"    {line}" for line in rest]
         super().__init__("\n".join(lines))
+
+
+class SpecError(BuilderError):
+    """The spec cannot be rendered or read back: a template mistake, or a file that is not a rendered spec."""
+
+
+class BumpError(BuilderError):
+    """A bump would not produce a newer package, or would change nothing."""
+
+
+class UnsafeHrefError(StagingError):
+    """A package location in the source's metadata points outside the repository."""
+
+    def __init__(self, href: str, reason: str) -> None:
+        self.href = href
+        self.reason = reason
+        super().__init__(f"refusing package location {href!r}: {reason}")
+
+
+class FetchError(StagingError):
+    """A file could not be fetched from the source (after the bounded retries, when retrying made sense)."""
+
+    def __init__(self, url: str, reason: str, *, package: Optional[str] = None, attempts: int = 1,
+                 status: Optional[int] = None) -> None:
+        self.url = url
+        self.package = package
+        self.attempts = attempts
+        self.status = status  # the HTTP status of the last try, when there was one
+        what = f"{package} from {url}" if package else url
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        super().__init__(f"cannot fetch {what}: {reason}{tries}")
+
+
+class VerificationError(StagingError):
+    """A fetched RPM does not match what the repository metadata (or koji) says it is."""
+
+    def __init__(self, package: str, origin: str, reason: str) -> None:
+        self.package = package
+        self.origin = origin
+        super().__init__(f"{package} ({origin}) failed verification: {reason}")
+
+
+class ResolveError(StagingError):
+    """The packages to stage cannot be determined: unknown names, unsatisfiable dependencies, no rpm database."""
+
+
+class PluginConfigError(BuilderError):
+    """The kojid plugin's configuration file has a bad or unknown key."""
+
+    def __init__(self, path: Path, key: str, message: str) -> None:
+        self.path = path
+        self.key = key
+        super().__init__(f"{path}: {key}: {message}")

@@ -84,6 +84,9 @@ if [[ "$ID" == debian ]]; then
     extract_deb_tool mkosi trixie mkosi
     extract_deb_tool ukify trixie systemd-ukify
     extract_deb_tool stub trixie systemd-boot-efi
+    # Only for its kernel-install plugin 90-uki-copy.install: the host's systemd 252 has no
+    # layout=uki support, and the kernel-install tests run that real plugin (nothing else of it).
+    extract_deb_tool systemd trixie systemd
     # Wrappers so the builder finds them on PATH; they run under Debian's python3, which sees
     # python3-pefile and python3-dnf (the pyenv python3 first on PATH does not).
     mkdir -p "$TOOLS/bin"

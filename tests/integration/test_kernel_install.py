@@ -1,0 +1,225 @@
+"""The built RPMs installed with `rpm --root` next to the fixture kernel, the host's real
+kernel-install (systemd 252) run through our plugin for layout=bls and layout=uki, and what lands in
+$BOOT booted in QEMU. Also: the scriptlets, run by rpm itself in the scratch root."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import stat
+
+import pytest
+
+from mkosi_initrd_builder.qemu import boot
+from mkosi_initrd_builder.verify import default_marker
+from tests.conftest import require_root, require_tools
+from tests.support.kernel_install import (UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
+                                          kernel_install, make_root, rpm_root)
+from tests.support.rpms import build_rpms
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "mkosi-initrd-initrd"
+BOOT_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def built(fixture_repo, tmp_path_factory):
+    require_tools("rpmbuild", "rpmlint", "mkosi", "ukify", "rpm2cpio", "cpio", "zstd")
+    require_root()
+    if missing := host_has_kernel_install():
+        pytest.skip(f"needs {missing}")
+    return build_rpms(fixture_repo.path, fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
+
+
+@pytest.fixture(scope="module")
+def base_rpms(fixture_repo):
+    """A minimal system: filesystem, a shell (busybox) and the kernel."""
+    return [fixture_repo.rpms[n] for n in ("filesystem", "busybox", "kernel-core")]
+
+
+def install_root(tmp_path, base_rpms, built, *variants, name="root"):
+    rpms = [*base_rpms, built.rpms[f"{PREFIX}-common"], *(built.rpms[f"{PREFIX}-{v}"] for v in variants)]
+    return make_root(tmp_path / name, rpms)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def image(root, kver, variant, name):
+    return root / "usr/lib/modules" / kver / "mkosi-initrd" / variant / name
+
+
+def add(root, kver, *extra_plugins):
+    return kernel_install(root, "add", kver, f"/usr/lib/modules/{kver}/vmlinuz", extra_plugins=extra_plugins)
+
+
+def test_only_missing_dependency_in_the_scratch_root_is_the_host_tool(tmp_path, base_rpms, built):
+    """Everything the packages need is in the fixture repository, but kernel-install itself."""
+    root = make_root(tmp_path / "root", [])
+    r = rpm_root(root, "-i", "--test", *base_rpms, *built.rpms.values(), check=False)
+    missing = re.findall(r"^\s+(.+?) is needed by (\S+)$", r.stderr, re.MULTILINE)
+    assert missing == [("/usr/bin/kernel-install", f"{PREFIX}-common-6.1.192-2^1.noarch")], r.stderr
+
+
+@pytest.fixture(scope="module")
+def bls_boot(tmp_path_factory, base_rpms, built, fixture_repo):
+    """kernel-install add with layout=bls, the minimal variant installed: what landed in /boot."""
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path_factory.mktemp("bls"), base_rpms, built, "minimal")
+    configure(root, layout="bls")
+    r = add(root, kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return BootDir(root, kver)
+
+
+@pytest.fixture(scope="module")
+def uki_boot(tmp_path_factory, base_rpms, built, fixture_repo):
+    """kernel-install add with layout=uki, the minimal variant installed: what landed in /boot."""
+    if not UKI_COPY_PLUGIN.exists():
+        pytest.skip(f"needs {UKI_COPY_PLUGIN} (systemd 252 has no layout=uki; run 'make setup')")
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path_factory.mktemp("uki"), base_rpms, built, "minimal")
+    configure(root, layout="uki")
+    r = add(root, kver, UKI_COPY_PLUGIN)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return BootDir(root, kver)
+
+
+def test_bls_layout_gets_the_kernel_and_the_prebuilt_initrd(bls_boot):
+    b, kver = bls_boot, bls_boot.kernel_version
+    entry_dir = str(b.entry_dir.relative_to(b.boot))
+    assert b.files() == sorted([f"{entry_dir}/initrd", f"{entry_dir}/linux", str(b.entry.relative_to(b.boot))])
+    assert sha256(b.entry_dir / "initrd") == sha256(image(b.root, kver, "minimal", "initrd.cpio.zst"))
+    assert sha256(b.entry_dir / "linux") == sha256(b.root / "usr/lib/modules" / kver / "vmlinuz")
+    fields = b.entry_fields()
+    assert fields["linux"] == [f"/boot/{entry_dir}/linux"]
+    assert fields["initrd"] == [f"/boot/{entry_dir}/initrd"]  # ours alone: dracut's and Debian's add none
+    assert fields["version"] == [kver]
+
+
+@pytest.mark.boot
+def test_bls_entry_boots_to_the_marker(bls_boot):
+    require_tools("qemu-system-x86_64")
+    b = bls_boot
+    result = boot(kernel=b.entry_dir / "linux", initrd=b.entry_dir / "initrd", append=b.entry_fields()["options"][0],
+                  expect=default_marker("minimal", b.kernel_version), timeout=BOOT_TIMEOUT)
+    assert result.ok, result.console_tail
+    print(f"bls boot: {result.seconds:.1f}s: {result.marker_line}")
+
+
+def test_uki_layout_gets_the_prebuilt_uki(uki_boot):
+    b = uki_boot
+    assert b.files() == [str(b.uki.relative_to(b.boot))]  # no type #1 entry, no separate kernel or initrd
+    assert sha256(b.uki) == sha256(image(b.root, b.kernel_version, "minimal", "uki.efi"))
+
+
+@pytest.mark.boot
+def test_uki_boots_to_the_marker_under_ovmf(uki_boot):
+    require_tools("qemu-system-x86_64")
+    result = boot(kernel=uki_boot.uki, uefi=True, expect=default_marker("minimal", uki_boot.kernel_version),
+                  timeout=BOOT_TIMEOUT)
+    assert result.ok, result.console_tail
+    print(f"uki boot: {result.seconds:.1f}s: {result.marker_line}")
+
+
+def test_no_variant_installed_leaves_the_entry_without_initrd_and_succeeds(tmp_path, base_rpms, built, fixture_repo):
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built)
+    configure(root, layout="bls")
+    r = add(root, kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = BootDir(root, kver)
+    assert "initrd" not in b.entry_fields()
+    assert not (b.entry_dir / "initrd").exists()
+    assert "no 'dracut' kernel-install plugin: the boot entry gets no initrd" in r.stderr
+
+
+def test_no_variant_installed_falls_back_to_dracuts_plugin(tmp_path, base_rpms, built, fixture_repo):
+    """dracut steps aside for our generator name; for a kernel without a prebuilt image the plugin
+    runs dracut's plugin (here a stand-in honouring the same contract) as the generator."""
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built)
+    configure(root, layout="bls")
+    fake = root / "etc/kernel/install.d/50-dracut.install"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text('#!/bin/sh\n[ "$KERNEL_INSTALL_INITRD_GENERATOR" = dracut ] || exit 0\n'
+                    '[ "$1" = add ] || exit 0\necho "dracut initrd for $2" > "$KERNEL_INSTALL_STAGING_AREA/initrd"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    r = add(root, kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = BootDir(root, kver)
+    assert (b.entry_dir / "initrd").read_text() == f"dracut initrd for {kver}\n"
+
+
+def test_several_variants_need_the_config_file(tmp_path, base_rpms, built, fixture_repo):
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built, "minimal", "storage")
+    configure(root, layout="bls")
+    r = add(root, kver)
+    assert r.returncode == 1
+    assert "several prebuilt variants are installed" in r.stderr and "/etc/kernel/mkosi-initrd-prebuilt.conf" in r.stderr
+    conf = root / "etc/kernel/mkosi-initrd-prebuilt.conf"
+    conf.write_text(conf.read_text() + "variant=storage\n")  # the shipped file, with the setting added
+    r = add(root, kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = BootDir(root, kver)
+    assert sha256(b.entry_dir / "initrd") == sha256(image(root, kver, "storage", "initrd.cpio.zst"))
+
+
+def test_another_generator_configured_means_no_prebuilt_image(tmp_path, base_rpms, built, fixture_repo):
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built, "minimal")
+    configure(root, layout="bls", extra="initrd_generator=dracut\n")  # the admin's override wins
+    r = add(root, kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (BootDir(root, kver).entry_dir / "initrd").exists()
+
+
+STUB = """#!/bin/sh
+echo "$*" >> /var/log/kernel-install.calls
+exit ${STUB_EXIT:-0}
+"""
+
+
+def stub_kernel_install(root, exit_code=0):
+    """A kernel-install inside the scratch root, where rpm runs the scriptlets (chrooted)."""
+    path = root / "usr/bin/kernel-install"
+    path.write_text(STUB.replace("${STUB_EXIT:-0}", str(exit_code)))
+    path.chmod(0o755)
+    return root / "var/log/kernel-install.calls"
+
+
+def test_scriptlets_rerun_kernel_install_on_install_and_on_removal(tmp_path, base_rpms, built, fixture_repo):
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built)  # kernel and -common, no variant yet
+    calls = stub_kernel_install(root)
+    r = rpm_root(root, "-i", "--nodeps", built.rpms[f"{PREFIX}-minimal"])
+    assert calls.read_text() == f"add {kver} /usr/lib/modules/{kver}/vmlinuz\n", r.stderr
+    r = rpm_root(root, "-e", f"{PREFIX}-minimal")
+    assert calls.read_text().splitlines() == [f"add {kver} /usr/lib/modules/{kver}/vmlinuz"] * 2, r.stderr
+    assert not image(root, kver, "minimal", "initrd.cpio.zst").exists()
+
+
+def test_scriptlets_do_nothing_and_succeed_without_the_kernel(tmp_path, fixture_repo, built):
+    root = make_root(tmp_path / "root", [fixture_repo.rpms["filesystem"], fixture_repo.rpms["busybox"]])
+    calls = stub_kernel_install(root)
+    r = rpm_root(root, "-i", "--nodeps", built.rpms[f"{PREFIX}-common"], built.rpms[f"{PREFIX}-minimal"])
+    assert r.returncode == 0 and "scriptlet" not in r.stderr, r.stderr
+    r = rpm_root(root, "-e", f"{PREFIX}-minimal")
+    assert r.returncode == 0 and "scriptlet" not in r.stderr, r.stderr
+    assert not calls.exists()
+
+
+def test_scriptlets_never_fail_the_transaction(tmp_path, base_rpms, built, fixture_repo):
+    """kernel-install failing, or missing altogether: rpm still succeeds, with a warning."""
+    kver = fixture_repo.kernel_version
+    root = install_root(tmp_path, base_rpms, built)
+    stub_kernel_install(root, exit_code=1)
+    r = rpm_root(root, "-i", "--nodeps", built.rpms[f"{PREFIX}-minimal"])
+    assert r.returncode == 0
+    assert f"kernel-install add {kver} failed; its boot entry may be out of date" in r.stderr
+    (root / "usr/bin/kernel-install").unlink()
+    r = rpm_root(root, "-e", f"{PREFIX}-minimal")
+    assert r.returncode == 0 and "kernel-install" not in r.stderr and "scriptlet" not in r.stderr, r.stderr

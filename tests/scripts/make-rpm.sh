@@ -1,0 +1,64 @@
+#!/bin/bash
+# `make rpm`: the maintainer's local build of mkosi-initrd-initrd from the fixture repository.
+#   fixture repo -> render the spec (fixture variants) -> SRPM -> RPMs rebuilt from that SRPM -> rpmlint
+# MKOSI_INITRD_REPO and MKOSI_INITRD_KVER in the environment replace the fixture repository.
+# Everything goes under one directory (default out/rpm):
+#   src/     the rendered spec and its Sources, as a dist-git checkout would hold them
+#   SRPMS/   the source RPM          RPMS/<arch>/  the binary RPMs
+#   build/   rpmbuild's work area    rpmbuild.log, rpmlint.log
+# The fixture variants are used because the product variants (spec/variants) need Fedora RPMs.
+# rpmbuild runs with --nodeps: it checks BuildRequires against this host's rpm database, which
+# does not hold them (they are in the repository given as %mkosi_initrd_repo).
+set -euo pipefail
+
+TOP=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=$(realpath -m "${1:-$TOP/out/rpm}")
+PY=${PY:-$TOP/.venv/bin/python}
+PACKAGER=${MKOSI_INITRD_PACKAGER:-mkosi-initrd developers <mkosi-initrd@localhost>}
+
+log() { printf '[rpm %(%H:%M:%S)T] %s\n' -1 "$*"; }
+cd "$TOP"
+
+REPO=${MKOSI_INITRD_REPO:-}
+KVER=${MKOSI_INITRD_KVER:-}
+if [[ -n "$REPO" && -n "$KVER" ]]; then
+    log "repository $REPO (kernel $KVER), from the environment"
+else
+    log "fixture repository"
+    { read -r REPO; read -r KVER; } < <("$PY" -m tests.support.fixtures build -q)
+    log "  $REPO (kernel $KVER)"
+fi
+# (The staging step, `mkosi-initrd-build stage`, goes here: it turns REPO into the offline
+# repository that koji's plugin would hand to the build.)
+
+rm -rf "$OUT"
+mkdir -p "$OUT"/{src,SRPMS,RPMS,build}
+log "rendering the spec"
+"$PY" -m mkosi_initrd_builder --quiet spec --kernel-version "$KVER" --repo "$REPO" \
+    --variants-dir tests/fixtures/variants --packager "$PACKAGER" --output "$OUT/src/mkosi-initrd-initrd.spec"
+
+RPMBUILD=(rpmbuild --nodeps --define "_topdir $OUT/build" --define "_srcrpmdir $OUT/SRPMS"
+          --define "_rpmdir $OUT/RPMS" --define "_buildhost localhost")
+log "building the SRPM"
+"${RPMBUILD[@]}" --define "_sourcedir $OUT/src" -bs "$OUT/src/mkosi-initrd-initrd.spec" > "$OUT/rpmbuild.log" 2>&1 || {
+    tail -n 30 "$OUT/rpmbuild.log" >&2; exit 1; }
+SRPM=$(ls "$OUT"/SRPMS/*.src.rpm)
+# --rebuild unpacks the SRPM into build/SOURCES and build/SPECS, and removes them afterwards.
+log "building the RPMs from $(basename "$SRPM")"
+start=$SECONDS
+"${RPMBUILD[@]}" --rebuild --define "mkosi_initrd_repo $REPO" \
+    --define "mkosi_initrd_build $TOP/.venv/bin/mkosi-initrd-build" "$SRPM" >> "$OUT/rpmbuild.log" 2>&1 || {
+    tail -n 30 "$OUT/rpmbuild.log" >&2; log "rpmbuild failed, see $OUT/rpmbuild.log"; exit 1; }
+log "  rpmbuild took $((SECONDS - start))s"
+rm -rf "$OUT/build"
+
+log "rpmlint"
+if ! rpmlint -r spec/rpmlintrc "$OUT/src/mkosi-initrd-initrd.spec" "$SRPM" "$OUT"/RPMS/*/*.rpm > "$OUT/rpmlint.log" 2>&1; then
+    cat "$OUT/rpmlint.log" >&2
+    log "rpmlint reported errors"
+    exit 1
+fi
+tail -n 1 "$OUT/rpmlint.log"
+
+log "done: $OUT"
+find "$OUT" -name '*.rpm' -printf '%10s  %P\n' | sort -k2

@@ -1,0 +1,153 @@
+"""Bumping a rendered spec: the version only ever grows, the changelog says why, and bad bumps are
+refused with one clear line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from mkosi_initrd_builder.errors import BumpError, KernelNotFoundError, SpecError
+from mkosi_initrd_builder.evr import EVR
+from mkosi_initrd_builder.spec import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec,
+                                       release_for, render_spec, write_spec)
+from mkosi_initrd_builder.variants import load_variants
+from tests.conftest import FIXTURE_VARIANTS
+from tests.unit.spec_support import DATE, PACKAGER, fake_repo, first_inputs, kernel_package
+
+rpm = pytest.importorskip("rpm", reason="needs python3-rpm (make setup)")
+
+
+@pytest.fixture
+def variants_dir(tmp_path):
+    d = tmp_path / "variants"
+    shutil.copytree(FIXTURE_VARIANTS, d)
+    return d
+
+
+def render_first(spec, repo, variants_dir):
+    inputs = first_inputs(repo, load_variants(variants_dir))
+    write_spec(render_spec(inputs), spec, inputs.variants)
+    return read_spec(spec)
+
+
+def bump(spec, repo, variants_dir, uname, message=None):
+    """What `mkosi-initrd-build bump` does, with a fixed date and packager."""
+    current = read_spec(spec)
+    kernel = describe_kernel(repo, uname)
+    variants = load_variants(variants_dir)
+    b = plan_bump(current, kernel, variants, message)
+    evr = kernel.image_package.evr
+    entry = ChangelogEntry(DATE, PACKAGER, f"{evr.version}-{release_for(evr, b.build_counter)}", b.entry_lines)
+    inputs = gather_inputs(repo, kernel, variants, release="rawhide", build_counter=b.build_counter,
+                           changelog=entry.render() + "\n\n" + current.changelog)
+    write_spec(render_spec(inputs), spec, variants)
+    return read_spec(spec)
+
+
+def label(rendered):
+    return ("0", rendered.version, rendered.release)
+
+
+def test_new_kernel_restarts_the_counter_and_says_so(tmp_path, variants_dir):
+    spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
+    render_first(spec, fake_repo(), variants_dir)
+    repo = fake_repo(kernel_package("6.1.193-1", uname="6.1.0-57-amd64"))
+    after = bump(spec, repo, variants_dir, "6.1.0-57-amd64")
+    assert (after.version, after.release, after.build_counter) == ("6.1.193", "1^1", 1)
+    assert after.changelog.startswith(f"* Tue Nov 14 2023 {PACKAGER} - 6.1.193-1^1\n"
+                                      "- Kernel kernel-core 6.1.193-1 (6.1.0-57-amd64)\n\n* ")
+    assert "- Kernel kernel-core 6.1.192-2 (6.1.0-56-amd64); variants: minimal, storage" in after.changelog
+
+
+def test_changed_variants_bump_the_counter_and_replace_earlier_builds(tmp_path, variants_dir):
+    spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
+    repo = fake_repo()
+    render_first(spec, repo, variants_dir)
+    with open(variants_dir / "minimal.toml", "a") as f:
+        f.write("# a change\n")
+    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+    assert (after.release, after.build_counter) == ("2^2", 2)
+    assert "- Variants changed: minimal\n" in after.changelog
+    (variants_dir / "storage.toml").unlink()
+    shutil.copy(FIXTURE_VARIANTS / "storage.toml", variants_dir / "disk.toml")
+    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+    assert after.release == "2^3"
+    assert "- Variants added: disk\n- Variants removed: storage\n" in after.changelog
+    text = spec.read_text()
+    # install-only packages of the same kernel would collide: earlier builds are obsoleted exactly
+    assert "Obsoletes:      %{name}-minimal = 6.1.192-2^1\nObsoletes:      %{name}-minimal = 6.1.192-2^2\n" in text
+    assert "Obsoletes:      %{name}-disk = 6.1.192-2^2\n" in text
+    assert "= 6.1.192-2^3" not in text
+
+
+def test_bump_with_nothing_changed_is_refused_unless_a_message_says_why(tmp_path, variants_dir):
+    spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
+    repo = fake_repo()
+    render_first(spec, repo, variants_dir)
+    with pytest.raises(BumpError, match="nothing to bump in .*: kernel 6.1.0-56-amd64 and the variant files are "
+                                        "those it was rendered from") as e:
+        bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+    assert "--message" in e.value.hint
+    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64", message="Rebuild for mkosi 26")
+    assert after.release == "2^2" and "- Rebuild for mkosi 26\n" in after.changelog
+
+
+def test_bump_to_an_older_kernel_is_refused(tmp_path, variants_dir):
+    spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
+    render_first(spec, fake_repo(), variants_dir)
+    older = fake_repo(kernel_package("6.1.190-1", uname="6.1.0-50-amd64"))
+    with pytest.raises(BumpError) as e:
+        bump(spec, older, variants_dir, "6.1.0-50-amd64")
+    assert str(e.value).startswith("kernel kernel-core-6.1.190-1 (6.1.0-50-amd64) is older than kernel-core-6.1.192-2 "
+                                   "(6.1.0-56-amd64) in ")
+    assert str(e.value).endswith("mkosi-initrd-initrd 6.1.190-1^1 would not upgrade 6.1.192-2^1")
+    assert "\n" not in str(e.value)
+
+
+def test_bump_to_a_kernel_the_repository_lacks_is_refused_in_one_line():
+    with pytest.raises(KernelNotFoundError) as e:
+        describe_kernel(fake_repo(), "6.9.0-1-amd64")
+    assert str(e.value) == ("kernel 6.9.0-1-amd64 not found in repository /srv/fake-repo "
+                            "(kernel versions available: 6.1.0-56-amd64)")
+
+
+def test_bump_refuses_a_file_that_is_not_a_rendered_spec(tmp_path):
+    other = tmp_path / "other.spec"
+    other.write_text("Name: x\nVersion: 1\nRelease: 1\n%description\nx\n%changelog\n")
+    with pytest.raises(SpecError, match=r"other.spec: not a spec rendered by mkosi-initrd-build \(missing: "
+                                        r"kernel_uname, kernel_name, kernel_evr, build_counter\)"):
+        read_spec(other)
+    with pytest.raises(SpecError, match="cannot read"):
+        read_spec(tmp_path / "missing.spec")
+
+
+def test_version_grows_monotonically_over_a_series_of_bumps(tmp_path, variants_dir):
+    """Kernel updates (including release-only ones, a release that extends the previous one, an
+    epoch-less rc series) and rebuilds for the same kernel: every step is newer to rpm."""
+    spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
+    steps = [
+        ("6.1.192-2", "6.1.0-56-amd64", None),
+        ("6.1.192-2", "6.1.0-56-amd64", "rebuild"),
+        ("6.1.192-2.1", "6.1.0-56a-amd64", None),    # the previous release is a prefix of this one
+        ("6.1.192-3", "6.1.0-57-amd64", None),
+        ("6.1.192-3", "6.1.0-57-amd64", "rebuild"),
+        ("6.1.192-3", "6.1.0-57-amd64", "rebuild again"),
+        ("6.2.0-0.rc1.1", "6.2.0-0.rc1-amd64", None),
+        ("6.2.0-0.rc2.1", "6.2.0-0.rc2-amd64", None),
+        ("6.2.0-1", "6.2.0-1-amd64", None),
+        ("6.10.0-1", "6.10.0-1-amd64", None),
+    ]
+    seen = []
+    for i, (evr, uname, message) in enumerate(steps):
+        repo = fake_repo(kernel_package(evr, uname=uname))
+        rendered = render_first(spec, repo, variants_dir) if i == 0 else bump(spec, repo, variants_dir, uname, message)
+        if seen:
+            assert rpm.labelCompare(label(rendered), seen[-1]) == 1, (label(rendered), seen[-1])
+            assert EVR(0, rendered.version, rendered.release).compare(EVR(0, seen[-1][1], seen[-1][2])) == 1
+        seen.append(label(rendered))
+    assert [f"{v}-{r}" for _, v, r in seen] == [
+        "6.1.192-2^1", "6.1.192-2^2", "6.1.192-2.1^1", "6.1.192-3^1", "6.1.192-3^2", "6.1.192-3^3",
+        "6.2.0-0.rc1.1^1", "6.2.0-0.rc2.1^1", "6.2.0-1^1", "6.10.0-1^1"]
+    # a plain ".N" counter would have broken the third step: rpm orders 2.2 after 2.1.1
+    assert rpm.labelCompare(("0", "6.1.192", "2.2"), ("0", "6.1.192", "2.1.1")) == 1
