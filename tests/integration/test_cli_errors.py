@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, TOOLS, require_tools
+from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 from tests.support.cli import run_cli
 
 

@@ -59,8 +59,9 @@ def fresh_repo(fixture_cache) -> FixtureRepo:
 
 
 def test_repo_has_one_rpm_per_spec_and_repodata(fresh_repo):
-    specs = {p.stem for p in fixtures.SPECS_DIR.glob("*.spec")}
-    assert set(fresh_repo.rpms) == specs
+    # build-tool-stand-ins.spec has no main package, only the three stand-ins it is named for
+    specs = {p.stem for p in fixtures.SPECS_DIR.glob("*.spec")} - {"build-tool-stand-ins"}
+    assert set(fresh_repo.rpms) == specs | {"mkosi", "mkosi-initrd-builder", "systemd-ukify"}
     assert {"filesystem", "basesystem", "busybox", "kmod", "initrd-init", "kernel-core",
             "systemd-boot-unsigned"} <= specs
     for rpm in fresh_repo.rpms.values():

@@ -4,8 +4,6 @@ minimal hub reached with the real koji.ClientSession."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -15,7 +13,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import koji
 import koji.plugin
@@ -24,76 +22,13 @@ from koji.daemon import TaskManager
 
 from tests.conftest import TOP, require_root, require_tools
 from tests.support import fake_kojid
-from tests.support.fake_hub import FakeHub
 from tests.support.kojitree import Fault, build_srpm, place_task_srpm
+from tests.support.kojirun import (
+    CONFIG_ENV, IN_CHROOT_REPO, PLUGIN_DIR, PLUGIN_MODULE, SPECS, STAGER_AGENT, TASK_DIR, TASK_ID,
+    BuildRun, loaded_plugin, run_build_arch,
+)
 
 pytestmark = pytest.mark.integration
-
-PLUGIN_DIR = TOP / "koji_plugin"
-PLUGIN_MODULE = "_koji_plugin__mkosi_initrd"
-CONFIG_ENV = "MKOSI_INITRD_KOJID_CONFIG"
-SPECS = TOP / "tests" / "fixtures" / "koji"
-TASK_ID = 4242
-TASK_DIR = koji.pathinfo.taskrelpath(TASK_ID)
-STAGER_AGENT = "mkosi-initrd-build/"
-IN_CHROOT_REPO = "/chroot_tmpdir/mkosi-initrd/repo"
-BUILD_PATH = f"{TOP}/.venv/bin:{TOP}/.tools/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-
-
-@contextlib.contextmanager
-def loaded_plugin(config_text: str, config_file: Path):
-    """Load the plugin from koji_plugin/ as kojid does; undo its BuildRoot swap afterwards."""
-    config_file.write_text(config_text)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fake_kojid, "BuildRoot", fake_kojid.BuildRoot)
-        mp.setenv(CONFIG_ENV, str(config_file))
-        sys.modules.pop(PLUGIN_MODULE, None)
-        try:
-            yield koji.plugin.PluginTracker(path=[str(PLUGIN_DIR)]).load("mkosi_initrd")
-        finally:
-            # PluginTracker leaves the module registered even when loading fails
-            sys.modules.pop(PLUGIN_MODULE, None)
-
-
-@dataclasses.dataclass
-class BuildRun:
-    result: Optional[dict]
-    error: Optional[BaseException]
-    hub: FakeHub
-    mock_calls: list[list[str]]
-    mockdir: Path
-
-    @property
-    def buildroot(self) -> Path:
-        (name,) = [p.name for p in self.mockdir.iterdir() if p.name != "koji"]
-        return self.mockdir / name
-
-    def upload(self, name: str) -> bytes:
-        return self.hub.uploads[(TASK_DIR, name)]
-
-
-def run_build_arch(work: Path, tree, server, srpm: str, *, topdir: Optional[Path] = None,
-                   extra: Optional[dict] = None) -> BuildRun:
-    """One buildArch task, as kojid's TaskManager would run it (handler built, then run())."""
-    hub = FakeHub(tag=tree.tag, repo_id=tree.repo_id, extra=extra)
-    mock_calls: list[list[str]] = []
-    options = types.SimpleNamespace(
-        topdir=str(topdir or work / "no-topdir-mount"), topurl=server.url, workdir=str(work / "work"),
-        mockdir=str(work / "mock"), chroot_tmpdir="/chroot_tmpdir", log_timestamps=False,
-        fake_build_user=(65534, 65534), fake_path=BUILD_PATH, fake_mock_log=mock_calls,
-    )
-    try:
-        task = fake_kojid.BuildArchTask(TASK_ID, "buildArch", [srpm, tree.tag, "x86_64", False,
-                                                                {"repo_id": tree.repo_id}], hub.session(), options)
-        result, error = None, None
-        try:
-            result = task.run()
-        except Exception as e:  # noqa: BLE001 - the tests look at it
-            error = e
-    finally:
-        hub.stop()
-    return BuildRun(result, error, hub, mock_calls, work / "mock")
-
 
 class _Records(logging.Handler):
     def __init__(self) -> None:

@@ -1,10 +1,12 @@
 #!/bin/bash
 # `make rpm`: the maintainer's local build of mkosi-initrd-initrd from the fixture repository.
-#   fixture repo -> render the spec (fixture variants) -> SRPM -> RPMs rebuilt from that SRPM -> rpmlint
+#   fixture repo -> render the spec (fixture variants) -> stage its BuildRequires -> SRPM
+#   -> RPMs rebuilt from that SRPM against the staged repository -> rpmlint
 # MKOSI_INITRD_REPO and MKOSI_INITRD_KVER in the environment replace the fixture repository.
 # Everything goes under one directory (default out/rpm):
 #   src/     the rendered spec and its Sources, as a dist-git checkout would hold them
 #   SRPMS/   the source RPM          RPMS/<arch>/  the binary RPMs
+#   stage/   the staged offline repository (RPMs, repodata, stage-manifest.json)
 #   build/   rpmbuild's work area    rpmbuild.log, rpmlint.log
 # The fixture variants are used because the product variants (spec/variants) need Fedora RPMs.
 # rpmbuild runs with --nodeps: it checks BuildRequires against this host's rpm database, which
@@ -28,14 +30,19 @@ else
     { read -r REPO; read -r KVER; } < <("$PY" -m tests.support.fixtures build -q)
     log "  $REPO (kernel $KVER)"
 fi
-# (The staging step, `mkosi-initrd-build stage`, goes here: it turns REPO into the offline
-# repository that koji's plugin would hand to the build.)
 
 rm -rf "$OUT"
 mkdir -p "$OUT"/{src,SRPMS,RPMS,build}
 log "rendering the spec"
 "$PY" -m mkosi_initrd_builder --quiet spec --kernel-version "$KVER" --repo "$REPO" \
     --variants-dir tests/fixtures/variants --packager "$PACKAGER" --output "$OUT/src/mkosi-initrd-initrd.spec"
+
+# What koji's plugin does in a buildroot, done from the spec: resolve its BuildRequires against
+# the repository with dnf and stage exactly that closure, verified, as the offline repository.
+log "staging the spec's BuildRequires from $REPO"
+"$PY" -m mkosi_initrd_builder --quiet stage --source "$REPO" --spec "$OUT/src/mkosi-initrd-initrd.spec" \
+    --dest "$OUT/stage" --cache "$TOP/build/stage-cache"
+STAGED=$OUT/stage
 
 RPMBUILD=(rpmbuild --nodeps --define "_topdir $OUT/build" --define "_srcrpmdir $OUT/SRPMS"
           --define "_rpmdir $OUT/RPMS" --define "_buildhost localhost")
@@ -46,7 +53,7 @@ SRPM=$(ls "$OUT"/SRPMS/*.src.rpm)
 # --rebuild unpacks the SRPM into build/SOURCES and build/SPECS, and removes them afterwards.
 log "building the RPMs from $(basename "$SRPM")"
 start=$SECONDS
-"${RPMBUILD[@]}" --rebuild --define "mkosi_initrd_repo $REPO" \
+"${RPMBUILD[@]}" --rebuild --define "mkosi_initrd_repo $STAGED" \
     --define "mkosi_initrd_build $TOP/.venv/bin/mkosi-initrd-build" "$SRPM" >> "$OUT/rpmbuild.log" 2>&1 || {
     tail -n 30 "$OUT/rpmbuild.log" >&2; log "rpmbuild failed, see $OUT/rpmbuild.log"; exit 1; }
 log "  rpmbuild took $((SECONDS - start))s"
