@@ -66,10 +66,34 @@ def bench_builder(work: Path, repo, rows: list[tuple[str, str, str]]) -> None:
                  "file:// repositories are not cached by dnf, so little gain is expected"))
 
 
+def bench_main_job(work: Path, rows: list[tuple[str, str, str]]) -> None:
+    """The whole make run path once, broken down by step, the slowest marked."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = work / "run"
+    os.chmod(work, 0o755)  # the fake kojid's build user must traverse it
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tests.support.main_job", "--output", str(out)], cwd=TOP,
+                       capture_output=True, text=True)
+    total = time.monotonic() - start
+    if r.returncode != 0:
+        rows.append(("make run path", "FAILED", r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""))
+        return
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    slowest = max(steps, key=steps.get)
+    rows.append(("make run path: total wall time", f"{total:.1f}s", "fixture RPMs cached"))
+    for title, seconds in steps.items():
+        rows.append((f"  {title[:60]}", f"{seconds:.1f}s",
+                     f"{seconds / total:.0%}" + ("  <- slowest" if title == slowest else "")))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--only", choices=("builder", "staging"), help="run one part only")
+    parser.add_argument("--only", choices=("builder", "staging", "run"), help="run one part only")
     args = parser.parse_args()
     setup_logging(quiet=True)
     from tests.support.fixtures import build_fixture_repo
@@ -86,6 +110,8 @@ def main() -> int:
             for count in (50, 500):
                 for latency in (0.0, 0.02):
                     bench_staging(count, TOP / "build" / "bench-cache", rows, latency)
+        if args.only in (None, "run"):
+            bench_main_job(work, rows)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
