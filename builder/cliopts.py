@@ -57,19 +57,11 @@ class Command:
     handler: Callable[[argparse.Namespace], int]
 
 
-
-
 def parse_byte_size(text: str) -> int:
     """'500M', '4G', '1048576' -> bytes (K, M, G are powers of 1024, as in variant files); ValueError otherwise."""
-    from .variants import SIZE_RE
+    from .variants import size_in_bytes
 
-    m = SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a size (use a number with an optional K, M or G suffix)")
-    size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
-    if size <= 0:
-        raise ValueError(f"{text!r} must be positive")
-    return size
+    return size_in_bytes(text)
 
 
 def byte_size(text: str) -> int:

@@ -136,19 +136,28 @@ def parse_base(path: Path, key: str, value: Any) -> Base:
         raise _fail(path, key, f"unknown base {name!r} (allowed: {allowed})") from None
 
 
+def size_in_bytes(text: str) -> int:
+    """'60M', '1.5G', '4096' -> bytes (K, M, G are powers of 1024); ValueError naming the problem."""
+    m = SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (use a number with an optional K, M or G suffix)")
+    size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
+    if size <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return size
+
+
 def parse_size(path: Path, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _fail(path, key, "expected a size such as \"60M\"")
     if isinstance(value, int):
-        size = value
-    else:
-        m = SIZE_RE.match(value)
-        if not m:
-            raise _fail(path, key, f"{value!r} is not a size (use a number with an optional K, M or G suffix)")
-        size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
-    if size <= 0:
-        raise _fail(path, key, "must be positive")
-    return size
+        if value <= 0:
+            raise _fail(path, key, "must be positive")
+        return value
+    try:
+        return size_in_bytes(value)
+    except ValueError as e:
+        raise _fail(path, key, str(e)) from None
 
 
 def parse_mkosi(path: Path, key: str, value: Any) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
