@@ -93,7 +93,7 @@ def bench_main_job(work: Path, rows: list[tuple[str, str, str]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--only", choices=("builder", "staging", "run"), help="run one part only")
+    parser.add_argument("--only", choices=("builder", "staging", "run", "realcontent"), help="run one part only")
     args = parser.parse_args()
     setup_logging(quiet=True)
     from tests.support.fixtures import build_fixture_repo
@@ -112,6 +112,12 @@ def main() -> int:
                     bench_staging(count, TOP / "build" / "bench-cache", rows, latency)
         if args.only in (None, "run"):
             bench_main_job(work, rows)
+        if args.only in (None, "realcontent"):
+            # ours against dracut on real content (issue 6): its own side-by-side table, printed by it
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, "-m", "tests.bench.realcontent_bench"], cwd=TOP, check=False)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,304 @@
+"""Root disks for the boot matrix: plain ext4 on GPT, ext4 on an LVM2 logical volume, ext4 on LUKS2
+(unlocked with a key file on a second small disk).
+
+The host cannot make them: it has loop devices but no device-mapper (`dmsetup version` reports no
+kernel driver; this is a container without dm_mod), so LVM and LUKS volumes cannot be opened here.
+All disks are therefore made inside a provisioning VM: the same Debian kernel booted with a
+throw-away initrd made of busybox, Debian trixie's sfdisk, lvm2, cryptsetup and e2fsprogs, a few
+kernel modules and a script. The images are cached under a hash of everything that goes into
+them; boots attach them with snapshot=on, so they stay pristine.
+
+Each root holds busybox and an /sbin/init that prints
+``REALCONTENT-ROOT-OK case=<case> uptime=<s> root=<device>`` on the console and powers off:
+it runs as PID 1 of the real root, so seeing it proves that switch-root happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from mkosi_initrd_builder.kmod import select_modules
+from mkosi_initrd_builder.qemu import boot
+
+from .apt import extract_deb, needed_packages
+from .distribution import DistributionBuilder, RealRepo
+
+log = logging.getLogger("tests.realcontent.disks")
+
+CACHE_FORMAT = "realcontent-disks/1"
+ROOT_MARKER = "REALCONTENT-ROOT-OK"
+PROVISION_MARKER = "REALCONTENT-PROVISION-OK"
+PROVISION_FAIL = "REALCONTENT-PROVISION-FAIL"
+PROVISION_TIMEOUT = 600.0
+# Debian packages whose tools make the disks (in the provisioning VM).
+PROVISION_PACKAGES = ("fdisk", "lvm2", "dmsetup", "cryptsetup-bin", "e2fsprogs", "kmod")
+PROVISION_MODULES = ('/virtio_(blk|pci)\\.ko', '/dm-(mod|crypt)\\.ko', '/ext4\\.ko', '^kernel/crypto/',
+                     '^kernel/arch/x86/crypto/')
+# Fixed identities, so that the kernel command lines are known before the disks exist.
+UUIDS = {
+    "plain_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000001",
+    "lvm_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000002",
+    "luks": "6d1b0d4e-7b8f-4c55-9a1e-000000000003",
+    "luks_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000004",
+}
+VOLUME_GROUP = "rcvg"
+KEY_LABEL = "rckey"
+KEY_PATH = "/root.key"
+GPT_ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+GPT_LVM = "e6d6d379-f507-44c2-a23c-238f2a3df928"
+GPT_LINUX_DATA = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+DISK_SIZES_MB = {"plain": 64, "lvm": 64, "luks": 96, "key": 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class BootCase:
+    """One row of the boot matrix: which disks are attached and the kernel command line."""
+
+    name: str
+    disks: tuple[str, ...]
+    cmdline: str
+    method: str
+
+    def append(self, console: str = "console=ttyS0") -> str:
+        return f"{self.cmdline.format(**UUIDS, vg=VOLUME_GROUP, key=KEY_PATH, label=KEY_LABEL)} {console} panic=-1"
+
+
+BOOT_CASES = (
+    BootCase("plain", ("plain",), "root=UUID={plain_fs} rw",
+             "ext4 on a GPT partition, found by file system UUID"),
+    BootCase("lvm", ("lvm",), "root=UUID={lvm_fs} rw rd.lvm.lv={vg}/root",
+             "ext4 on LV rcvg/root (PV on a GPT partition); udev's lvm2 rules activate the VG "
+             "(rd.lvm.lv= is for dracut; systemd ignores it)"),
+    BootCase("luks", ("luks", "key"),
+             "root=UUID={luks_fs} rw rd.luks.name={luks}=cryptroot rd.luks.key={luks}={key}:LABEL={label}",
+             "ext4 in LUKS2 (argon2id) on a GPT partition; systemd-cryptsetup-generator reads the key "
+             "file /root.key from the ext4 file system labelled rckey on a second disk (rd.luks.key=)"),
+)
+CASES = {c.name: c for c in BOOT_CASES}
+
+ROOT_INIT = f"""#!/bin/busybox sh
+# PID 1 of the real root: proves switch-root happened, then powers off.
+/bin/busybox mount -t proc proc /proc 2>/dev/null
+read up _ < /proc/uptime
+src=unknown
+while read -r _ _ _ _ mp rest; do
+    [ "$mp" = / ] && src=${{rest#* - }} && src=${{src#* }} && src=${{src%% *}}
+done < /proc/self/mountinfo
+echo "{ROOT_MARKER} case=$(/bin/busybox cat /etc/realcontent-case) uptime=$up root=$src" > /dev/console
+/bin/busybox sync
+/bin/busybox poweroff -f
+"""
+
+PROVISION_INIT = f"""#!/bb/sh
+/bb/mount -t proc proc /proc
+/bb/mount -t sysfs sysfs /sys
+/bb/mount -t devtmpfs devtmpfs /dev
+/bb/mkdir -p /run /tmp /run/cryptsetup /run/lock/lvm
+exec > /dev/console 2>&1
+export PATH=/usr/sbin:/usr/bin:/bb
+if sh -e /provision; then
+    sync
+    echo {PROVISION_MARKER}
+else
+    echo "{PROVISION_FAIL} (exit status $?)"
+fi
+poweroff -f
+"""
+
+PROVISION_SCRIPT = f"""
+set -x
+# No udev here: libdevmapper and lvm create their device nodes themselves.
+export DM_DISABLE_UDEV=1
+LVMCONF='devices {{ obtain_device_list_from_udev=0 }} activation {{ udev_sync=0 udev_rules=0 }}'
+modprobe -a virtio_pci virtio_blk dm_mod dm_crypt ext4
+for d in vda vdb vdc vdd; do
+    i=0; while [ ! -b /dev/$d ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
+done
+root_tree() {{
+    rm -rf /tmp/root && cp -a /rootfs /tmp/root && echo "$1" > /tmp/root/etc/realcontent-case
+}}
+gpt_one_partition() {{
+    printf 'label: gpt\\nstart=2048, type=%s, name=%s\\n' "$2" "$3" | sfdisk --quiet --wipe always "$1"
+    i=0; while [ ! -b "${{1}}1" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
+}}
+
+# 1. plain: ext4 on a GPT partition
+gpt_one_partition /dev/vda {GPT_ROOT_X86_64} root
+root_tree plain
+mkfs.ext4 -q -U {UUIDS['plain_fs']} -L rcplain -d /tmp/root /dev/vda1
+
+# 2. lvm: ext4 on an LV
+gpt_one_partition /dev/vdb {GPT_LVM} lvm
+pvcreate --config "$LVMCONF" -q /dev/vdb1
+vgcreate --config "$LVMCONF" -q {VOLUME_GROUP} /dev/vdb1
+lvcreate --config "$LVMCONF" -q -y -Zn -l 100%FREE -n root {VOLUME_GROUP}
+root_tree lvm
+mkfs.ext4 -q -U {UUIDS['lvm_fs']} -L rclvm -d /tmp/root /dev/mapper/{VOLUME_GROUP}-root
+vgchange --config "$LVMCONF" -q -an {VOLUME_GROUP}
+
+# 3. luks: ext4 in LUKS2 (small argon2id cost: unlocking runs under TCG), key file on vdd
+gpt_one_partition /dev/vdc {GPT_LINUX_DATA} luks
+cryptsetup luksFormat --batch-mode --type luks2 --uuid {UUIDS['luks']} --pbkdf argon2id \\
+    --pbkdf-memory 32768 --pbkdf-parallel 1 --pbkdf-force-iterations 4 --key-file /key /dev/vdc1
+cryptsetup open --key-file /key /dev/vdc1 rcluks
+root_tree luks
+mkfs.ext4 -q -U {UUIDS['luks_fs']} -L rcluks -d /tmp/root /dev/mapper/rcluks
+cryptsetup close rcluks
+mkdir -p /tmp/keyfs && cp /key /tmp/keyfs{KEY_PATH}
+mkfs.ext4 -q -L {KEY_LABEL} -d /tmp/keyfs /dev/vdd
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class RootDisks:
+    directory: Path
+
+    def image(self, name: str) -> Path:
+        return self.directory / f"{name}.img"
+
+    def drive_args(self, case: BootCase) -> list[str]:
+        """QEMU options attaching the case's disks as virtio disks, copy-on-write."""
+        args: list[str] = []
+        for name in case.disks:
+            args += ["-drive", f"file={self.image(name)},format=raw,if=virtio,snapshot=on"]
+        return args
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def busybox_path() -> Path:
+    found = Path("/bin/busybox") if Path("/bin/busybox").exists() else None
+    found = found or (Path(p) if (p := shutil.which("busybox")) else None)
+    if found is None:
+        raise RuntimeError("busybox is not installed (Debian: busybox-static)")
+    return found.resolve()
+
+
+def make_root_tree(dest: Path, busybox: Path) -> None:
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, dest / "bin/busybox")
+    (dest / "sbin/init").write_text(ROOT_INIT)
+    (dest / "sbin/init").chmod(0o755)
+    # systemd switches root only into a tree that looks like an OS.
+    (dest / "usr/lib/os-release").write_text("ID=realcontent-root\nNAME=\"real-content test root\"\n")
+
+
+def make_provisioning_initrd(dest: Path, work: Path, repo: RealRepo, builder: DistributionBuilder,
+                             versions: dict[str, str], key: bytes, busybox: Path) -> None:
+    """A cpio with busybox, Debian's disk tools and their libraries, the kernel modules they
+    need, the root tree, the LUKS key and the provisioning script."""
+    tree = work / "tree"
+    info = builder.apt.show(versions)
+    needed = needed_packages(PROVISION_PACKAGES, info, builder.mapping.exclude)
+    debs = builder.download([info[n] for n in needed])
+    for name in needed:
+        extract_deb(debs[name], tree)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        if not (tree / link).exists():
+            (tree / link).symlink_to(target)
+    (tree / "bb").mkdir()
+    shutil.copy2(busybox, tree / "bb/busybox")
+    applets = subprocess.run([str(busybox), "--list"], stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (tree / "bb" / applet).symlink_to("busybox")
+    kver = repo.kernel_version
+    src_moddir = repo.kernel_tree / "usr/lib/modules" / kver
+    moddir = tree / "usr/lib/modules" / kver
+    selection = select_modules(src_moddir, PROVISION_MODULES, ())
+    for rel in selection.kept:
+        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src_moddir / rel, moddir / rel)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        shutil.copy2(src_moddir / name, moddir / name)
+    subprocess.run(["depmod", "-b", str(tree), kver], check=True, env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"})
+    make_root_tree(tree / "rootfs", busybox)
+    (tree / "key").write_bytes(key)
+    (tree / "init").write_text(PROVISION_INIT)
+    (tree / "init").chmod(0o755)
+    (tree / "provision").write_text(PROVISION_SCRIPT)
+    for d in ("proc", "sys", "dev", "run", "tmp"):
+        (tree / d).mkdir(exist_ok=True)
+    names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=tree, stdout=subprocess.PIPE, check=True).stdout
+    with dest.open("wb") as out:
+        subprocess.run(["cpio", "--create", "--format=newc", "--quiet"],
+                       cwd=tree, input=names, stdout=out, check=True)
+
+
+def disks_key(repo: RealRepo, busybox: Path, provision_pins: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT, Path(__file__).read_bytes().decode(), repo.kernel_version, repo.key,
+                 _sha256(busybox), *provision_pins):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def load_disks(entry: Path) -> Optional[RootDisks]:
+    if not (entry / "disks.json").is_file():
+        return None
+    disks = RootDisks(entry)
+    if not all(disks.image(n).is_file() for n in DISK_SIZES_MB):
+        return None
+    return disks
+
+
+def build_disks(repo: RealRepo, builder: DistributionBuilder, *, timeout: float = PROVISION_TIMEOUT) -> RootDisks:
+    """The root disks, from the cache or made now in the provisioning VM."""
+    busybox = busybox_path()
+    versions = builder.apt.closure(PROVISION_PACKAGES)
+    pins = sorted(f"{n}={v}" for n, v in versions.items())
+    key = disks_key(repo, busybox, pins)
+    entry = builder.cache_dir / f"disks-{key}"
+    if (cached := load_disks(entry)) is not None:
+        log.info("root disks %s are cached", entry)
+        return cached
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f".disks-{key}.", dir=builder.cache_dir) as tmp:
+        staged = Path(tmp) / "entry"
+        staged.mkdir()
+        initrd = Path(tmp) / "provision.cpio"
+        make_provisioning_initrd(initrd, Path(tmp) / "work", repo, builder, versions, os.urandom(64), busybox)
+        drives: list[str] = []
+        for name, size in DISK_SIZES_MB.items():
+            image = staged / f"{name}.img"
+            with image.open("wb") as f:
+                f.truncate(size << 20)
+            drives += ["-drive", f"file={image},format=raw,if=virtio"]
+        result = boot(kernel=repo.vmlinuz, initrd=initrd, append="console=ttyS0 panic=-1 quiet",
+                      expect=PROVISION_MARKER, timeout=timeout, memory="1024", extra_args=drives,
+                      console_log=Path(tmp) / "console.log")
+        if not result.ok:
+            raise RuntimeError(f"the provisioning VM did not make the disks ({result.seconds:.0f}s); "
+                               f"console tail:\n{result.console_tail}")
+        (staged / "disks.json").write_text(json.dumps(
+            {"uuids": UUIDS, "volume-group": VOLUME_GROUP, "key-label": KEY_LABEL,
+             "provisioning-seconds": round(result.seconds, 1), "packages": pins}, indent=2) + "\n")
+        try:
+            os.rename(staged, entry)
+        except OSError:
+            if (cached := load_disks(entry)) is not None:
+                return cached
+            shutil.rmtree(entry)
+            os.rename(staged, entry)
+    log.info("made root disks %s in %.0fs", entry, time.monotonic() - started)
+    disks = load_disks(entry)
+    assert disks is not None
+    return disks

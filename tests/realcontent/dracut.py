@@ -1,0 +1,134 @@
+"""The dracut baseline: a generic (--no-hostonly) dracut initrd for the same kernel, the same kernel
+modules and the same userspace versions as our image.
+
+dracut collects binaries from the system it runs on. The host's would be bookworm's (systemd 252,
+lvm2 2.03.16), and installing dracut-core there pulls in udev, which upgrades the host's systemd.
+So dracut runs in a chroot made of Debian trixie packages (dracut-core 106, systemd 257, udev,
+lvm2, cryptsetup, ...), extracted with the same private apt client as the test distribution and
+never installed on the host. The chroot's kernel module tree holds exactly the modules the
+builder kept for the variant (its manifest's kernel-modules), and --add-drivers names them all,
+so both images carry the same driver set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .apt import extract_deb, needed_packages
+from .distribution import DistributionBuilder, RealRepo
+
+log = logging.getLogger("tests.realcontent.dracut")
+
+CACHE_FORMAT = "realcontent-dracut-root/1"
+# dracut and what its modules look for: systemd (+ systemd-sysv for poweroff/reboot), udev,
+# device mapper, LVM, LUKS, file system checkers, and the tools dracut itself runs.
+DRACUT_PACKAGES = ("dracut-core", "systemd", "systemd-sysv", "udev", "systemd-cryptsetup", "lvm2", "dmsetup",
+                   "cryptsetup-bin", "kmod", "e2fsprogs", "util-linux", "mount", "bash", "coreutils", "zstd",
+                   "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils")
+# Left out of the chroot: maintainer-script machinery that a chroot of unpacked packages never runs.
+CHROOT_EXCLUDE = ("debconf", "perl-base", "libpam-runtime", "libpam-modules", "libpam-modules-bin", "dpkg",
+                  "initramfs-tools", "initramfs-tools-core", "initramfs-tools-bin", "klibc-utils", "libklibc")
+DRACUT_ARGS = ("--force", "--no-hostonly", "--zstd", "--no-early-microcode")
+
+
+@dataclasses.dataclass(frozen=True)
+class DracutImage:
+    path: Path
+    seconds: float          # the dracut command alone
+    total_seconds: float    # with preparing the module tree (depmod)
+    dracut_version: str
+
+
+def _tools_env() -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def chroot_key(pins: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT, Path(__file__).read_text(), *pins):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def prepare_chroot(builder: DistributionBuilder) -> Path:
+    """A trixie tree with dracut and the userspace it collects from, cached under a hash of the
+    package versions."""
+    versions = builder.apt.closure(DRACUT_PACKAGES)
+    info = builder.apt.show(versions)
+    names = needed_packages(DRACUT_PACKAGES, info, CHROOT_EXCLUDE)
+    key = chroot_key(sorted(f"{n}={info[n].version}" for n in names))
+    entry = builder.cache_dir / f"dracut-root-{key}"
+    if (entry / ".complete").is_file():
+        return entry
+    debs = builder.download([info[n] for n in names])
+    builder.cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".dracut-root-{key}.", dir=builder.cache_dir) as tmp:
+        root = Path(tmp) / "root"
+        for name in names:
+            extract_deb(debs[name], root)
+        # What maintainer scripts would have done: users and groups, the linker cache, and a
+        # /bin/sh (Debian's is dash, which is not needed otherwise; Fedora's is bash).
+        for master, target in (("passwd.master", "passwd"), ("group.master", "group")):
+            shutil.copy2(root / "usr/share/base-passwd" / master, root / "etc" / target)
+        if not (root / "usr/bin/sh").exists():
+            (root / "usr/bin/sh").symlink_to("bash")
+        for argv in (["systemd-sysusers"], ["ldconfig"]):
+            subprocess.run(["chroot", str(root), *argv], check=True, stdout=subprocess.DEVNULL, env=_tools_env())
+        (root / ".complete").write_text(json.dumps(sorted(names)) + "\n")
+        try:
+            os.rename(root, entry)
+        except OSError:
+            if not (entry / ".complete").is_file():
+                shutil.rmtree(entry)
+                os.rename(root, entry)
+    return entry
+
+
+def dracut_version(root: Path) -> str:
+    out = subprocess.run(["chroot", str(root), "dracut", "--version"], stdout=subprocess.PIPE, text=True,
+                         env=_tools_env(), check=True).stdout
+    return out.strip().split()[-1]
+
+
+def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modules: Sequence[str],
+                       output: Path) -> DracutImage:
+    """dracut --no-hostonly for repo's kernel with exactly `kernel_modules` (paths relative to
+    /usr/lib/modules/<KVER>/, as in a variant's manifest)."""
+    root = prepare_chroot(builder)
+    kver = repo.kernel_version
+    src = repo.kernel_tree / "usr/lib/modules" / kver
+    moddir = root / "usr/lib/modules" / kver
+    started = time.monotonic()
+    shutil.rmtree(moddir, ignore_errors=True)
+    for rel in kernel_modules:
+        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, moddir / rel)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        shutil.copy2(src / name, moddir / name)
+    subprocess.run(["chroot", str(root), "depmod", "-a", kver], check=True, env=_tools_env())
+    drivers = " ".join(sorted({Path(m).name.split(".", 1)[0] for m in kernel_modules}))
+    image_in_root = Path("/tmp/realcontent-dracut.img")
+    dracut_started = time.monotonic()
+    proc = subprocess.run(["chroot", str(root), "dracut", *DRACUT_ARGS, "--kver", kver, "--add-drivers", drivers,
+                           str(image_in_root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", env=_tools_env())
+    finished = time.monotonic()
+    if proc.returncode != 0 or "dracut[E]" in proc.stdout:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise RuntimeError(f"dracut failed (exit status {proc.returncode}):\n{tail}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.move(str(root / image_in_root.relative_to("/")), tmp)
+    os.replace(tmp, output)
+    (output.with_suffix(".log")).write_text(proc.stdout)
+    return DracutImage(output, finished - dracut_started, finished - started, dracut_version(root))
