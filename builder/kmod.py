@@ -7,6 +7,7 @@ import gzip
 import lzma
 import re
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -64,6 +65,25 @@ def modinfo(elf: bytes) -> dict[str, list[str]]:
     return info
 
 
+# Each variant selects from its own hard-linked copy of the extracted kernel, so keying by inode
+# (plus size and mtime) lets the variants of one build share what was read, decompressed and parsed:
+# with xz-compressed modules, the alias scan costs seconds per variant otherwise.
+_modinfo_cache: dict[tuple[int, int, int, int], dict[str, list[str]]] = {}
+_modinfo_lock = threading.Lock()
+
+
+def cached_modinfo(path: Path) -> dict[str, list[str]]:
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _modinfo_lock:
+        hit = _modinfo_cache.get(key)
+    if hit is None:
+        hit = modinfo(read_module(path))
+        with _modinfo_lock:
+            _modinfo_cache[key] = hit
+    return hit
+
+
 @dataclasses.dataclass(frozen=True)
 class ModuleSelection:
     kept: tuple[str, ...]       # paths relative to /usr/lib/modules/<KVER>/
@@ -96,7 +116,7 @@ def select_modules(
 
     def info_of(name: str) -> dict[str, list[str]]:
         if name not in infos:
-            infos[name] = modinfo(read_module(modules_dir / by_name[name]))
+            infos[name] = cached_modinfo(modules_dir / by_name[name])
         return infos[name]
 
     aliases: dict[str, str] = {}
