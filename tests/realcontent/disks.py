@@ -16,7 +16,6 @@ it runs as PID 1 of the real root, so seeing it proves that switch-root happened
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -28,8 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from mkosi_initrd_builder.fsutil import sha256_file
 from mkosi_initrd_builder.kmod import select_modules
 from mkosi_initrd_builder.qemu import boot
+
+from tests.support.fixtures import CacheKey, publish_entry
 
 from .apt import extract_deb, needed_packages
 from .distribution import DistributionBuilder, RealRepo
@@ -175,14 +177,6 @@ class RootDisks:
         return args
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def busybox_path() -> Path:
     found = Path("/bin/busybox") if Path("/bin/busybox").exists() else None
     found = found or (Path(p) if (p := shutil.which("busybox")) else None)
@@ -244,11 +238,15 @@ def make_provisioning_initrd(dest: Path, work: Path, repo: RealRepo, builder: Di
 
 
 def disks_key(repo: RealRepo, busybox: Path, provision_pins: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for part in (CACHE_FORMAT, Path(__file__).read_bytes().decode(), repo.kernel_version, repo.key,
-                 _sha256(busybox), *provision_pins):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:16]
+    key = CacheKey()
+    key.add("format", CACHE_FORMAT)
+    key.add("module", Path(__file__).read_bytes())
+    key.add("kernel", repo.kernel_version)
+    key.add("repo", repo.key)
+    key.add("busybox", sha256_file(busybox))
+    for pin in provision_pins:
+        key.add("provision", pin)
+    return key.hexdigest()
 
 
 def load_disks(entry: Path) -> Optional[RootDisks]:
@@ -291,13 +289,8 @@ def build_disks(repo: RealRepo, builder: DistributionBuilder, *, timeout: float 
         (staged / "disks.json").write_text(json.dumps(
             {"uuids": UUIDS, "volume-group": VOLUME_GROUP, "key-label": KEY_LABEL,
              "provisioning-seconds": round(result.seconds, 1), "packages": pins}, indent=2) + "\n")
-        try:
-            os.rename(staged, entry)
-        except OSError:
-            if (cached := load_disks(entry)) is not None:
-                return cached
-            shutil.rmtree(entry)
-            os.rename(staged, entry)
+        if (cached := publish_entry(staged, entry, load_disks)) is not None:
+            return cached
     log.info("made root disks %s in %.0fs", entry, time.monotonic() - started)
     disks = load_disks(entry)
     assert disks is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -23,7 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
-from tests.support.fixtures import DebianVersion, build_rpm_from_spec, make_repo, split_debian_version
+from tests.support.fixtures import (
+    CacheKey, DebianVersion, build_rpm_from_spec, make_repo, publish_entry, split_debian_version, tool_version,
+)
 
 from .apt import AptError, DebianPackage, PrivateApt, deb_fields, extract_deb, needed_packages
 from .elfnotes import dlopen_dependencies, dlopen_notes_in_tree
@@ -77,30 +78,9 @@ class RpmPlan:
     licenses: list[str] = dataclasses.field(default_factory=list)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tool_version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
-    except FileNotFoundError:
-        return "missing"
-    return out.splitlines()[0] if out else ""
-
-
 def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage]) -> str:
-    h = hashlib.sha256()
-
-    def add(label: str, value: str | bytes) -> None:
-        data = value.encode() if isinstance(value, str) else value
-        h.update(f"{label}\0{len(data)}\0".encode())
-        h.update(data)
-
+    key = CacheKey()
+    add = key.add
     add("format", CACHE_FORMAT)
     add("mapping", mapping_bytes)
     here = Path(__file__).resolve().parent
@@ -110,8 +90,8 @@ def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage]) -> str:
     for p in sorted(packages, key=lambda p: p.name):
         add("deb", p.pin)
     for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"]):
-        add(f"tool:{tool[0]}", _tool_version(tool))
-    return h.hexdigest()[:16]
+        add(f"tool:{tool[0]}", tool_version(tool))
+    return key.hexdigest()
 
 
 class DistributionBuilder:
@@ -175,13 +155,8 @@ class DistributionBuilder:
             staged = Path(tmp) / "entry"
             staged.mkdir()
             self._build_into(staged, Path(tmp) / "work", needed, debs, key)
-            try:
-                os.rename(staged, entry)
-            except OSError:
-                if (cached := load_entry(entry)) is not None:
-                    return cached
-                shutil.rmtree(entry)
-                os.rename(staged, entry)
+            if (cached := publish_entry(staged, entry, load_entry)) is not None:
+                return cached
         log.info("built real-content repository %s in %.0fs", entry / "repo", time.monotonic() - started)
         loaded = load_entry(entry)
         if loaded is None:

@@ -19,8 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Optional, TypeVar
+
+from mkosi_initrd_builder.fsutil import sha256_file
 
 log = logging.getLogger("tests.fixtures")
 
@@ -153,12 +156,38 @@ def _busybox_package(busybox: Path) -> DebianVersion:
     raise FixtureBuildError(f"cannot tell the version of {busybox} from its banner: {banner[:200]!r}")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+T = TypeVar("T")
+
+
+class CacheKey:
+    """sha256 over labelled, length-prefixed parts: the name of a content-addressed cache entry
+    (fixture repositories here, the real-content repository and disks in tests/realcontent)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, label: str, value: str | bytes) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        self._digest.update(f"{label}\0{len(data)}\0".encode())
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()[:16]
+
+
+def publish_entry(staged: Path, entry: Path, load: Callable[[Path], Optional[T]]) -> Optional[T]:
+    """Rename a finished cache entry into place. When another build got there first, return its
+    complete entry (loaded with `load`); a broken entry in the way is replaced. None: ours is in place."""
+    try:
+        os.rename(staged, entry)
+        return None
+    except OSError:
+        if (cached := load(entry)) is not None:
+            log.info("%s was built concurrently; using it", entry)
+            return cached
+        shutil.rmtree(entry)
+        os.rename(staged, entry)
+        return None
 
 
 def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | None = None) -> FixtureInputs:
@@ -185,7 +214,7 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
         stub_debs=stub_debs,
         busybox=busybox.resolve(),
         busybox_package=_busybox_package(busybox),
-        busybox_sha256=_sha256_file(busybox),
+        busybox_sha256=sha256_file(busybox),
     )
 
 
@@ -194,7 +223,7 @@ def _tool_path() -> str:
     return os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
 
 
-def _tool_version(argv: Sequence[str]) -> str:
+def tool_version(argv: Sequence[str]) -> str:
     try:
         env = {**os.environ, "PATH": _tool_path()}
         out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env).stdout
@@ -206,25 +235,21 @@ def _tool_version(argv: Sequence[str]) -> str:
 def fixture_hash(inputs: FixtureInputs) -> str:
     """Cache key: the fixture sources, this module, the identity of the repackaged binaries and the
     versions of the tools whose output ends up in the RPMs and the repodata."""
-    digest = hashlib.sha256()
-
-    def add(label: str, value: str | bytes) -> None:
-        data = value.encode() if isinstance(value, str) else value
-        digest.update(f"{label}\0{len(data)}\0".encode())
-        digest.update(data)
+    key = CacheKey()
+    add = key.add
 
     add("format", CACHE_FORMAT)
     # Only what goes into the RPMs: the test variants under fixtures/variants are not RPM sources.
     for path in sorted(p for d in ("SPECS", "SOURCES") for p in (FIXTURES_DIR / d).rglob("*") if p.is_file()):
-        add(f"fixture:{path.relative_to(FIXTURES_DIR).as_posix()}", _sha256_file(path))
-    add("module", _sha256_file(Path(__file__)))
+        add(f"fixture:{path.relative_to(FIXTURES_DIR).as_posix()}", sha256_file(path))
+    add("module", sha256_file(Path(__file__)))
     add("kernel-debs", inputs.kernel_debs)
     add("kernel-uname", inputs.kernel_uname)
     add("stub-debs", inputs.stub_debs)
     add("busybox-sha256", inputs.busybox_sha256)
     for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"], ["depmod", "--version"]):
-        add(f"tool:{tool[0]}", _tool_version(tool))
-    return digest.hexdigest()[:16]
+        add(f"tool:{tool[0]}", tool_version(tool))
+    return key.hexdigest()
 
 
 def _run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None) -> str:
@@ -386,15 +411,8 @@ def build_fixture_repo(
             },
         }
         (staged / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(staged, entry)
-        except OSError:
-            # Another build finished first, or a broken entry is in the way.
-            if (cached := _load_complete(entry)) is not None:
-                log.info("fixture repo %s was built concurrently; using it", cached.path)
-                return cached
-            shutil.rmtree(entry)
-            os.rename(staged, entry)
+        if (cached := publish_entry(staged, entry, _load_complete)) is not None:
+            return cached
     log.info("built fixture repo %s in %.1fs", entry / "repo", time.monotonic() - started)
     result = _load_complete(entry)
     if result is None:
