@@ -18,7 +18,9 @@ def error_line(r) -> str:
     return lines[0]
 
 
-def build(repo, output, *extra, variants=FIXTURE_VARIANTS, kver="6.1.0-56-amd64", env=None):
+def build(repo, output, *extra, variants=FIXTURE_VARIANTS, kver="0.0.0-repository-less", env=None):
+    """`build`; tests against the fixture repository pass its kernel (kver=fixture_repo.kernel_version),
+    so the error under test is never a kernel mismatch."""
     return run_cli(["build", "--repo", repo, "--kernel-version", kver, "--output", output,
                     "--variants-dir", variants, *extra], env=env)
 
@@ -46,7 +48,7 @@ def test_empty_repo(tmp_path):
 
 
 def test_unknown_variant(tmp_path, fixture_repo):
-    line = error_line(build(fixture_repo.path, tmp_path / "out", "--variant", "nope"))
+    line = error_line(build(fixture_repo.path, tmp_path / "out", "--variant", "nope", kver=fixture_repo.kernel_version))
     assert line == (f"mkosi-initrd-build: error: {FIXTURE_VARIANTS}: unknown variant 'nope' "
                     "(available: minimal, storage)")
 
@@ -55,20 +57,20 @@ def test_invalid_variant_names_file_and_key(tmp_path, fixture_repo):
     variants = tmp_path / "variants"
     variants.mkdir()
     (variants / "bad.toml").write_text('summary = "s"\ndescription = "d"\nformats = ["initrd", "iso"]\n')
-    line = error_line(build(fixture_repo.path, tmp_path / "out", variants=variants))
+    line = error_line(build(fixture_repo.path, tmp_path / "out", variants=variants, kver=fixture_repo.kernel_version))
     assert line == f"mkosi-initrd-build: error: {variants / 'bad.toml'}: formats: unknown format 'iso' (allowed: initrd, uki)"
 
 
 def test_unwritable_output(tmp_path, fixture_repo):
     (tmp_path / "file").write_text("")
-    line = error_line(build(fixture_repo.path, tmp_path / "file" / "out"))
+    line = error_line(build(fixture_repo.path, tmp_path / "file" / "out", kver=fixture_repo.kernel_version))
     assert line.startswith(f"mkosi-initrd-build: error: output {tmp_path / 'file' / 'out'}: cannot create")
 
 
 def test_mkosi_missing_hints_make_setup(tmp_path, fixture_repo):
     empty = tmp_path / "tools"
     (empty / "bin").mkdir(parents=True)
-    r = build(fixture_repo.path, tmp_path / "out", env={"MKOSI_INITRD_TOOLS": str(empty), "PATH": "/usr/bin:/bin"})
+    r = build(fixture_repo.path, tmp_path / "out", kver=fixture_repo.kernel_version, env={"MKOSI_INITRD_TOOLS": str(empty), "PATH": "/usr/bin:/bin"})
     if shutil.which("mkosi", path="/usr/bin:/bin"):
         pytest.skip("a system mkosi is installed in /usr/bin; cannot hide it")
     assert error_line(r) == "mkosi-initrd-build: error: mkosi not found"

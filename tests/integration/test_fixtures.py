@@ -99,6 +99,31 @@ def test_kernel_core_is_named_after_the_debian_kernel_and_installonly(fresh_repo
     assert rpm_query(rpm, "--scripts") == []
 
 
+def test_kernel_package_version_is_the_downloaded_debs_unless_overridden(monkeypatch):
+    """The fixture kernel's VERSION-RELEASE is read from the .deb setup downloaded; the override that
+    `make test-other-kernel` sets replaces it, and a malformed one is refused by name."""
+    require_fixture_inputs()
+    monkeypatch.delenv(fixtures.KERNEL_EVR_ENV, raising=False)
+    debs = (fixtures.DEFAULT_TOOLS_DIR / "kernel" / ".debs").read_text().split()
+    deb_version = next(d for d in debs if d.startswith("linux-image-")).split("_")[1]
+    assert fixtures.find_fixture_inputs().kernel_package == fixtures.split_debian_version(deb_version)
+    monkeypatch.setenv(fixtures.KERNEL_EVR_ENV, "1.2.3-4.alt")
+    assert fixtures.find_fixture_inputs().kernel_package == fixtures.DebianVersion("1.2.3", "4.alt")
+    for bad in ("1.2.3", "1:2-3", "1.2-3 4"):
+        monkeypatch.setenv(fixtures.KERNEL_EVR_ENV, bad)
+        with pytest.raises(FixtureBuildError, match=fixtures.KERNEL_EVR_ENV):
+            fixtures.find_fixture_inputs()
+
+
+def test_session_fixture_kernel_package_matches_its_inputs(fixture_repo):
+    """What every other test compares against is the built package, and it is what the inputs say:
+    under `make test-other-kernel` the override, else the downloaded kernel's own version."""
+    inputs = fixtures.find_fixture_inputs()
+    assert (fixture_repo.kernel_package_version, fixture_repo.kernel_package_release) == (
+        inputs.kernel_package.version, inputs.kernel_package.release)
+    assert rpm_query(fixture_repo.rpms["kernel-core"], "--qf", "%{VERSION}-%{RELEASE}") == [fixture_repo.kernel_evr]
+
+
 def test_busybox_ships_applets_but_leaves_rpm_dpkg_and_depmod_out(fresh_repo):
     files = set(rpm_query(fresh_repo.rpms["busybox"], "--list"))
     assert {"/usr/bin/busybox", "/usr/bin/sh", "/usr/bin/modprobe", "/usr/bin/insmod"} <= files

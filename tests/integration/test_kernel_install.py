@@ -55,12 +55,12 @@ def add(root, kver, *extra_plugins):
     return kernel_install(root, "add", kver, f"/usr/lib/modules/{kver}/vmlinuz", extra_plugins=extra_plugins)
 
 
-def test_only_missing_dependency_in_the_scratch_root_is_the_host_tool(tmp_path, base_rpms, built):
+def test_only_missing_dependency_in_the_scratch_root_is_the_host_tool(tmp_path, base_rpms, built, fixture_repo):
     """Everything the packages need is in the fixture repository, but kernel-install itself."""
     root = make_root(tmp_path / "root", [])
     r = rpm_root(root, "-i", "--test", *base_rpms, *built.rpms.values(), check=False)
     missing = re.findall(r"^\s+(.+?) is needed by (\S+)$", r.stderr, re.MULTILINE)
-    assert missing == [("/usr/bin/kernel-install", f"{PREFIX}-common-6.1.192-2^1.noarch")], r.stderr
+    assert missing == [("/usr/bin/kernel-install", f"{PREFIX}-common-{fixture_repo.kernel_evr}^1.noarch")], r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -85,11 +85,12 @@ def test_rebuild_for_the_same_kernel_replaces_the_earlier_build(fixture_repo, tm
     root.mkdir()
 
     dnf(root, conf, "install", "filesystem", "busybox", "kernel-install-standin", "kernel-core",
-        f"{PREFIX}-minimal-6.1.192-2^1")
+        f"{PREFIX}-minimal-{fixture_repo.kernel_evr}^1")
     out = dnf(root, conf, "upgrade")
     installed = subprocess.run(["rpm", "--root", str(root), "-q", f"{PREFIX}-minimal", f"{PREFIX}-common"],
                                capture_output=True, text=True).stdout.split()
-    assert installed == [f"{PREFIX}-minimal-6.1.192-2^2.x86_64", f"{PREFIX}-common-6.1.192-2^2.noarch"], out
+    evr = fixture_repo.kernel_evr
+    assert installed == [f"{PREFIX}-minimal-{evr}^2.x86_64", f"{PREFIX}-common-{evr}^2.noarch"], out
     manifest = json.loads((root / "usr/lib/modules" / fixture_repo.kernel_version /
                            "mkosi-initrd/minimal/manifest.json").read_text())
     assert manifest["kernel-command-line"] == "console=ttyS0 panic=-1 quiet"

@@ -36,6 +36,9 @@ DEFAULT_TOOLS_DIR = REPO_ROOT / ".tools"
 # 2023-11-14T22:13:20Z. Every timestamp in the RPMs and the repodata derives from it.
 SOURCE_DATE_EPOCH = 1700000000
 BUILDHOST = "fixtures.invalid"
+# Rebuild the fixture kernel package under another VERSION-RELEASE (same kernel, same uname), to
+# prove the suite derives every expectation from the fixture content: `make test-other-kernel`.
+KERNEL_EVR_ENV = "MKOSI_INITRD_FIXTURE_KERNEL_EVR"
 # Measured for the whole set (2 cores): zstd -3 1.1 s, gzip -9 (rpm's default here) 2.9 s,
 # zstd -19 5.5 s, all within 5 % in size (kernel-core's vmlinuz is already compressed).
 # rpm, dnf and rpmfile[zstd] all read zstd payloads.
@@ -58,6 +61,14 @@ class FixtureRepo:
     kernel_version: str  # uname -r of the kernel in kernel-core, e.g. "6.1.0-56-amd64"
     rpms: dict[str, Path]  # package name -> rpm file inside path
     source_date_epoch: int
+    # kernel-core's VERSION and RELEASE as read back from the built RPM's header: what the tests
+    # expect of the spec's Version/Release, never a literal copied from one day's mirror.
+    kernel_package_version: str
+    kernel_package_release: str
+
+    @property
+    def kernel_evr(self) -> str:
+        return f"{self.kernel_package_version}-{self.kernel_package_release}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +140,14 @@ def _deb_from_list(debs_file: Path, package_prefix: str) -> tuple[str, DebianVer
     raise FixtureBuildError(f"{debs_file} names no {package_prefix}*.deb")
 
 
+def _kernel_evr_override(value: str) -> DebianVersion:
+    version, dash, release = value.rpartition("-")
+    if not dash or not all(_RPM_VERSION_CHARS.fullmatch(part) for part in (version, release)) or ":" in value:
+        raise FixtureBuildError(f"{KERNEL_EVR_ENV}={value!r}: expected VERSION-RELEASE, e.g. 6.1.999-7")
+    log.info("fixture kernel package rebuilt as %s-%s (%s)", version, release, KERNEL_EVR_ENV)
+    return DebianVersion(version, release)
+
+
 def _kernel_uname(kernel_tree: Path) -> str:
     candidates = sorted(
         {
@@ -194,6 +213,8 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
     """Locate the kernel, the EFI stub and busybox that the fixture RPMs repackage."""
     kernel_tree = tools_dir / "kernel"
     kernel_debs, kernel_package = _deb_from_list(kernel_tree / ".debs", "linux-image-")
+    if override := os.environ.get(KERNEL_EVR_ENV):
+        kernel_package = _kernel_evr_override(override)
     stub_debs, stub_package = _deb_from_list(tools_dir / "stub" / ".debs", "systemd-boot-efi_")
     stub_dir = tools_dir / "stub" / "usr" / "lib" / "systemd" / "boot" / "efi"
     for name in STUB_FILES:
@@ -244,6 +265,7 @@ def fixture_hash(inputs: FixtureInputs) -> str:
         add(f"fixture:{path.relative_to(FIXTURES_DIR).as_posix()}", sha256_file(path))
     add("module", sha256_file(Path(__file__)))
     add("kernel-debs", inputs.kernel_debs)
+    add("kernel-package", f"{inputs.kernel_package.version}-{inputs.kernel_package.release}")
     add("kernel-uname", inputs.kernel_uname)
     add("stub-debs", inputs.stub_debs)
     add("busybox-sha256", inputs.busybox_sha256)
@@ -358,11 +380,22 @@ def _load_complete(entry: Path) -> FixtureRepo | None:
     rpms = {name: repo / filename for name, filename in data["rpms"].items()}
     if not all(p.is_file() for p in rpms.values()) or not (repo / "repodata" / "repomd.xml").is_file():
         return None
+    if "kernel-core" not in rpms:
+        return None
+    query = subprocess.run(
+        ["rpm", "-qp", "--nosignature", "--qf", "%{VERSION} %{RELEASE}", str(rpms["kernel-core"])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    if query.returncode != 0:
+        raise FixtureBuildError(f"rpm -qp {rpms['kernel-core']} failed: {query.stderr.strip()}")
+    version, release = query.stdout.split()
     return FixtureRepo(
         path=repo,
         kernel_version=data["kernel_version"],
         rpms=rpms,
         source_date_epoch=data["source_date_epoch"],
+        kernel_package_version=version,
+        kernel_package_release=release,
     )
 
 
