@@ -87,6 +87,10 @@ if [[ "$ID" == debian ]]; then
     # Only for its kernel-install plugin 90-uki-copy.install: the host's systemd 252 has no
     # layout=uki support, and the kernel-install tests run that real plugin (nothing else of it).
     extract_deb_tool systemd trixie systemd
+    # systemd-nspawn for the mock stand-in's nspawn isolation. Installing Debian's
+    # systemd-container would upgrade the host's systemd to the same point release, so it is
+    # extracted with the libsystemd-shared it was built with and run through a wrapper.
+    extract_deb_tool nspawn bookworm systemd-container libsystemd-shared
     # Wrappers so the builder finds them on PATH; they run under Debian's python3, which sees
     # python3-pefile and python3-dnf (the pyenv python3 first on PATH does not).
     mkdir -p "$TOOLS/bin"
@@ -98,7 +102,11 @@ WRAP
 #!/bin/sh
 exec /usr/bin/python3 "$TOOLS/ukify/usr/bin/ukify" "\$@"
 WRAP
-    chmod +x "$TOOLS/bin/mkosi" "$TOOLS/bin/ukify"
+    cat > "$TOOLS/bin/systemd-nspawn" <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$TOOLS/nspawn/usr/lib/x86_64-linux-gnu/systemd" exec "$TOOLS/nspawn/usr/bin/systemd-nspawn" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/mkosi" "$TOOLS/bin/ukify" "$TOOLS/bin/systemd-nspawn"
     # The kernel the fixtures repackage: the one linux-image-amd64 currently points at.
     if [[ ! -f $TOOLS/kernel/.complete ]]; then
         KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -117,6 +125,7 @@ else
     # On Fedora, mkosi, ukify and the stub come from the distribution; the fixture kernel is
     # the newest kernel-core, extracted.
     command -v mkosi >/dev/null || dnf install -y mkosi systemd-ukify systemd-boot-unsigned
+    command -v systemd-nspawn >/dev/null || dnf install -y systemd-container
     if [[ ! -f $TOOLS/kernel/.complete ]]; then
         tmp=$(mktemp -d "$TOOLS/.dl.XXXXXX")
         dnf download -q --destdir "$tmp" kernel-core kernel-modules-core
