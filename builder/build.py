@@ -27,6 +27,7 @@ from .manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, writ
 from .mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
 from .repo import Repository, extract_rpm, open_repository
 from .run import run, terminate_children
+from .namespaces import check_sandbox
 from .tools import find_tool, tool_path, tool_version
 from .uki import STUB_PATH, UkiInputs, build_uki
 from .variants import OutputFormat, VariantSpec
@@ -177,6 +178,7 @@ def build(request: BuildRequest) -> list[VariantResult]:
         find_tool(tool)
     if any(OutputFormat.uki in v.formats for v in request.variants):
         find_tool("ukify")
+    check_sandbox()
     # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
     request = dataclasses.replace(request, output=request.output.absolute())
     prepare_output(request.output)

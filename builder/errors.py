@@ -68,6 +68,10 @@ class ToolMissingError(BuilderError):
         super().__init__(f"{tool} not found" + (f" ({detail})" if detail else ""))
 
 
+class SandboxUnavailableError(BuilderError):
+    """mkosi's namespaces cannot be created in this context (a chroot: mock's simple isolation)."""
+
+
 class CommandError(BuilderError):
     """An external command failed; carries its argv and the tail of its output."""
 
