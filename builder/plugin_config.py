@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import enum
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -64,6 +65,25 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+class Isolation(str, enum.Enum):
+    """How the plugin treats mock's isolation for allow-listed builds.
+
+    mkosi builds images in user namespaces; the kernel refuses them inside a chroot, which is
+    what mock's simple isolation is, so the images can only be built under mock's nspawn
+    isolation (kojid passes --new-chroot when the build tag's extra mock.new_chroot is true,
+    --old-chroot when it is false, and nothing otherwise, leaving mock to choose)."""
+
+    NSPAWN = "nspawn"  # allow-listed builds always get --new-chroot, whatever the tag says
+    TAG = "tag"        # the tag decides; a tag asking for the simple chroot fails the build up front
+
+
+def _isolation(text: str) -> Isolation:
+    try:
+        return Isolation(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not one of {', '.join(i.value for i in Isolation)}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ConfigKey:
     name: str
@@ -86,6 +106,10 @@ KEYS = (
               "refuse to stage more than this (K, M, G suffixes): the buildroot's disk is not endless"),
     ConfigKey("jobs", _int_between(1, 64), 4, "parallel downloads"),
     ConfigKey("retries", _int_between(1, 10), 4, "tries per file before a download fails the build"),
+    ConfigKey("isolation", _isolation, Isolation.NSPAWN,
+              "nspawn: run allow-listed builds under mock's nspawn isolation (--new-chroot) whatever the "
+              "build tag says; tag: keep the tag's mock.new_chroot and fail up front when it asks for the "
+              "simple chroot, where mkosi cannot create its user namespaces"),
 )
 
 
@@ -100,6 +124,7 @@ class PluginConfig:
     max_size: int
     jobs: int
     retries: int
+    isolation: Isolation
 
     def skip_reason(self, package: str, tag: str, extra: Mapping[str, Any]) -> Optional[str]:
         """Why a build of `package` in `tag` gets no staged repository; None when it does."""

@@ -30,7 +30,7 @@ import koji
 from mkosi_initrd_builder.errors import BuilderError
 from mkosi_initrd_builder.fsutil import atomic_write, is_within
 from mkosi_initrd_builder.httpfetch import RetryPolicy
-from mkosi_initrd_builder.plugin_config import PluginConfig, parse_plugin_config
+from mkosi_initrd_builder.plugin_config import Isolation, PluginConfig, parse_plugin_config
 from mkosi_initrd_builder.staging import MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository
 from mkosi_initrd_builder.staging_resolve import PinnedPackage
 
@@ -137,6 +137,37 @@ def stage_buildroot(broot: Any, config: PluginConfig, package: str, srpm: str) -
     return result
 
 
+NEW_CHROOT = "mock.new_chroot"   # the build tag extra kojid turns into --new-chroot / --old-chroot
+
+
+def require_nspawn(broot: Any, config: PluginConfig, package: str) -> None:
+    """mkosi builds in user namespaces, which the kernel refuses inside a chroot: mock's simple
+    isolation cannot build the images. Make kojid ask mock for nspawn, or stop before any work."""
+    extra = broot.config.get("extra") or {}
+    asked = extra.get(NEW_CHROOT)
+    if asked is not None and _true(asked):
+        return
+    setting = f"{NEW_CHROOT}={asked}" if asked is not None else f"no {NEW_CHROOT} (mock chooses)"
+    if config.isolation is Isolation.TAG:
+        if asked is None:
+            logger.info("mkosi_initrd: %s: build tag %s sets %s; the build needs mock's nspawn isolation",
+                        package, broot.tag_name, setting)
+            return
+        raise koji.BuildError(
+            f"mkosi_initrd: {package} needs mock's nspawn isolation (mkosi builds in user namespaces, which "
+            f"a simple chroot refuses), but build tag {broot.tag_name} sets {setting}: run "
+            f"`koji edit-tag {broot.tag_name} -x {NEW_CHROOT}=True`, or set isolation = nspawn in {CONFIG_FILE}")
+    broot.config = dict(broot.config, extra=dict(extra, **{NEW_CHROOT: True}))
+    logger.info("mkosi_initrd: %s: mock runs with --new-chroot (nspawn isolation; build tag %s sets %s): "
+                "mkosi builds in user namespaces, which a simple chroot refuses", package, broot.tag_name, setting)
+
+
+def _true(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def make_buildroot_class(base: type, config: PluginConfig) -> type:
     class MkosiInitrdBuildRoot(base):  # type: ignore[misc, valid-type]
         """kojid's BuildRoot; build() stages the repository first for allow-listed packages."""
@@ -150,6 +181,7 @@ def make_buildroot_class(base: type, config: PluginConfig) -> type:
             if reason is not None:
                 logger.info("mkosi_initrd: not staging a repository: %s", reason)
             else:
+                require_nspawn(self, config, package)
                 stage_buildroot(self, config, package, srpm)
             return super().build(srpm, arch)
 

@@ -9,7 +9,7 @@ import pytest
 
 from mkosi_initrd_builder.cliopts import parse_byte_size
 from mkosi_initrd_builder.errors import PluginConfigError
-from mkosi_initrd_builder.plugin_config import KEYS, PluginConfig, parse_plugin_config
+from mkosi_initrd_builder.plugin_config import KEYS, Isolation, PluginConfig, parse_plugin_config
 
 TOP = Path(__file__).resolve().parents[2]
 CONF = Path("/etc/kojid/plugins/mkosi_initrd.conf")
@@ -40,10 +40,12 @@ cache_dir = /srv/cache
 max_size = 1.5G
 jobs = 8
 retries = 2
+isolation = tag
 """)
     assert config == PluginConfig(packages=frozenset({"mkosi-initrd-initrd", "other-initrd", "third"}),
                                   tags=frozenset({"f42-build", "f43-build"}), tag_extra="mkosi_initrd.enabled",
-                                  cache_dir=Path("/srv/cache"), max_size=int(1.5 * 1024 ** 3), jobs=8, retries=2)
+                                  cache_dir=Path("/srv/cache"), max_size=int(1.5 * 1024 ** 3), jobs=8, retries=2,
+                                  isolation=Isolation.TAG)
 
 
 def test_defaults_come_from_the_key_table():
@@ -66,6 +68,7 @@ def test_defaults_come_from_the_key_table():
     ("[mkosi_initrd]\npackages = p\ncache_dir = /\n", "[mkosi_initrd] cache_dir", "cannot be"),
     ("[mkosi_initrd]\npackages = p\ntags = f42 build!\n", "[mkosi_initrd] tags", "'build!'"),
     ("[mkosi_initrd]\npackages = p\ntag_extra = no spaces\n", "[mkosi_initrd] tag_extra", "not a tag extra"),
+    ("[mkosi_initrd]\npackages = p\nisolation = simple\n", "[mkosi_initrd] isolation", "not one of nspawn, tag"),
     ("[mkosi_initrd]\npackages = p\n[paths]\nx = y\n", "[paths]", "unknown section"),
     ("[global]\npackages = p\n", "[global]", "unknown section"),
 ])
