@@ -36,5 +36,12 @@ clean:
 # fixture variants; everything under $(RPM_OUT) (see tests/scripts/make-rpm.sh).
 RPM_OUT ?= out/rpm
 .PHONY: rpm
-rpm: setup
+rpm: setup rpm-builder
 	@bash tests/scripts/make-rpm.sh $(RPM_OUT)
+
+# The SRPM and RPMs of the builder itself (spec/mkosi-initrd-builder.spec): python3-mkosi-initrd-builder
+# and koji-builder-plugin-mkosi-initrd, under $(RPM_BUILDER_OUT) (see tests/scripts/make-builder-rpm.sh).
+RPM_BUILDER_OUT ?= out/rpm-builder
+.PHONY: rpm-builder
+rpm-builder: setup
+	@bash tests/scripts/make-builder-rpm.sh $(RPM_BUILDER_OUT)
