@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= out/run
 PYTEST_ARGS ?=
+# The builder finds its tools on PATH; this puts the mkosi and ukify that `make setup` extracts
+# into .tools/ first, for every target (an installed builder needs nothing of the kind).
+export MKOSI_INITRD_TOOLS ?= $(CURDIR)/.tools
 
 .PHONY: setup run test unit bench clean
 
@@ -41,5 +44,12 @@ clean:
 # fixture variants; everything under $(RPM_OUT) (see tests/scripts/make-rpm.sh).
 RPM_OUT ?= out/rpm
 .PHONY: rpm
-rpm: setup
+rpm: setup rpm-builder
 	@bash tests/scripts/make-rpm.sh $(RPM_OUT)
+
+# The SRPM and RPMs of the builder itself (spec/mkosi-initrd-builder.spec): python3-mkosi-initrd-builder
+# and koji-builder-plugin-mkosi-initrd, under $(RPM_BUILDER_OUT) (see tests/scripts/make-builder-rpm.sh).
+RPM_BUILDER_OUT ?= out/rpm-builder
+.PHONY: rpm-builder
+rpm-builder: setup
+	@bash tests/scripts/make-builder-rpm.sh $(RPM_BUILDER_OUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from .fsutil import link_or_copy_tree, replace_dir, sha256_file
 from .kmod import expand_default, prune_modules, select_modules
 from .log import step
 from .manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
-from .mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
+from .mkosi_config import MkosiPaths, kernel_modules_include, render_variant
 from .repo import Repository, extract_rpm, open_repository
 from .run import run, terminate_children
 from .namespaces import check_sandbox
@@ -159,17 +160,18 @@ def write_sandbox_tree(root: Path, repo: Path, release: str) -> None:
         "# placeholder: mkosi requires a key file; signatures are not checked in offline builds\n")
 
 
-def mkosi_conf_path() -> Path:
-    mkosi = Path(find_tool("mkosi"))
-    candidates = [
-        mkosi.parent.parent / "mkosi/usr/lib/python3/dist-packages/mkosi/resources/mkosi-initrd/mkosi.conf",
-    ]
-    for c in candidates:
-        if c.exists():
-            return c
-    out = run(["/usr/bin/python3", "-c", "import mkosi.resources, os; print(os.path.dirname(mkosi.resources.__file__))"],
-              capture=True).stdout.decode().strip()
-    return Path(out) / "mkosi-initrd/mkosi.conf"
+def mkosi_initrd_default_modules(release: str) -> tuple[str, ...]:
+    """mkosi-initrd's KernelModulesInclude= list, asked from the mkosi that builds the images: it
+    resolves Include=mkosi-initrd to its own resources, however and wherever it is installed."""
+    return _kernel_modules_include_of(find_tool("mkosi"), release)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_modules_include_of(mkosi: str, release: str) -> tuple[str, ...]:
+    with tempfile.TemporaryDirectory(prefix="mkosi-initrd-modules-") as tmp:
+        out = run([mkosi, f"--directory={tmp}", "--distribution=fedora", f"--release={release}",
+                   "--include=mkosi-initrd", "--json", "summary"], capture=True, env={"PATH": tool_path()}).stdout
+    return kernel_modules_include(out)
 
 
 def build(request: BuildRequest) -> list[VariantResult]:
@@ -247,7 +249,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         moddir = kernel_tree / "usr/lib/modules" / ctx.kernel.version
         include = list(variant.kernel_modules_include)
         if "default" in include:
-            include = expand_default(include, mkosi_initrd_default_modules(mkosi_conf_path()))
+            include = expand_default(include, mkosi_initrd_default_modules(req.release))
         selection = select_modules(moddir, include, variant.kernel_modules_exclude)
         prune_modules(moddir, selection)
         logger.info("  [%s] %d modules kept, %d left out", variant.name, len(selection.kept), len(selection.removed))

@@ -21,11 +21,10 @@ from . import staging_cli
 
 logger = logging.getLogger("mkosi_initrd_builder")
 PROG = "mkosi-initrd-build"
-DEFAULT_VARIANTS_DIR = Path(__file__).resolve().parent.parent / "spec" / "variants"
 
 
-VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: spec/variants)",
-                      type=Path, default=None, metavar="DIR")
+VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: the product variants "
+                      "installed with the builder)", type=Path, default=None, metavar="DIR")
 KERNEL_VERSION = Option(("--kernel-version",), "kernel version (uname -r) to build for", required=True,
                         metavar="KVER")
 BUILD_OPTIONS = (
@@ -61,9 +60,10 @@ VERIFY_OPTIONS = (
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import BuildRequest, build
+    from .resources import product_variants_dir
     from .variants import load_variants
 
-    variants_dir = args.variants_dir or DEFAULT_VARIANTS_DIR
+    variants_dir = args.variants_dir or product_variants_dir()
     variants = load_variants(variants_dir, args.variant_names or ())
     results = build(BuildRequest(
         repo=args.repo, kernel_version=args.kernel_version, output=args.output, variants=tuple(variants),

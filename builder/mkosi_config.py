@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
+import json
 from pathlib import Path
 
+from .errors import BuilderError
 from .variants import Base, VariantSpec
 
 # Removed from every image: kernel images (the UKI carries its own) and caches that would make
@@ -129,22 +129,13 @@ def format_ini(sections: dict[str, list[tuple[str, tuple[str, ...]]]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-@functools.lru_cache(maxsize=None)
-def mkosi_initrd_default_modules(mkosi_conf: Path) -> tuple[str, ...]:
-    """mkosi-initrd's KernelModulesInclude= list, read from the installed mkosi's resources."""
-    patterns: list[str] = []
-    collecting = False
-    for raw in mkosi_conf.read_text().splitlines():
-        line = raw.split("#", 1)[0].rstrip()
-        if re.match(r"^KernelModulesInclude=", line):
-            collecting = True
-            value = line.split("=", 1)[1].strip()
-            if value:
-                patterns.append(value)
-            continue
-        if collecting:
-            if line.startswith((" ", "\t")) and line.strip():
-                patterns.append(line.strip())
-            elif line.strip():
-                collecting = False
-    return tuple(patterns)
+def kernel_modules_include(summary: bytes) -> tuple[str, ...]:
+    """KernelModulesInclude= of the first image in `mkosi --json summary` output."""
+    try:
+        value = json.loads(summary)["Images"][0]["KernelModulesInclude"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise BuilderError(f"cannot read KernelModulesInclude from `mkosi --json summary`: "
+                           f"{type(e).__name__}: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BuilderError("`mkosi --json summary`: KernelModulesInclude is not a list of strings")
+    return tuple(value)

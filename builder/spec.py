@@ -20,14 +20,12 @@ from .fsutil import atomic_write
 from .manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME
 from .mkosi_config import MkosiPaths, render_variant
 from .repo import Repository
+from .resources import kernel_install_dir, spec_template
 from .run import run
 from .tools import find_tool, tool_path
 from .uki import STUB_PATH
 from .variants import Base, OutputFormat, VariantSpec
 
-TOP = Path(__file__).resolve().parent.parent
-TEMPLATE = TOP / "spec" / "mkosi-initrd-initrd.spec.in"
-KERNEL_INSTALL_DIR = TOP / "spec" / "kernel-install"
 PACKAGE_NAME = "mkosi-initrd-initrd"
 # Sources 1-3, in the template's order; the variant files follow from VARIANT_SOURCE_BASE on.
 KERNEL_INSTALL_SOURCES = ("52-mkosi-initrd-prebuilt.install", "60-mkosi-initrd-prebuilt.conf",
@@ -207,7 +205,7 @@ def _buildrequires(names: Iterable[str]) -> str:
 
 
 def render_spec(inputs: SpecInputs, template: Optional[str] = None) -> str:
-    text = TEMPLATE.read_text() if template is None else template
+    text = spec_template().read_text() if template is None else template
     variants = sorted(inputs.variants, key=lambda v: v.name)
     check_variants(variants)
     kernel = inputs.kernel
@@ -392,7 +390,7 @@ def write_spec(text: str, path: Path, variants: Sequence[VariantSpec]) -> list[P
     except OSError as e:
         raise SpecError(f"{directory}: cannot create: {e.strerror or e}") from None
     written = []
-    sources = [(KERNEL_INSTALL_DIR / name, name) for name in KERNEL_INSTALL_SOURCES]
+    sources = [(kernel_install_dir() / name, name) for name in KERNEL_INSTALL_SOURCES]
     sources += [(v.path, f"{v.name}.toml") for v in sorted(variants, key=lambda v: v.name)]
     for src, name in sources:
         mode = 0o755 if name.endswith(".install") else 0o644

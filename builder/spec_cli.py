@@ -11,11 +11,10 @@ from pathlib import Path
 
 from .cliopts import Command, Option
 from .errors import BuilderError
+from .resources import product_variants_dir
 from .run import run
 
 logger = logging.getLogger("mkosi_initrd_builder.spec")
-
-DEFAULT_VARIANTS_DIR = Path(__file__).resolve().parent.parent / "spec" / "variants"
 
 
 def iso_date(text: str) -> datetime.date:
@@ -29,8 +28,8 @@ KERNEL_VERSION = Option(("--kernel-version",), "kernel version (uname -r); the r
                         required=True, metavar="KVER")
 REPO = Option(("--repo",), "RPM repository (directory with repodata/) that has the kernel and the image "
               "packages", type=Path, required=True, metavar="DIR")
-VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: spec/variants)", type=Path,
-                      metavar="DIR")
+VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: the product variants "
+                      "installed with the builder)", type=Path, metavar="DIR")
 PACKAGER = Option(("--packager",), "changelog author, 'Name <email>' (default: rpm's %%packager)",
                   metavar="WHO")
 DATE = Option(("--date",), "changelog date (default: today, UTC)", type=iso_date, metavar="YYYY-MM-DD")
@@ -69,7 +68,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
                        render_spec, write_spec)
     from .variants import load_variants
 
-    variants = load_variants(args.variants_dir or DEFAULT_VARIANTS_DIR)
+    variants = load_variants(args.variants_dir or product_variants_dir())
     repo = open_repository(args.repo)
     kernel = describe_kernel(repo, args.kernel_version)
     evr = kernel.image_package.evr
@@ -97,7 +96,7 @@ def cmd_bump(args: argparse.Namespace) -> int:
     current = read_spec(args.spec)
     repo = open_repository(args.repo)
     kernel = describe_kernel(repo, args.kernel_version)
-    variants = load_variants(args.variants_dir or DEFAULT_VARIANTS_DIR)
+    variants = load_variants(args.variants_dir or product_variants_dir())
     bump = plan_bump(current, kernel, variants, args.message)
     evr = kernel.image_package.evr
     new_release = release_for(evr, bump.build_counter)

@@ -1,4 +1,4 @@
-"""Where the external tools come from: the project-local tools directory made by `make setup`, else PATH."""
+"""Where the external tools come from: PATH, with $MKOSI_INITRD_TOOLS/bin first when that is set."""
 
 from __future__ import annotations
 
@@ -12,19 +12,18 @@ from typing import Optional
 from .errors import ToolMissingError
 from .run import run
 
-# `make setup` puts wrappers for mkosi and ukify (extracted from Debian trixie) here.
-_REPO_TOOLS = Path(__file__).resolve().parent.parent / ".tools"
+# A directory whose bin/ goes before PATH: `make setup` extracts mkosi and ukify into a checkout's
+# .tools/, and the Makefile and the tests name it here. Installed, the builder uses PATH only.
+TOOLS_ENV = "MKOSI_INITRD_TOOLS"
 
 
 def tools_dir() -> Optional[Path]:
-    env = os.environ.get("MKOSI_INITRD_TOOLS")
-    if env:
-        return Path(env)
-    return _REPO_TOOLS if (_REPO_TOOLS / "bin").is_dir() else None
+    env = os.environ.get(TOOLS_ENV)
+    return Path(env) if env else None
 
 
 def tool_path() -> str:
-    """PATH with the project's tools directory first, for commands that look tools up themselves."""
+    """PATH with $MKOSI_INITRD_TOOLS/bin first, for commands that look tools up themselves."""
     path = os.environ.get("PATH", "/usr/bin:/bin")
     d = tools_dir()
     return f"{d / 'bin'}:{path}" if d else path

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.spec import KERNEL_INSTALL_DIR
+from mkosi_initrd_builder.resources import kernel_install_dir
 
-PLUGIN = KERNEL_INSTALL_DIR / "52-mkosi-initrd-prebuilt.install"
+PLUGIN = kernel_install_dir() / "52-mkosi-initrd-prebuilt.install"
 KVER = "6.1.0-56-amd64"
 
 

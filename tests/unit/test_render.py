@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.mkosi_config import MkosiPaths, mkosi_initrd_default_modules, render_variant
+from mkosi_initrd_builder.errors import BuilderError
+from mkosi_initrd_builder.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
 from mkosi_initrd_builder.variants import load_variant, load_variants
-from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, TOOLS
+from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 
 GOLDEN = Path(__file__).parent / "golden"
 PATHS = MkosiPaths(
@@ -76,9 +77,21 @@ def test_cli_carries_settings_the_include_would_override():
 
 
 def test_mkosi_initrd_default_module_list_is_read_from_mkosi():
-    conf = TOOLS / "mkosi/usr/lib/python3/dist-packages/mkosi/resources/mkosi-initrd/mkosi.conf"
-    if not conf.exists():
-        pytest.skip("mkosi is not extracted into .tools (run 'make setup')")
-    patterns = mkosi_initrd_default_modules(conf)
+    require_tools("mkosi")
+    from mkosi_initrd_builder.build import mkosi_initrd_default_modules
+
+    patterns = mkosi_initrd_default_modules("rawhide")
     assert "/ext4.ko" in patterns and "crypto/" in patterns and "^fs/nls/" in patterns
     assert all(not p.startswith("#") and p for p in patterns)
+
+
+def test_kernel_modules_include_is_read_from_the_summary_json():
+    summary = b'{"Images": [{"KernelModulesInclude": ["/ext4.ko", "crypto/"]}, {"KernelModulesInclude": []}]}'
+    assert kernel_modules_include(summary) == ("/ext4.ko", "crypto/")
+
+
+@pytest.mark.parametrize("summary", [b"not json", b'{"Images": []}', b'{"Images": [{}]}',
+                                     b'{"Images": [{"KernelModulesInclude": "/ext4.ko"}]}'])
+def test_kernel_modules_include_refuses_a_summary_without_the_list(summary):
+    with pytest.raises(BuilderError, match="KernelModulesInclude"):
+        kernel_modules_include(summary)
