@@ -1,5 +1,8 @@
 """python -m tests.realcontent build: build (or reuse) the real-content repository and print its
-path on the first line and the kernel's uname -r on the second."""
+path on the first line and the kernel's uname -r on the second.
+
+python -m tests.realcontent build-buildroot: build (or reuse) the buildroot's tool RPMs
+(buildroot.toml) and print their directory (RPMs and repodata)."""
 
 from __future__ import annotations
 
@@ -24,10 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--jobs", type=int, default=2, help="rpmbuilds run concurrently (default: 2)")
     build.add_argument("--refresh", action="store_true", help="fetch Debian's package lists again first")
     build.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    broot = sub.add_parser("build-buildroot", help="build (or reuse) the buildroot's tool RPMs (buildroot.toml)")
+    for action in build._actions[1:]:  # the same options as build
+        broot._add_action(action)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     try:
-        builder = DistributionBuilder(args.cache, jobs=args.jobs)
+        if args.command == "build-buildroot":
+            from .buildroot import buildroot_builder
+            builder = buildroot_builder(args.cache, jobs=args.jobs)
+        else:
+            builder = DistributionBuilder(args.cache, jobs=args.jobs)
         if args.refresh:
             builder.apt.update()
         repo = builder.build()
@@ -35,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(repo.path)
-    print(repo.kernel_version)
+    if args.command == "build":
+        print(repo.kernel_version)
     return 0
 
 
