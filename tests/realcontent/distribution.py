@@ -643,7 +643,10 @@ def read_rpm_deps(path: Path) -> RpmDeps:
 
 def requirement_alternatives(req: str) -> list[str]:
     """'(a or b)' -> ['a', 'b'], 'x' -> ['x']: names only (versions are rpm's and dnf's business)."""
-    alternatives = [a.strip() for a in req.strip("()").split(" or ")] if req.startswith("(") else [req]
+    if req.startswith("(") and req.endswith(")"):
+        alternatives = [a.strip() for a in req[1:-1].split(" or ")]
+    else:
+        alternatives = [req]
     return [a.split(" ")[0] for a in alternatives]
 
 
@@ -669,6 +672,39 @@ def rpm_closure(rpms: Sequence[Path], roots: Iterable[str]) -> dict[str, Path]:
             for alt in requirement_alternatives(req):
                 todo += providers.get(alt, [])
     return seen
+
+
+def check_file_conflicts(rpms: Sequence[Path], aliases: Sequence[tuple[str, str]] = (("/usr/sbin/", "/usr/bin/"),
+                                                                              ("/bin/", "/usr/bin/"),
+                                                                              ("/sbin/", "/usr/bin/"),
+                                                                              ("/lib64/", "/usr/lib64/"),
+                                                                              ("/lib/", "/usr/lib/"))) -> None:
+    """No two RPMs ship the same non-directory path (rpm would refuse to install both); paths are
+    compared through the merged-/usr links of the fixture filesystem (`aliases`)."""
+    import rpm as rpmlib
+    import stat
+
+    ts = rpmlib.TransactionSet()
+    ts.setVSFlags(rpmlib._RPMVSF_NOSIGNATURES | rpmlib._RPMVSF_NODIGESTS)
+    owner: dict[str, str] = {}
+    clashes = []
+    for path in rpms:
+        with path.open("rb") as f:
+            h = ts.hdrFromFdno(f.fileno())
+        name = h[rpmlib.RPMTAG_NAME]
+        for fi in rpmlib.files(h):
+            if stat.S_ISDIR(fi.mode):
+                continue
+            p = fi.name
+            for prefix, real in aliases:
+                if p.startswith(prefix):
+                    p = real + p[len(prefix):]
+                    break
+            if p in owner and owner[p] != name:
+                clashes.append(f"{p} ({owner[p]}, {name})")
+            owner[p] = name
+    if clashes:
+        raise DistributionError("files shipped by two packages: " + "; ".join(sorted(clashes)[:10]))
 
 
 def check_repo_closure(rpms: Sequence[Path], external: Iterable[str] = ()) -> None:
