@@ -21,15 +21,14 @@ from .mapping import MappingError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.realcontent", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build (or reuse) the real-content repository")
-    build.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                       help=f"cache directory (default: {DEFAULT_CACHE})")
-    build.add_argument("--jobs", type=int, default=2, help="rpmbuilds run concurrently (default: 2)")
-    build.add_argument("--refresh", action="store_true", help="fetch Debian's package lists again first")
-    build.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    broot = sub.add_parser("build-buildroot", help="build (or reuse) the buildroot's tool RPMs (buildroot.toml)")
-    for action in build._actions[1:]:  # the same options as build
-        broot._add_action(action)
+    for name, what in (("build", "the real-content repository"),
+                       ("build-buildroot", "the buildroot's tool RPMs (buildroot.toml)")):
+        build = sub.add_parser(name, help=f"build (or reuse) {what}")
+        build.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                           help=f"cache directory (default: {DEFAULT_CACHE})")
+        build.add_argument("--jobs", type=int, default=2, help="rpmbuilds run concurrently (default: 2)")
+        build.add_argument("--refresh", action="store_true", help="fetch Debian's package lists again first")
+        build.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     try:
