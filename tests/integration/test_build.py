@@ -95,7 +95,11 @@ def test_verify_and_inspect(built):
     assert dict(info["uki-sections"])[".linux"] > 1_000_000
     sizes = [s for _, s in info["largest-files"]]
     assert sizes == sorted(sizes, reverse=True)
-    assert "usr/bin/busybox" in [n for n, _ in info["largest-files"][:3]]
+    # The image's big files: kmod (the real one, Debian trixie's) links libcrypto for module
+    # signatures and glibc; busybox is the rest of the userland.
+    largest = [n for n, _ in info["largest-files"]]
+    assert {"usr/lib/x86_64-linux-gnu/libcrypto.so.3", "usr/lib/x86_64-linux-gnu/libc.so.6",
+            "usr/bin/busybox"} <= set(largest[:5]), largest
 
 
 def test_verify_detects_tampering(built, tmp_path):

@@ -59,10 +59,19 @@ def fresh_repo(fixture_cache) -> FixtureRepo:
 
 
 def test_repo_has_one_rpm_per_spec_and_repodata(fresh_repo):
-    # build-tool-stand-ins.spec has no main package, only the three stand-ins it is named for
+    from tests.realcontent.buildroot import build_buildroot_rpms
+    from tests.realcontent.distribution import DEFAULT_CACHE, rpm_closure
+
+    # build-tool-stand-ins.spec has no main package, only the three stand-ins it is named for;
+    # kmod and its libraries come from the buildroot's RPMs (Debian trixie repackaged).
     specs = {p.stem for p in fixtures.SPECS_DIR.glob("*.spec")} - {"build-tool-stand-ins"}
-    assert set(fresh_repo.rpms) == specs | {"mkosi", "mkosi-initrd-builder", "systemd-ukify"}
-    assert {"filesystem", "basesystem", "busybox", "kmod", "initrd-init", "kernel-core",
+    buildroot = build_buildroot_rpms(DEFAULT_CACHE)
+    taken = rpm_closure(list(buildroot.rpms.values()), fixtures.FROM_BUILDROOT)
+    assert {"kmod", "kmod-libs", "glibc"} <= set(taken)
+    assert set(fresh_repo.rpms) == specs | {"mkosi", "mkosi-initrd-builder", "systemd-ukify"} | set(taken)
+    for name, rpm in taken.items():
+        assert sha256(fresh_repo.rpms[name]) == sha256(rpm)
+    assert {"filesystem", "basesystem", "busybox", "initrd-init", "kernel-core",
             "systemd-boot-unsigned"} <= specs
     for rpm in fresh_repo.rpms.values():
         assert rpm.parent == fresh_repo.path and rpm.is_file()
@@ -124,11 +133,15 @@ def test_session_fixture_kernel_package_matches_its_inputs(fixture_repo):
     assert rpm_query(fixture_repo.rpms["kernel-core"], "--qf", "%{VERSION}-%{RELEASE}") == [fixture_repo.kernel_evr]
 
 
-def test_busybox_ships_applets_but_leaves_rpm_dpkg_and_depmod_out(fresh_repo):
+def test_busybox_ships_applets_but_leaves_rpm_dpkg_and_module_tools_out(fresh_repo):
     files = set(rpm_query(fresh_repo.rpms["busybox"], "--list"))
-    assert {"/usr/bin/busybox", "/usr/bin/sh", "/usr/bin/modprobe", "/usr/bin/insmod"} <= files
+    assert {"/usr/bin/busybox", "/usr/bin/sh", "/usr/bin/mount", "/usr/bin/find"} <= files
     names = {Path(f).name for f in files}
-    assert not {"rpm", "rpm2cpio", "depmod"} & names
+    module_tools = {"depmod", "modprobe", "insmod", "rmmod", "lsmod", "modinfo"}
+    assert not {"rpm", "rpm2cpio"} & names
+    # The real kmod ships the module tools (in /usr/bin, where the filesystem's /usr/sbin link points).
+    assert not module_tools & names
+    assert {f"/usr/bin/{t}" for t in module_tools} <= set(rpm_query(fresh_repo.rpms["kmod"], "--list"))
     assert not [n for n in names if n.startswith("dpkg")]
     provides = rpm_query(fresh_repo.rpms["busybox"], "--provides")
     assert "/bin/sh" in provides and "/usr/bin/sh" in provides
@@ -159,12 +172,18 @@ def test_dnf_installs_an_initrd_root_from_the_repo(fresh_repo, tmp_path):
     assert (root / "usr/lib/modules" / kver / "vmlinuz").is_file()
     assert (root / "usr/lib/systemd/boot/efi/linuxx64.efi.stub").is_file()
 
-    # What mkosi runs in an image that carries a kernel: the kmod wrapper around busybox depmod.
-    (root / "usr/lib/modules" / kver / "modules.dep").unlink()
-    subprocess.run(["chroot", str(root), "depmod", "--all", kver], check=True)
-    dep = (root / "usr/lib/modules" / kver / "modules.dep").read_text().splitlines()
-    assert "kernel/fs/ext4/ext4.ko: " in "\n".join(dep)
-    assert dep == sorted(dep)
+    # What mkosi runs in an image that carries a kernel: the image's own depmod, the real kmod
+    # (from the buildroot's RPMs, with glibc). It writes modules.dep in modules.order's order, the
+    # same on every run (the busybox wrapper it replaced had to sort its output for that).
+    assert "kmod version" in subprocess.run(["chroot", str(root), "depmod", "--version"], check=True,
+                                            stdout=subprocess.PIPE, text=True).stdout
+    deps = []
+    for _ in range(2):
+        (root / "usr/lib/modules" / kver / "modules.dep").unlink()
+        subprocess.run(["chroot", str(root), "depmod", "--all", kver], check=True)
+        deps.append((root / "usr/lib/modules" / kver / "modules.dep").read_bytes())
+    assert "kernel/fs/ext4/ext4.ko: " in deps[0].decode()
+    assert deps[0] == deps[1]
 
 
 def test_second_call_returns_the_cached_repo_without_rebuilding(fresh_repo, fixture_cache, caplog):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from tests.support.fixtures import (
     CacheKey, DebianVersion, build_rpm_from_spec, make_repo, publish_entry, split_debian_version, tool_version,
@@ -76,15 +76,17 @@ class RpmPlan:
     sources: list[str]                      # Debian name=version it is made from
     entry: Optional[PackageMap] = None      # None: a library under its Debian name
     licenses: list[str] = dataclasses.field(default_factory=list)
+    requires: list[str] = dataclasses.field(default_factory=list)  # from Debian's Depends (debian-depends)
 
 
-def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage]) -> str:
+def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage], *, cache_format: str = CACHE_FORMAT,
+              extra_sources: Sequence[str] = ()) -> str:
     key = CacheKey()
     add = key.add
-    add("format", CACHE_FORMAT)
+    add("format", cache_format)
     add("mapping", mapping_bytes)
     here = Path(__file__).resolve().parent
-    for name in HASHED_SOURCES:
+    for name in (*HASHED_SOURCES, *extra_sources):
         add(f"source:{name}", (here / name).read_bytes())
     add("fixtures-rpmbuild", (REPO_ROOT / "tests/support/fixtures.py").read_bytes())
     for p in sorted(packages, key=lambda p: p.name):
@@ -95,9 +97,21 @@ def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage]) -> str:
 
 
 class DistributionBuilder:
-    def __init__(self, cache_dir: Path = DEFAULT_CACHE, *, jobs: int = 2, mapping: Optional[MappingTable] = None):
+    """Builds one table into a cache entry `<entry_prefix>-<hash>` of cache_dir. The real-content
+    distribution (mapping.toml) is the default; the buildroot (buildroot.toml, buildroot.py) passes
+    its own table, cache format, hashed sources and entry loader. Every table shares the private
+    apt state and the downloaded .debs of the cache directory."""
+
+    def __init__(self, cache_dir: Path = DEFAULT_CACHE, *, jobs: int = 2, mapping: Optional[MappingTable] = None,
+                 mapping_file: Path = MAPPING_FILE, cache_format: str = CACHE_FORMAT, entry_prefix: str = "repo",
+                 extra_sources: Sequence[str] = (), loader: Optional[Callable[[Path], Optional[object]]] = None):
         self.cache_dir = cache_dir.resolve()
-        self.mapping = mapping or load_mapping()
+        self.mapping = mapping or load_mapping(mapping_file)
+        self.mapping_file = self.mapping.source
+        self.cache_format = cache_format
+        self.entry_prefix = entry_prefix
+        self.extra_sources = tuple(extra_sources)
+        self.loader = loader or load_entry
         self.apt = PrivateApt(self.cache_dir / "apt", self.mapping.distribution)
         self.debs_dir = self.cache_dir / "debs"
         self.jobs = jobs
@@ -130,12 +144,17 @@ class DistributionBuilder:
 
     # --- the whole build -------------------------------------------------------------------
 
-    def build(self) -> RealRepo:
+    def key(self, needed: Sequence[DebianPackage]) -> str:
+        return cache_key(self.mapping_file.read_bytes(), needed, cache_format=self.cache_format,
+                         extra_sources=self.extra_sources)
+
+    def build(self) -> Any:
+        """The loaded cache entry (RealRepo for mapping.toml), built first unless it is cached."""
         info, needed = self.resolve()
-        key = cache_key(MAPPING_FILE.read_bytes(), needed)
-        entry = self.cache_dir / f"repo-{key}"
-        if (cached := load_entry(entry)) is not None:
-            log.info("real-content repository %s is cached", cached.path)
+        key = self.key(needed)
+        entry = self.cache_dir / f"{self.entry_prefix}-{key}"
+        if (cached := self.loader(entry)) is not None:
+            log.info("%s is cached", entry)
             return cached
         started = time.monotonic()
         try:
@@ -145,20 +164,20 @@ class DistributionBuilder:
             log.info("download failed; refreshing the package lists and resolving again")
             self.apt.update()
             info, needed = self.resolve()
-            key = cache_key(MAPPING_FILE.read_bytes(), needed)
-            entry = self.cache_dir / f"repo-{key}"
+            key = self.key(needed)
+            entry = self.cache_dir / f"{self.entry_prefix}-{key}"
             debs = self.download(needed)
         log.info("%d Debian packages (%d in apt's closure, %d left out)", len(needed), len(info),
                  len(info) - len(needed))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".repo-{key}.", dir=self.cache_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f".{self.entry_prefix}-{key}.", dir=self.cache_dir) as tmp:
             staged = Path(tmp) / "entry"
             staged.mkdir()
             self._build_into(staged, Path(tmp) / "work", needed, debs, key)
-            if (cached := publish_entry(staged, entry, load_entry)) is not None:
+            if (cached := publish_entry(staged, entry, self.loader)) is not None:
                 return cached
-        log.info("built real-content repository %s in %.0fs", entry / "repo", time.monotonic() - started)
-        loaded = load_entry(entry)
+        log.info("built %s in %.0fs", entry / "repo", time.monotonic() - started)
+        loaded = self.loader(entry)
         if loaded is None:
             raise DistributionError(f"{entry} is incomplete right after it was built")
         return loaded
@@ -168,6 +187,7 @@ class DistributionBuilder:
         plans = self.plan(work / "trees", needed, debs)
         kernel = self._kernel(plans)
         check_collisions(plans)
+        check_skeleton_links(plans, self.mapping.distribution.skeleton_links)
         repo = staged / "repo"
         repo.mkdir()
         specs = [self.write_spec(p, work / "specs") for p in plans]
@@ -183,11 +203,13 @@ class DistributionBuilder:
                     shutil.move(str(rpm), target)
                     os.utime(target, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
                     built[futures[fut]] = target
-        check_repo_closure(list(built.values()))
+        check_repo_closure(list(built.values()), self.mapping.distribution.reserved)
         make_repo(repo)
-        # The kernel as kernel-core ships it, for QEMU and for dracut.
-        kver, ktree = kernel
-        shutil.copytree(ktree, staged / "kernel", symlinks=True)
+        kver = None
+        if kernel is not None:
+            # The kernel as kernel-core ships it, for QEMU and for dracut.
+            kver, ktree = kernel
+            shutil.copytree(ktree, staged / "kernel", symlinks=True)
         meta = {
             "key": key,
             "kernel_version": kver,
@@ -218,7 +240,7 @@ class DistributionBuilder:
             raise MappingError(
                 "Debian package(s) " + ", ".join(not_libraries) + " are in the dependency closure but "
                 "neither mapped nor excluded nor libraries: add them to [package.*] or [exclude] in "
-                f"{MAPPING_FILE.name}")
+                f"{self.mapping_file.name}")
         for p in unmapped:
             owner[p.name] = p.name
 
@@ -250,9 +272,15 @@ class DistributionBuilder:
             extract_deb(debs[deb_name], plan.tree)
             plan.sources.append(by_name[deb_name].pin)
             plan.licenses.append(deb_name)
+            if self.mapping.distribution.debian_depends:
+                for group in by_name[deb_name].depends:
+                    chosen = next((a for a in group if a in by_name), None)
+                    if chosen is not None and owner[chosen] != plan.name and owner[chosen] not in plan.requires:
+                        plan.requires.append(owner[chosen])
 
         for plan in plans.values():
             plan.tree.mkdir(parents=True, exist_ok=True)
+            relocate(plan.tree, self.mapping.distribution.relocate, plan.name)
             self._install_licenses(plan, debs)
             entry = plan.entry
             drops = self.mapping.distribution.drop + (entry.drop if entry else ())
@@ -281,7 +309,7 @@ class DistributionBuilder:
             tree = trees / entry.name
             moved = move_matching(parent.tree, tree, entry)
             if not moved:
-                raise MappingError(f"{MAPPING_FILE.name}: [package.{entry.name}]: files: no file of "
+                raise MappingError(f"{self.mapping_file.name}: [package.{entry.name}]: files: no file of "
                                    f"{entry.split_from} matches")
             remove_matching(tree, entry.drop)
             plans[entry.name] = RpmPlan(entry.name, parent.version, parent.release, parent.arch,
@@ -318,11 +346,14 @@ class DistributionBuilder:
             raise DistributionError(f"{deb.name} has no /usr/share/doc/{name}/copyright")
         return self.copyright_of(found, debs, depth + 1)
 
-    def _kernel(self, plans: list[RpmPlan]) -> tuple[str, Path]:
-        """Move the Debian kernel's /boot files to where Fedora's kernel-core has them."""
+    def _kernel(self, plans: list[RpmPlan]) -> Optional[tuple[str, Path]]:
+        """Move the Debian kernel's /boot files to where Fedora's kernel-core has them (a table
+        without a kernel, like the buildroot's, has none to move)."""
         kernels = [p for p in plans if p.entry and p.entry.kernel]
+        if not kernels:
+            return None
         if len(kernels) != 1:
-            raise MappingError(f"{MAPPING_FILE.name}: exactly one package needs kernel = true")
+            raise MappingError(f"{self.mapping_file.name}: at most one package may have kernel = true")
         tree = kernels[0].tree
         moddirs = sorted((tree / "usr/lib/modules").glob("*/kernel"))
         if len(moddirs) != 1:
@@ -342,7 +373,10 @@ class DistributionBuilder:
     def write_spec(self, plan: RpmPlan, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         entry = plan.entry
-        skeleton = set(self.mapping.package("filesystem").dirs) if plan.name != "filesystem" else set()
+        if self.mapping.distribution.skeleton:
+            skeleton = set(self.mapping.distribution.skeleton)
+        else:
+            skeleton = set(self.mapping.package("filesystem").dirs) if plan.name != "filesystem" else set()
         files_list = directory / f"{plan.name}.files"
         lines = file_list(plan.tree, skeleton, plan.name)
         files_list.write_text("".join(f"{line}\n" for line in lines))
@@ -366,7 +400,7 @@ class DistributionBuilder:
             header.append("BuildArch: noarch")
         for p in entry.provides if entry else ():
             header.append(f"Provides: {p}")
-        for r in entry.requires if entry else ():
+        for r in [*(entry.requires if entry else ()), *plan.requires]:
             header.append(f"Requires: {r}")
         notes = dlopen_notes_in_tree(plan.tree) if plan.arch != "noarch" else []
         for kind, deps in dlopen_dependencies(notes, self.mapping.dlopen).items():
@@ -408,6 +442,8 @@ def load_entry(entry: Path) -> Optional[RealRepo]:
         return None
     repo = entry / "repo"
     kver = meta["kernel_version"]
+    if kver is None:
+        return None
     vmlinuz = entry / "kernel/usr/lib/modules" / kver / "vmlinuz"
     if not (repo / "repodata/repomd.xml").is_file() or not vmlinuz.is_file():
         return None
@@ -489,14 +525,18 @@ def tree_size(tree: Path) -> int:
 
 
 LOCALE_FILE_RE = re.compile(r"^/usr/share/locale/([A-Za-z]{2,3}(?:_[A-Za-z0-9]+)?(?:@[A-Za-z]+)?)/.+")
-_ESCAPE_RE = re.compile(r"([\[\]*?{}])")
+_GLOB_CHARS_RE = re.compile(r"[\[\]*?{}]")
 
 
 def rpm_file_entry(path: str) -> str:
-    """A path as a %files line: glob characters escaped, % doubled, quoted when it has spaces.
-    A backslash stays as it is (systemd's unit names contain '\\x2d'): rpm takes a path without
-    glob characters literally."""
-    escaped = _ESCAPE_RE.sub(r"\\\1", path).replace("%", "%%")
+    """A path as a %files line: % doubled, quoted when it has spaces. rpm takes a path without
+    glob characters literally (systemd's unit names contain '\\x2d'). A path with them is a glob
+    for rpm, and rpm 4.18 does not unescape '\\[' ("File not found: .../usr/bin/\\[" for
+    coreutils' '['), so each special character becomes a bracket expression matching just it
+    ('[' -> '[[]'), and so does a backslash then."""
+    if _GLOB_CHARS_RE.search(path):
+        path = "".join(f"[{c}]" if c in "[]*?{}\\" else c for c in path)
+    escaped = path.replace("%", "%%")
     return f'"{escaped}"' if any(c.isspace() for c in path) else escaped
 
 
@@ -523,6 +563,46 @@ def file_list(tree: Path, skeleton: set[str], name: str) -> list[str]:
     return lines
 
 
+def relocate(tree: Path, moves: Sequence[tuple[str, str]], name: str) -> None:
+    """Move every entry of each source directory into its destination (e.g. /usr/sbin/* to
+    /usr/bin/ for a filesystem whose /usr/sbin is a link to bin). Relative symlinks keep working:
+    a link moved from /usr/sbin to /usr/bin resolves from a sibling directory. A name that the
+    destination already has is an error naming both paths, unless both are links to the same file."""
+    for src, dest in moves:
+        src_dir = tree / src.lstrip("/")
+        if src_dir.is_symlink() or not src_dir.is_dir():
+            continue
+        dest_dir = tree / dest.lstrip("/")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for item in sorted(src_dir.iterdir()):
+            target = dest_dir / item.name
+            if target.is_symlink() and item.is_symlink() and \
+                    _link_target(src, item) == _link_target(dest, target):
+                item.unlink()  # the same link in both places (kmod's lsmod): keep one
+                continue
+            if target.exists() or target.is_symlink():
+                raise DistributionError(f"{name}: relocating {src}/{item.name} to {dest}: {dest}/{item.name} "
+                                        "exists already")
+            os.replace(item, target)
+        src_dir.rmdir()
+
+
+def _link_target(directory: str, link: Path) -> str:
+    """The absolute image path a symlink in `directory` points to."""
+    return os.path.normpath(os.path.join(directory, os.readlink(link)))
+
+
+def check_skeleton_links(plans: Sequence[RpmPlan], links: Sequence[str]) -> None:
+    """No RPM may ship a path that the filesystem package has as a symlink, or anything below it."""
+    bad = []
+    for plan in plans:
+        for path in tree_paths(plan.tree):
+            if any(path == link or path.startswith(link + "/") for link in links):
+                bad.append(f"{path} ({plan.name})")
+    if bad:
+        raise DistributionError("paths the filesystem package has as symlinks: " + "; ".join(bad[:10]))
+
+
 def check_collisions(plans: Sequence[RpmPlan]) -> None:
     """No two RPMs may ship the same non-directory path: rpm would refuse to install both."""
     seen: dict[str, str] = {}
@@ -539,27 +619,107 @@ def check_collisions(plans: Sequence[RpmPlan]) -> None:
         raise DistributionError("files shipped by two packages: " + "; ".join(clashes[:10]))
 
 
-def check_repo_closure(rpms: Sequence[Path]) -> None:
-    """Every Requires of every RPM is satisfied inside the repository (names, provides and file
-    paths; versions are not compared, rpm/dnf do that). Catches a mapping gap before mkosi does."""
+@dataclasses.dataclass(frozen=True)
+class RpmDeps:
+    """What one RPM provides (its name, Provides and file paths) and requires."""
+
+    name: str
+    provides: frozenset[str]
+    requires: tuple[str, ...]
+
+
+def read_rpm_deps(path: Path) -> RpmDeps:
     import rpm as rpmlib
 
     ts = rpmlib.TransactionSet()
     ts.setVSFlags(rpmlib._RPMVSF_NOSIGNATURES | rpmlib._RPMVSF_NODIGESTS)
-    provided: set[str] = set()
-    requires: list[tuple[str, str]] = []
+    with path.open("rb") as f:
+        h = ts.hdrFromFdno(f.fileno())
+    name = h[rpmlib.RPMTAG_NAME]
+    provides = {name, *h[rpmlib.RPMTAG_PROVIDENAME], *(f.name for f in rpmlib.files(h))}
+    requires = tuple(r for r in h[rpmlib.RPMTAG_REQUIRENAME] if not r.startswith("rpmlib("))
+    return RpmDeps(name, frozenset(provides), requires)
+
+
+def requirement_alternatives(req: str) -> list[str]:
+    """'(a or b)' -> ['a', 'b'], 'x' -> ['x']: names only (versions are rpm's and dnf's business)."""
+    if req.startswith("(") and req.endswith(")"):
+        alternatives = [a.strip() for a in req[1:-1].split(" or ")]
+    else:
+        alternatives = [req]
+    return [a.split(" ")[0] for a in alternatives]
+
+
+def rpm_closure(rpms: Sequence[Path], roots: Iterable[str]) -> dict[str, Path]:
+    """The RPMs (by name) that installing `roots` pulls in from `rpms`, following Requires to
+    every provider (a superset of what dnf picks when several packages provide one thing).
+    Requires nothing in `rpms` satisfies are left to the caller's repository."""
+    deps = {path: read_rpm_deps(path) for path in rpms}
+    by_name = {d.name: path for path, d in deps.items()}
+    providers: dict[str, list[Path]] = {}
+    for path, d in deps.items():
+        for p in d.provides:
+            providers.setdefault(p, []).append(path)
+    todo = [by_name[r] for r in roots]
+    seen: dict[str, Path] = {}
+    while todo:
+        path = todo.pop()
+        d = deps[path]
+        if d.name in seen:
+            continue
+        seen[d.name] = path
+        for req in d.requires:
+            for alt in requirement_alternatives(req):
+                todo += providers.get(alt, [])
+    return seen
+
+
+def check_file_conflicts(rpms: Sequence[Path], aliases: Sequence[tuple[str, str]] = (("/usr/sbin/", "/usr/bin/"),
+                                                                              ("/bin/", "/usr/bin/"),
+                                                                              ("/sbin/", "/usr/bin/"),
+                                                                              ("/lib64/", "/usr/lib64/"),
+                                                                              ("/lib/", "/usr/lib/"))) -> None:
+    """No two RPMs ship the same non-directory path (rpm would refuse to install both); paths are
+    compared through the merged-/usr links of the fixture filesystem (`aliases`)."""
+    import rpm as rpmlib
+    import stat
+
+    ts = rpmlib.TransactionSet()
+    ts.setVSFlags(rpmlib._RPMVSF_NOSIGNATURES | rpmlib._RPMVSF_NODIGESTS)
+    owner: dict[str, str] = {}
+    clashes = []
     for path in rpms:
         with path.open("rb") as f:
             h = ts.hdrFromFdno(f.fileno())
         name = h[rpmlib.RPMTAG_NAME]
-        provided.add(name)
-        provided.update(h[rpmlib.RPMTAG_PROVIDENAME])
-        provided.update(f.name for f in rpmlib.files(h))
-        requires += [(name, r) for r in h[rpmlib.RPMTAG_REQUIRENAME] if not r.startswith("rpmlib(")]
+        for fi in rpmlib.files(h):
+            if stat.S_ISDIR(fi.mode):
+                continue
+            p = fi.name
+            for prefix, real in aliases:
+                if p.startswith(prefix):
+                    p = real + p[len(prefix):]
+                    break
+            if p in owner and owner[p] != name:
+                clashes.append(f"{p} ({owner[p]}, {name})")
+            owner[p] = name
+    if clashes:
+        raise DistributionError("files shipped by two packages: " + "; ".join(sorted(clashes)[:10]))
+
+
+def check_repo_closure(rpms: Sequence[Path], external: Iterable[str] = ()) -> None:
+    """Every Requires of every RPM is satisfied inside the repository (names, provides and file
+    paths; versions are not compared, rpm/dnf do that), or by one of the `external` names another
+    part of the same repository supplies. Catches a mapping gap before mkosi does."""
+    provided: set[str] = set(external)
+    requires: list[tuple[str, str]] = []
+    for path in rpms:
+        d = read_rpm_deps(path)
+        provided.update(d.provides)
+        requires += [(d.name, r) for r in d.requires]
     unresolved = []
     for name, req in requires:
-        alternatives = [a.strip() for a in req.strip("()").split(" or ")] if req.startswith("(") else [req]
-        if not any(a.split(" ")[0] in provided for a in alternatives):
+        if not any(a in provided for a in requirement_alternatives(req)):
             unresolved.append(f"{name} requires {req}")
     if unresolved:
         raise DistributionError("unresolvable dependencies in the repository:\n  " + "\n  ".join(sorted(set(unresolved))))

@@ -36,6 +36,20 @@ class Distribution:
     debian_arch: str
     rpm_arch: str
     drop: tuple[str, ...]
+    # Directories moved, with their files, to another one (Debian's /usr/sbin -> /usr/bin, for a
+    # filesystem package whose /usr/sbin is a link to bin): source -> destination.
+    relocate: tuple[tuple[str, str], ...] = ()
+    # Directories an outside filesystem package owns (none of ours lists them as %dir); empty:
+    # the table's own [package.filesystem] dirs.
+    skeleton: tuple[str, ...] = ()
+    # Paths that the outside filesystem package ships as symlinks: no RPM may ship them or
+    # anything below them (rpm cannot replace a symlink by a directory).
+    skeleton_links: tuple[str, ...] = ()
+    # RPM names other packages of the same repository already use: the table must not make them.
+    reserved: tuple[str, ...] = ()
+    # True: Depends/Pre-Depends between repackaged Debian packages become Requires on the RPM
+    # that carries the dependency (excluded packages are left out, as apt's closure is).
+    debian_depends: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +86,8 @@ class MappingTable:
     dlopen: dict[str, str]                 # note priority -> dependency kind
     exclude: dict[str, str]                # Debian package -> why it is left out
     packages: tuple[PackageMap, ...]
+    groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # comps group -> names
+    source: Path = MAPPING_FILE
 
     def package(self, name: str) -> PackageMap:
         for p in self.packages:
@@ -131,9 +147,9 @@ def glob_match(path: str, pattern: str) -> bool:
     return re.fullmatch(regex, path) is not None
 
 
-def _value(where: str, key: str, kind: str, raw: Any) -> Any:
+def _value(where: str, key: str, kind: str, raw: Any, fname: str = MAPPING_FILE.name) -> Any:
     def fail(msg: str) -> MappingError:
-        return MappingError(f"{MAPPING_FILE.name}: {where}: {key}: {msg}")
+        return MappingError(f"{fname}: {where}: {key}: {msg}")
 
     if kind == "bool":
         if not isinstance(raw, bool):
@@ -162,7 +178,7 @@ def load_mapping(path: Path = MAPPING_FILE) -> MappingTable:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise MappingError(f"{path}: {e}") from None
-    unknown = set(data) - {"distribution", "dlopen", "exclude", "package"}
+    unknown = set(data) - {"distribution", "dlopen", "exclude", "package", "groups"}
     if unknown:
         raise MappingError(f"{path.name}: unknown section(s): {', '.join(sorted(unknown))}")
 
@@ -172,9 +188,22 @@ def load_mapping(path: Path = MAPPING_FILE) -> MappingTable:
             suite=d["suite"], components=tuple(d["components"]), uris=tuple(d["uris"]),
             signed_by=d["signed-by"], debian_arch=d["debian-arch"], rpm_arch=d["rpm-arch"],
             drop=tuple(d.get("drop", ())),
+            relocate=_value("[distribution]", "relocate", "pairs", d.get("relocate", {}), path.name),
+            skeleton=_value("[distribution]", "skeleton", "strs", d.get("skeleton", []), path.name),
+            skeleton_links=_value("[distribution]", "skeleton-links", "strs", d.get("skeleton-links", []), path.name),
+            reserved=_value("[distribution]", "reserved", "strs", d.get("reserved", []), path.name),
+            debian_depends=_value("[distribution]", "debian-depends", "bool", d.get("debian-depends", False),
+                                  path.name),
         )
     except KeyError as e:
         raise MappingError(f"{path.name}: [distribution]: missing key {e.args[0]}") from None
+    known = {"suite", "components", "uris", "signed-by", "debian-arch", "rpm-arch", "drop", "relocate", "skeleton",
+             "skeleton-links", "reserved", "debian-depends"}
+    if set(d) - known:
+        raise MappingError(f"{path.name}: [distribution]: unknown key(s) {', '.join(sorted(set(d) - known))}")
+    for src, dest in dist.relocate:
+        if not dest.startswith("/"):
+            raise MappingError(f"{path.name}: [distribution]: relocate: {dest!r} is not an absolute path")
 
     dlopen = dict(data.get("dlopen", {}))
     for prio, kind in dlopen.items():
@@ -196,7 +225,7 @@ def load_mapping(path: Path = MAPPING_FILE) -> MappingTable:
             if key not in _KEYS:
                 raise MappingError(f"{path.name}: {where}: unknown key {key!r} (known: {', '.join(_KEYS)})")
             spec = _KEYS[key]
-            kwargs[spec.attr] = _value(where, key, spec.kind, raw)
+            kwargs[spec.attr] = _value(where, key, spec.kind, raw, path.name)
         p = PackageMap(**kwargs)
         kinds = [bool(p.debian), bool(p.split_from), p.synthetic]
         if sum(kinds) != 1:
@@ -217,12 +246,23 @@ def load_mapping(path: Path = MAPPING_FILE) -> MappingTable:
             if deb in exclude:
                 raise MappingError(f"{path.name}: [package.{p.name}]: debian: {deb} is also in [exclude]")
             mapped_debian[deb] = p.name
-    return MappingTable(dist, dlopen, exclude, tuple(packages))
+        if p.name in dist.reserved:
+            raise MappingError(f"{path.name}: [package.{p.name}]: the name is reserved (another package of the "
+                               "repository has it; see [distribution] reserved)")
+    groups: dict[str, tuple[str, ...]] = {}
+    for group, members in data.get("groups", {}).items():
+        groups[group] = _value("[groups]", group, "strs", members, path.name)
+        unknown_members = sorted(set(groups[group]) - names - set(dist.reserved))
+        if unknown_members:
+            raise MappingError(f"{path.name}: [groups]: {group}: no package {', '.join(unknown_members)} in the "
+                               "table or among the reserved names")
+    return MappingTable(dist, dlopen, exclude, tuple(packages), groups, path)
 
 
 def check_names(mapping: MappingTable, debian_names: Sequence[str]) -> None:
-    """Debian packages that become RPMs under their own name must not clash with a Fedora name."""
-    fedora = {p.name for p in mapping.packages}
+    """Debian packages that become RPMs under their own name must not clash with a Fedora name
+    (of the table, or reserved by another package of the same repository)."""
+    fedora = {p.name for p in mapping.packages} | set(mapping.distribution.reserved)
     clash = sorted(set(debian_names) & fedora - set(mapping.debian_names()))
     if clash:
         raise MappingError(f"Debian package(s) {', '.join(clash)} would become RPMs named like a "

@@ -14,17 +14,23 @@ mkdir -p "$TOOLS"
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 . /etc/os-release
+# apt-get, dpkg-deb and Debian's archive keyring: the buildroot's RPMs (and the fixtures' kmod,
+# taken from them) are Debian trixie packages fetched through a private apt configuration
+# (tests/realcontent/apt.py). chroot, unshare and setpriv: the buildroot tests run in a chroot.
 DEBIAN_PKGS=(rpm createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-venv busybox-static
              cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
-             ca-certificates dpkg-dev file)
+             ca-certificates dpkg-dev file apt debian-archive-keyring coreutils)
 FEDORA_PKGS=(rpm-build createrepo_c dnf python3-dnf python3-rpm python3-pefile busybox cpio zstd
-             binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg)
-NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb)
+             binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg apt debian-keyring
+             coreutils)
+NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb apt-get
+             chroot unshare setpriv)
 
 missing_cmds() {
     local c
     for c in "${NEEDED_CMDS[@]}"; do command -v "$c" >/dev/null || { echo "$c"; return; }; done
     [[ -e /usr/share/ovmf/OVMF.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.fd ]] || echo ovmf
+    [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || echo debian-archive-keyring
     /usr/bin/python3 -c 'import dnf, rpm, pefile' 2>/dev/null || echo python3-modules
 }
 

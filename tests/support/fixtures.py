@@ -253,11 +253,19 @@ def tool_version(argv: Sequence[str]) -> str:
     return out.splitlines()[0] if out else ""
 
 
-def fixture_hash(inputs: FixtureInputs) -> str:
-    """Cache key: the fixture sources, this module, the identity of the repackaged binaries and the
-    versions of the tools whose output ends up in the RPMs and the repodata."""
+# Taken from the buildroot's RPMs (Debian trixie repackaged, tests/realcontent/buildroot.toml)
+# with their dependency closure: mkosi runs the image's own depmod, and the real kmod replaced a
+# busybox depmod wrapper. The buildroot and the fixture RPMs share one koji repository.
+FROM_BUILDROOT = ("kmod",)
+
+
+def fixture_hash(inputs: FixtureInputs, buildroot_key: str = "") -> str:
+    """Cache key: the fixture sources, this module, the identity of the repackaged binaries, the
+    buildroot entry the kmod closure comes from and the versions of the tools whose output ends up
+    in the RPMs and the repodata."""
     key = CacheKey()
     add = key.add
+    add("buildroot", buildroot_key)
 
     add("format", CACHE_FORMAT)
     # Only what goes into the RPMs: the test variants under fixtures/variants are not RPM sources.
@@ -399,6 +407,19 @@ def _load_complete(entry: Path) -> FixtureRepo | None:
     )
 
 
+def _buildroot_rpms():
+    """The buildroot's RPMs (built or cached), for the kmod closure; a failure is a FixtureBuildError."""
+    from tests.realcontent.apt import AptError
+    from tests.realcontent.buildroot import build_buildroot_rpms
+    from tests.realcontent.distribution import DEFAULT_CACHE, DistributionError
+    from tests.realcontent.mapping import MappingError
+
+    try:
+        return build_buildroot_rpms(DEFAULT_CACHE)
+    except (AptError, DistributionError, MappingError) as e:
+        raise FixtureBuildError(f"the buildroot RPMs (for {', '.join(FROM_BUILDROOT)}): {e}") from e
+
+
 def build_fixture_repo(
     cache_dir: Path, *, tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | None = None
 ) -> FixtureRepo:
@@ -406,7 +427,8 @@ def build_fixture_repo(
     one is cached. The build happens in a temporary directory that is renamed into place, so an
     interrupted build never leaves a half-written entry."""
     inputs = find_fixture_inputs(tools_dir, busybox)
-    key = fixture_hash(inputs)
+    buildroot = _buildroot_rpms()
+    key = fixture_hash(inputs, buildroot.key)
     cache_dir = cache_dir.resolve()
     entry = cache_dir / key
     if (cached := _load_complete(entry)) is not None:
@@ -431,6 +453,16 @@ def build_fixture_repo(
                 # createrepo_c records file mtimes in primary.xml.
                 os.utime(target, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
                 built.append(target)
+        from tests.realcontent.distribution import check_file_conflicts, rpm_closure
+
+        taken = rpm_closure(list(buildroot.rpms.values()), FROM_BUILDROOT)
+        for rpm in sorted(taken.values()):
+            target = repo / rpm.name
+            shutil.copyfile(rpm, target)
+            os.utime(target, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
+            built.append(target)
+        # Everything here may land in one image: no two packages may ship the same file.
+        check_file_conflicts(built)
         make_repo(repo)
         rpms = _rpm_names(built)
         manifest = {

@@ -101,7 +101,8 @@ def test_debian_version_becomes_rpm_version(debian, version, release):
 
 
 def test_file_names_are_escaped_for_files_lists():
-    assert rpm_file_entry("/usr/bin/[") == "/usr/bin/\\["
+    assert rpm_file_entry("/usr/bin/[") == "/usr/bin/[[]"
+    assert rpm_file_entry("/a/x\\x2d*") == "/a/x[\\]x2d[*]"
     assert rpm_file_entry("/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice") == \
         "/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice"
     assert rpm_file_entry("/a b%c") == '"/a b%%c"'
