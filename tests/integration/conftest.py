@@ -1,5 +1,6 @@
-"""Fixtures for the staging and kojid plugin tests: a koji-like tree of the fixture RPMs served over
-HTTP on 127.0.0.1 for the whole session."""
+"""Fixtures for the staging and kojid plugin tests: a koji-like tree of the build tag's RPMs (the
+fixture RPMs, the buildroot's tools and the builder's own RPMs) served over HTTP on 127.0.0.1 for the
+whole session."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from tests.conftest import require_tools
 
 @pytest.fixture(scope="session")
 def koji_tree(fixture_repo, tmp_path_factory):
+    from tests.support.kojicontent import koji_content
     from tests.support.kojitree import build_koji_tree
 
-    require_tools("rpm", "createrepo_c")
-    return build_koji_tree(tmp_path_factory.mktemp("koji") / "topdir", fixture_repo.rpms.values())
+    require_tools("rpm", "createrepo_c", "apt-get", "dpkg-deb", "git")
+    content = koji_content(fixture_repo)
+    return build_koji_tree(tmp_path_factory.mktemp("koji") / "topdir", content.rpms, build_group=content.build_group)
 
 
 @pytest.fixture(scope="session")

@@ -62,13 +62,12 @@ def test_repo_has_one_rpm_per_spec_and_repodata(fresh_repo):
     from tests.realcontent.buildroot import build_buildroot_rpms
     from tests.realcontent.distribution import DEFAULT_CACHE, rpm_closure
 
-    # build-tool-stand-ins.spec has no main package, only the three stand-ins it is named for;
     # kmod and its libraries come from the buildroot's RPMs (Debian trixie repackaged).
-    specs = {p.stem for p in fixtures.SPECS_DIR.glob("*.spec")} - {"build-tool-stand-ins"}
+    specs = {p.stem for p in fixtures.SPECS_DIR.glob("*.spec")}
     buildroot = build_buildroot_rpms(DEFAULT_CACHE)
     taken = rpm_closure(list(buildroot.rpms.values()), fixtures.FROM_BUILDROOT)
     assert {"kmod", "kmod-libs", "glibc"} <= set(taken)
-    assert set(fresh_repo.rpms) == specs | {"mkosi", "mkosi-initrd-builder", "systemd-ukify"} | set(taken)
+    assert set(fresh_repo.rpms) == specs | {"busybox-applets"} | set(taken)
     for name, rpm in taken.items():
         assert sha256(fresh_repo.rpms[name]) == sha256(rpm)
     assert {"filesystem", "basesystem", "busybox", "initrd-init", "kernel-core",
@@ -133,9 +132,11 @@ def test_session_fixture_kernel_package_matches_its_inputs(fixture_repo):
     assert rpm_query(fixture_repo.rpms["kernel-core"], "--qf", "%{VERSION}-%{RELEASE}") == [fixture_repo.kernel_evr]
 
 
-def test_busybox_ships_applets_but_leaves_rpm_dpkg_and_module_tools_out(fresh_repo):
-    files = set(rpm_query(fresh_repo.rpms["busybox"], "--list"))
-    assert {"/usr/bin/busybox", "/usr/bin/sh", "/usr/bin/mount", "/usr/bin/find"} <= files
+def test_busybox_is_the_binary_and_its_applets_a_subpackage_without_rpm_dpkg_and_module_tools(fresh_repo):
+    # The images' busybox shares the koji buildroot with the real tools: it ships no applet links.
+    assert rpm_query(fresh_repo.rpms["busybox"], "--list") == ["/usr/bin/busybox"]
+    files = set(rpm_query(fresh_repo.rpms["busybox-applets"], "--list"))
+    assert {"/usr/bin/sh", "/usr/bin/mount", "/usr/bin/find"} <= files and "/usr/bin/busybox" not in files
     names = {Path(f).name for f in files}
     module_tools = {"depmod", "modprobe", "insmod", "rmmod", "lsmod", "modinfo"}
     assert not {"rpm", "rpm2cpio"} & names
@@ -143,8 +144,9 @@ def test_busybox_ships_applets_but_leaves_rpm_dpkg_and_module_tools_out(fresh_re
     assert not module_tools & names
     assert {f"/usr/bin/{t}" for t in module_tools} <= set(rpm_query(fresh_repo.rpms["kmod"], "--list"))
     assert not [n for n in names if n.startswith("dpkg")]
-    provides = rpm_query(fresh_repo.rpms["busybox"], "--provides")
+    provides = rpm_query(fresh_repo.rpms["busybox-applets"], "--provides")
     assert "/bin/sh" in provides and "/usr/bin/sh" in provides
+    assert "/bin/sh" not in rpm_query(fresh_repo.rpms["busybox"], "--provides")
 
 
 def test_dnf_installs_an_initrd_root_from_the_repo(fresh_repo, tmp_path):

@@ -15,6 +15,7 @@ from mkosi_initrd_builder.verify import default_marker
 from tests.conftest import require_root, require_tools
 from tests.support.kernel_install import (UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
                                           kernel_install, make_root, rpm_root)
+from tests.support.kojicontent import tag_repo
 from tests.support.rpms import build_rpms
 
 pytestmark = pytest.mark.integration
@@ -29,13 +30,13 @@ def built(fixture_repo, tmp_path_factory):
     require_root()
     if missing := host_has_kernel_install():
         pytest.skip(f"needs {missing}")
-    return build_rpms(fixture_repo.path, fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
+    return build_rpms(tag_repo(fixture_repo), fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
 
 
 @pytest.fixture(scope="module")
 def base_rpms(fixture_repo):
     """A minimal system: filesystem, a shell (busybox) and the kernel."""
-    return [fixture_repo.rpms[n] for n in ("filesystem", "busybox", "kernel-core")]
+    return [fixture_repo.rpms[n] for n in ("filesystem", "busybox", "busybox-applets", "kernel-core")]
 
 
 def install_root(tmp_path, base_rpms, built, *variants, name="root"):
@@ -203,7 +204,7 @@ def test_scriptlets_rerun_kernel_install_on_install_and_on_removal(tmp_path, bas
 
 
 def test_scriptlets_do_nothing_and_succeed_without_the_kernel(tmp_path, fixture_repo, built):
-    root = make_root(tmp_path / "root", [fixture_repo.rpms["filesystem"], fixture_repo.rpms["busybox"]])
+    root = make_root(tmp_path / "root", [fixture_repo.rpms[n] for n in ("filesystem", "busybox", "busybox-applets")])
     calls = stub_kernel_install(root)
     r = rpm_root(root, "-i", "--nodeps", built.rpms[f"{PREFIX}-common"], built.rpms[f"{PREFIX}-minimal"])
     assert r.returncode == 0 and "scriptlet" not in r.stderr, r.stderr

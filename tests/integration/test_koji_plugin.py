@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -40,14 +39,19 @@ class _Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def kojid_work():
-    """Scratch space the unprivileged build user can traverse (pytest's tmp_path is private to root)."""
+def kojid_work(tmp_path_factory):
+    """kojid's directories below a parent only root may enter (mode 0700), as in a root user's
+    home: the build runs inside the buildroot, and nothing outside it needs to be reachable for
+    the unprivileged build user."""
     require_root()
-    require_tools("dnf", "rpmbuild", "unshare", "setpriv", "createrepo_c")
-    work = Path(tempfile.mkdtemp(prefix="mkosi-initrd-kojid-"))
-    os.chmod(work, 0o755)
+    require_tools("dnf", "rpmbuild", "unshare", "createrepo_c", "useradd", "groupadd")
+    parent = tmp_path_factory.mktemp("private")
+    os.chmod(parent, 0o700)
+    work = parent / "kojid"
+    work.mkdir()
     yield work
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("KEEP_KOJID_WORK"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +174,18 @@ def allowlisted_builds(koji_tree, koji_http, srpms, kojid_work):
             first_agents = koji_http.requests_by(STAGER_AGENT)
             first_messages = list(records.messages)
             koji_http.reset()
+            # a tag that asks for mock's simple chroot: the plugin switches this package to nspawn
             second = run_build_arch(kojid_work / "second", koji_tree, koji_http, srpms["kojitest"],
-                                    topdir=koji_tree.topdir)
+                                    topdir=koji_tree.topdir, extra={"mock.new_chroot": False})
+            second_messages = list(records.messages[len(first_messages):])
             second_agents = koji_http.requests_by(STAGER_AGENT)
     finally:
         plugin_logger.removeHandler(records)
         plugin_logger.setLevel(old_level)
         koji_http.reset()
     return types.SimpleNamespace(first=first, second=second, first_requests=first_agents,
-                                 second_requests=second_agents, first_messages=first_messages)
+                                 second_requests=second_agents, first_messages=first_messages,
+                                 second_messages=second_messages, srpm=srpms["kojitest"])
 
 
 def _rpmdb_nevras(root: Path) -> set[str]:
@@ -191,7 +198,7 @@ def test_allowlisted_build_builds_the_initrd_offline_from_the_staged_repo(allowl
     run = allowlisted_builds.first
     assert run.error is None, f"{run.error}\n{(run.buildroot / 'result/build.log').read_text()[-3000:]}"
     log = (run.buildroot / "result/build.log").read_text()
-    assert f"MKOSI-KOJITEST: built from {run.buildroot}/root{IN_CHROOT_REPO}" in log
+    assert f"MKOSI-KOJITEST: built from {IN_CHROOT_REPO}" in log
     assert run.result["rpms"] == [f"{TASK_DIR}/mkosi-initrd-kojitest-1-1.x86_64.rpm"]
     rpm_file = run.mockdir.parent / "uploaded.rpm"
     rpm_file.write_bytes(run.upload("mkosi-initrd-kojitest-1-1.x86_64.rpm"))
@@ -203,9 +210,10 @@ def test_allowlisted_build_builds_the_initrd_offline_from_the_staged_repo(allowl
 def test_mock_installs_the_buildrequires_before_the_rebuild(allowlisted_builds):
     run = allowlisted_builds.first
     srpm = run.mock_calls[2][-1]
+    # the tag leaves the isolation to mock; the plugin asks for nspawn from --installdeps on
     assert [call[3:] for call in run.mock_calls] == [
-        ["--init"], ["--chroot", "uname -r"], ["--installdeps", srpm],
-        ["--no-clean", "--target", "x86_64", "--rebuild", srpm],
+        ["--init"], ["--chroot", "uname -r"], ["--new-chroot", "--installdeps", srpm],
+        ["--new-chroot", "--no-clean", "--target", "x86_64", "--rebuild", srpm],
     ]
     assert run.mock_calls[0][:3] == ["/usr/bin/mock", "-r", f"koji/{run.buildroot.name}"]
 
@@ -251,10 +259,9 @@ def test_one_summary_line_is_logged(allowlisted_builds):
     summaries = [m for m in allowlisted_builds.first_messages if "staged" in m]
     assert len(summaries) == 1
     # As many packages as the buildroot has installed (the manifest holds exactly those, see
-    # test_staged_repository_holds_exactly_the_buildroot_packages): the count follows the kmod
-    # closure, which is the real trixie kmod's now.
-    count = len(json.loads(allowlisted_builds.first.upload("stage-manifest.json"))["packages"])
-    assert summaries[0].startswith(f"mkosi_initrd: mkosi-initrd-kojitest: staged {count} packages into "
+    # test_staged_repository_holds_exactly_the_buildroot_packages).
+    staged = len(json.loads(allowlisted_builds.first.upload("stage-manifest.json"))["packages"])
+    assert summaries[0].startswith(f"mkosi_initrd: mkosi-initrd-kojitest: staged {staged} packages into "
                                    f"{IN_CHROOT_REPO}: ")
     assert " bytes fetched, 0 bytes from cache, " in summaries[0]
 
@@ -284,6 +291,86 @@ def test_staging_failure_fails_the_build_naming_the_package(koji_tree, tree_serv
     assert message.startswith("mkosi_initrd: staging the buildroot packages of kojitest-hello from "
                               f"{tree_server.url}/{koji_tree.repo_relpath} failed: cannot fetch busybox-1.35.0")
     assert f"{tree_server.url}{busybox}: HTTP 404" in message
-    assert [call[3] for call in run.mock_calls] == ["--init", "--chroot", "--installdeps"]
+    assert [call[3:5] for call in run.mock_calls] == [["--init"], ["--chroot", "uname -r"],
+                                                      ["--new-chroot", "--installdeps"]]
     assert set(run.hub.buildroot_states.values()) == {"EXPIRED"}
     assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()
+
+
+# --- mock's isolation ---------------------------------------------------------------------------
+
+def test_simple_chroot_tag_builds_under_nspawn_and_says_so(allowlisted_builds, kojid_work):
+    run = allowlisted_builds.second
+    assert run.error is None, run.error
+    srpm = run.mock_calls[2][-1]
+    assert [call[3:] for call in run.mock_calls] == [
+        ["--old-chroot", "--init"], ["--old-chroot", "--chroot", "uname -r"],
+        ["--new-chroot", "--installdeps", srpm], ["--new-chroot", "--no-clean", "--target", "x86_64", "--rebuild", srpm],
+    ]
+    switched = [m for m in allowlisted_builds.second_messages if "--new-chroot" in m]
+    assert switched == ["mkosi_initrd: mkosi-initrd-kojitest: mock runs with --new-chroot (nspawn isolation; build "
+                        f"tag {run.hub.tag} sets mock.new_chroot=False): mkosi builds in user namespaces, which a "
+                        "simple chroot refuses"]
+    root_log = (run.buildroot / "result/root.log").read_text()
+    assert root_log.count("INFO: isolation: simple") == 2 and root_log.count("INFO: isolation: nspawn") == 2
+    # the same image as the first build's
+    assert _initrd(allowlisted_builds.first, kojid_work / "first.rpm") == _initrd(run, kojid_work / "second.rpm")
+
+
+def _initrd(run: BuildRun, scratch: Path) -> bytes:
+    import rpmfile
+
+    scratch.write_bytes(run.upload("mkosi-initrd-kojitest-1-1.x86_64.rpm"))
+    with rpmfile.open(scratch) as rpm:
+        return rpm.extractfile("./usr/lib/mkosi-initrd-kojitest/initrd.cpio.zst").read()
+
+
+def test_in_mocks_simple_chroot_the_builder_fails_with_one_line_naming_the_fix(allowlisted_builds, kojid_work):
+    """What the plugin's switch avoids, shown in the first build's buildroot: the installed builder,
+    run by the build user inside mock's simple chroot, cannot give mkosi its user namespace, and
+    says so before any work."""
+    from tests.support.fake_mock import FakeMock, Isolation, load_mock_config
+    from tests.support.kojirun import BUILD_USER, nspawn_path
+
+    run = allowlisted_builds.first
+    result = kojid_work / "simple-result"
+    result.mkdir()
+
+    def log(name, text):
+        with open(result / name, "a") as f:
+            f.write(text)
+
+    mock = FakeMock(load_mock_config(run.mockdir / "koji" / f"{run.buildroot.name}.cfg"), run.buildroot / "root",
+                    result, run.buildroot, build_uid=BUILD_USER[0], build_gid=BUILD_USER[1], nspawn=nspawn_path(),
+                    log=log)
+    mock.isolation = Isolation.SIMPLE
+    # any kernel version: the check comes before the repository is read
+    rc = mock.in_root(["mkosi-initrd-build", "build", "--repo", IN_CHROOT_REPO, "--kernel-version", "any",
+                       "--output", "/builddir/out"], "build.log", user=True)
+    assert rc == 1
+    build_log = (result / "build.log").read_text()
+    errors = [line for line in build_log.splitlines() if line.startswith("mkosi-initrd-build: ")]
+    assert errors == [
+        "mkosi-initrd-build: error: mkosi cannot create its sandbox here: unshare(CLONE_NEWUSER) failed: Operation "
+        "not permitted (a chroot, such as mock's simple isolation, refuses it)",
+        "mkosi-initrd-build: hint: in koji, build under mock's nspawn isolation: `koji edit-tag TAG -x "
+        "mock.new_chroot=True`, or the mkosi_initrd kojid plugin's `isolation = nspawn`; with mock, "
+        "--isolation=nspawn"], build_log[-3000:]
+    assert "Traceback" not in build_log and "Reading repository" not in build_log
+    assert not (run.buildroot / "root/builddir/out").exists()
+
+
+def test_isolation_tag_setting_refuses_a_simple_chroot_tag_before_any_work(koji_tree, tree_server, srpms, kojid_work):
+    config = (f"[mkosi_initrd]\npackages = mkosi-initrd-kojitest\ncache_dir = {kojid_work / 'tag-cache'}\n"
+              "isolation = tag\n")
+    with loaded_plugin(config, kojid_work / "tag.conf"):
+        run = run_build_arch(kojid_work / "tag-simple", koji_tree, tree_server, srpms["kojitest"],
+                             extra={"mock.new_chroot": False})
+    assert isinstance(run.error, koji.BuildError)
+    assert str(run.error) == (
+        "mkosi_initrd: mkosi-initrd-kojitest needs mock's nspawn isolation (mkosi builds in user namespaces, which "
+        f"a simple chroot refuses), but build tag {koji_tree.tag} sets mock.new_chroot=False: run "
+        f"`koji edit-tag {koji_tree.tag} -x mock.new_chroot=True`, or set isolation = nspawn in "
+        "/etc/kojid/plugins/mkosi_initrd.conf")
+    assert [call[3:5] for call in run.mock_calls] == [["--old-chroot", "--init"], ["--old-chroot", "--chroot"]]
+    assert tree_server.requests_by(STAGER_AGENT) == []

@@ -19,10 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.boot]
 def test_main_job_builds_in_koji_installs_and_boots_every_variant(fixture_repo):
     require_root()
     require_tools("mkosi", "ukify", "rpmbuild", "dnf", "createrepo_c", "qemu-system-x86_64", "kernel-install",
-                  "unshare", "setpriv")
-    # not pytest's tmp_path: the fake kojid's unprivileged build user must be able to traverse it
+                  "unshare", "useradd", "apt-get")
+    # Below a directory only root may enter, as a root user's home is: the unprivileged build runs
+    # inside the buildroot and needs nothing outside it.
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-run-") as tmp:
-        os.chmod(tmp, 0o755)
+        assert os.stat(tmp).st_mode & 0o777 == 0o700
         out = Path(tmp) / "run"
         r = subprocess.run([sys.executable, "-m", "tests.support.main_job", "--output", str(out)], cwd=TOP,
                            capture_output=True, text=True, timeout=1200)

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.cli import run_cli
 from tests.support.fixtures import make_repo
+from tests.support.kojicontent import tag_repo
 from tests.support.rpms import build_rpms
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ def dnf(root, conf, *args):
 def test_rebuild_for_the_same_kernel_replaces_the_earlier_build(fixture_repo, tmp_path, tmp_path_factory):
     require_tools("rpmbuild", "mkosi", "ukify", "dnf", "createrepo_c")
     require_root()
-    first = build_rpms(fixture_repo.path, fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
+    first = build_rpms(tag_repo(fixture_repo), fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
 
     # A changed variant, bumped: same kernel, counter 2.
     variants = tmp_path / "variants"
@@ -84,7 +85,7 @@ def test_rebuild_for_the_same_kernel_replaces_the_earlier_build(fixture_repo, tm
     root = tmp_path / "root"
     root.mkdir()
 
-    dnf(root, conf, "install", "filesystem", "busybox", "kernel-install-standin", "kernel-core",
+    dnf(root, conf, "install", "filesystem", "busybox-applets", "kernel-install-standin", "kernel-core",
         f"{PREFIX}-minimal-{fixture_repo.kernel_evr}^1")
     out = dnf(root, conf, "upgrade")
     installed = subprocess.run(["rpm", "--root", str(root), "-q", f"{PREFIX}-minimal", f"{PREFIX}-common"],

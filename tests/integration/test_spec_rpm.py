@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.cli import run_cli
+from tests.support.kojicontent import tag_repo
 from tests.support.rpms import build_rpms
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ PREFIX = "mkosi-initrd-initrd"
 def built(fixture_repo, tmp_path_factory):
     require_tools("rpmbuild", "rpmlint", "mkosi", "ukify", "rpm2cpio", "cpio", "zstd")
     require_root()
-    return build_rpms(fixture_repo.path, fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
+    return build_rpms(tag_repo(fixture_repo), fixture_repo.kernel_version, tmp_path_factory.mktemp("rpms"))
 
 
 def rpmq(path, *args):

@@ -1,8 +1,8 @@
 #!/bin/bash
-# `make rpm`: the maintainer's local build of mkosi-initrd-initrd from the fixture repository.
-#   fixture repo -> render the spec (fixture variants) -> stage its BuildRequires -> SRPM
+# `make rpm`: the maintainer's local build of mkosi-initrd-initrd from the test build tag's repository.
+#   tag repo -> render the spec (fixture variants) -> stage its BuildRequires -> SRPM
 #   -> RPMs rebuilt from that SRPM against the staged repository -> rpmlint
-# MKOSI_INITRD_REPO and MKOSI_INITRD_KVER in the environment replace the fixture repository.
+# MKOSI_INITRD_REPO and MKOSI_INITRD_KVER in the environment replace that repository.
 # Everything goes under one directory (default out/rpm):
 #   src/     the rendered spec and its Sources, as a dist-git checkout would hold them
 #   SRPMS/   the source RPM          RPMS/<arch>/  the binary RPMs
@@ -28,8 +28,10 @@ KVER=${MKOSI_INITRD_KVER:-}
 if [[ -n "$REPO" && -n "$KVER" ]]; then
     log "repository $REPO (kernel $KVER), from the environment"
 else
-    log "fixture repository"
-    { read -r REPO; read -r KVER; } < <("$PY" -m tests.support.fixtures build -q)
+    # The fixture RPMs, the buildroot's tools and the builder's own RPMs, as the test build tag
+    # serves them: the spec BuildRequires the tools too.
+    log "build tag repository (fixture content, buildroot tools, the builder)"
+    { read -r REPO; read -r KVER; } < <("$PY" -m tests.support.kojicontent repo -q)
     log "  $REPO (kernel $KVER)"
 fi
 

@@ -6,41 +6,25 @@ single_log, expire, _mockResult) and BuildArchTask, a real koji.tasks.BaseTaskHa
 looks BuildRoot up as a module global at call time, as kojid's does. Hub calls go through the real
 koji.ClientSession; the mock config is the real koji.genMockConfig output.
 
-mock() records each argv it would run and does real work in a scratch root instead of a chroot:
-  --init           rm -rf the root, then real `dnf --installroot` of the config's chroot_setup_cmd
-                   (install @build) from the config's [build] repo (the koji-like repo over topurl)
-  --chroot 'uname -r'   runs uname on the host
-  --installdeps S  real `dnf --installroot` of the SRPM's requires (its BuildRequires)
-  --rebuild S      real `rpmbuild --rebuild` as an unprivileged user (setpriv) in a network
-                   namespace with no usable interface (unshare --net), with the config's macros and
-                   every %name /path macro of the root's /etc/rpm/macros.* files
+mock() records each argv kojid would exec (including the isolation option kojid derives from the
+build tag's `mock.new_chroot` extra) and hands it to tests/support/fake_mock.py, which does mock's
+work in a real buildroot installed from the koji repository, under mock's simple or nspawn
+isolation; its docstring lists how it follows mock and where it deviates.
 
-Deviations from kojid + mock, on purpose:
-  - no chroot: rpmbuild and the tools it calls are the host's; the BuildRequires land in the
-    scratch root (where getPackageList and the plugin read them) but the build does not run on them,
-    so rpmbuild gets --nodeps (dnf already resolved them into the root).
-    Because there is no chroot, an in-chroot path in /etc/rpm/macros.* is mapped onto the scratch
-    root (root + path) before rpmbuild sees it, and the macro file is also passed with --load.
-  - dnf writes the root's rpmdb to /usr/lib/sysimage/rpm (as on Fedora) through a HOME/.rpmmacros
-    setting %_dbpath; Debian's dnf would otherwise put it at <root>/root/.rpmdb.
-  - no mock config under /etc/mock/koji (it goes to <mockdir>/koji/), no bootstrap chroot, no
-    /dev setup, no mockuser switch for mock itself, no rpm signing, no external repositories
-    (markExternalRPMs asks the hub and expects none), no log streaming (logs are files in
-    resultdir, uploaded by nobody), no SRPM sanity checks, no rpmdiff of noarch RPMs, no task weight.
+Deviations from kojid, on purpose: the mock config goes to <mockdir>/koji/ instead of
+/etc/mock/koji, mock runs as root rather than as kojid's mock user (the build user's uid is
+options.fake_build_user), no rpm signing, no external repositories (markExternalRPMs asks the hub
+and expects none), no log streaming (logs are files in resultdir, uploaded by nobody), no SRPM
+sanity checks, no rpmdiff of noarch RPMs, no task weight.
 """
 
 from __future__ import annotations
 
-import collections
-import glob
 import json
 import logging
 import os
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
-from typing import Optional
 
 import koji
 import koji.tasks
@@ -48,9 +32,9 @@ import rpm
 from koji.tasks import BaseTaskHandler
 from koji.util import parseStatus
 
-logger = logging.getLogger("tests.fake_kojid")
+from tests.support.fake_mock import FakeMock, load_mock_config
 
-REBUILD_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+logger = logging.getLogger("tests.fake_kojid")
 
 
 def _status(code: int) -> int:
@@ -102,10 +86,7 @@ class BuildRoot(object):
         self.single_log(str(self._configfile), name='mock_config.log')
 
     def _mock_config(self) -> dict:
-        # mock reads its config as Python, and so does this fake.
-        config_opts: dict = collections.defaultdict(dict)
-        exec(compile(self._configfile.read_text(), str(self._configfile), "exec"), {"config_opts": config_opts})
-        return config_opts
+        return load_mock_config(self._configfile)
 
     def get_repo_dir(self):
         pathinfo = koji.PathInfo(topdir='')
@@ -126,92 +107,19 @@ class BuildRoot(object):
         if recorder is not None:
             recorder.append(list(cmd))
         os.makedirs(self.resultdir(), exist_ok=True)
-        return _status(self._fake_mock(list(args)))
+        # everything after "-r <config>": the isolation options and kojid's arguments
+        return _status(self._fake_mock(cmd[3:]))
 
     def _fake_mock(self, args: list) -> int:
-        target = None
-        if "--no-clean" in args:
-            args.remove("--no-clean")
-        if "--target" in args:
-            i = args.index("--target")
-            target = args[i + 1]
-            del args[i:i + 2]
-        if args == ["--init"]:
-            return self._init_root()
-        if args[:1] == ["--chroot"] and args[1:] == ["uname -r"]:
-            return self._run(["uname", "-r"], "root.log")
-        if len(args) == 2 and args[0] == "--installdeps":
-            return self._installdeps(args[1])
-        if len(args) == 2 and args[0] == "--rebuild":
-            return self._rebuild(args[1], target)
-        self._log("root.log", f"fake mock: {args} is not mirrored\n")
-        return 1
+        uid, gid = self.options.fake_build_user
+        mock = FakeMock(self._mock_config(), Path(self.rootdir()), Path(self.resultdir()),
+                        Path(self.options.mockdir) / self.name, build_uid=uid, build_gid=gid,
+                        nspawn=getattr(self.options, "fake_nspawn", "systemd-nspawn"), log=self._log)
+        return mock.run(args)
 
     def _log(self, name: str, text: str) -> None:
         with open(os.path.join(self.resultdir(), name), "a") as f:
             f.write(text)
-
-    def _run(self, argv: list, logname: str, env: Optional[dict] = None) -> int:
-        self._log(logname, f"+ {shlex.join(map(str, argv))}\n")
-        with open(os.path.join(self.resultdir(), logname), "ab") as log:
-            return subprocess.run([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL).returncode
-
-    def _dnf(self, *args: str) -> int:
-        root = Path(self.rootdir())
-        home = Path(self.options.mockdir) / self.name / "dnf-home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / ".rpmmacros").write_text("%_dbpath /usr/lib/sysimage/rpm\n")
-        argv = ["dnf", "--installroot", root, "--config", root / "etc/dnf/dnf.conf", "--releasever", "koji",
-                "--disableplugin=*", "-y", *args]
-        return self._run(argv, "root.log", env={"HOME": str(home), "PATH": REBUILD_PATH, "LC_ALL": "C"})
-
-    def _init_root(self) -> int:
-        root = Path(self.rootdir())
-        shutil.rmtree(root, ignore_errors=True)
-        (root / "etc/dnf").mkdir(parents=True)
-        config = self._mock_config()
-        (root / "etc/dnf/dnf.conf").write_text(config['yum.conf'])
-        os.makedirs(self.tmpdir(), exist_ok=True)
-        return self._dnf(*shlex.split(config['chroot_setup_cmd']))
-
-    def _installdeps(self, srpm: str) -> int:
-        out = subprocess.run(["rpm", "-qp", "--nosignature", "--requires", srpm], stdout=subprocess.PIPE,
-                             text=True, check=True).stdout
-        requires = [r.strip() for r in out.splitlines() if r.strip() and not r.startswith("rpmlib(")]
-        return self._dnf("install", *requires) if requires else 0
-
-    def _rebuild(self, srpm: str, target: Optional[str]) -> int:
-        uid, gid = self.options.fake_build_user
-        scratch = Path(self.options.mockdir) / self.name / "fake-build"
-        shutil.rmtree(scratch, ignore_errors=True)
-        for sub in ("home", "tmp", "topdir"):
-            (scratch / sub).mkdir(parents=True)
-        shutil.copy(srpm, scratch / os.path.basename(srpm))
-        for path in [scratch, *scratch.rglob("*")]:
-            os.chown(path, uid, gid)
-        defines = []
-        for name, value in sorted(self._mock_config()['macros'].items()):
-            if name != '%_topdir':
-                defines += ["--define", f"{name.lstrip('%')} {value}"]
-        for macros in sorted(glob.glob(os.path.join(self.rootdir(), "etc/rpm/macros.*"))):
-            defines += ["--load", macros]
-            for line in Path(macros).read_text().splitlines():
-                parts = line.split(None, 1)
-                if len(parts) == 2 and parts[0].startswith("%") and parts[1].startswith("/"):
-                    # The in-chroot path, as the build would see it in a chroot.
-                    defines += ["--define", f"{parts[0][1:]} {self.rootdir()}{parts[1].strip()}"]
-        argv = ["unshare", "--net", "--", "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-                "env", "-i", f"HOME={scratch / 'home'}", f"TMPDIR={scratch / 'tmp'}",
-                f"PATH={getattr(self.options, 'fake_path', REBUILD_PATH)}", "LC_ALL=C.UTF-8",
-                "rpmbuild", "--rebuild", "--nodeps", "--define", f"_topdir {scratch / 'topdir'}", *defines]
-        if target:
-            argv += ["--target", target]
-        argv.append(scratch / os.path.basename(srpm))
-        rc = self._run(argv, "build.log")
-        for built in [*scratch.glob("topdir/RPMS/**/*.rpm"), *scratch.glob("topdir/SRPMS/*.rpm")]:
-            shutil.copy(built, self.resultdir())
-        return rc
 
     # --- kojid's BuildRoot methods the plugin and BuildArchTask use ------------------------
 

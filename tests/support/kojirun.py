@@ -26,7 +26,15 @@ TASK_ID = 4242
 TASK_DIR = koji.pathinfo.taskrelpath(TASK_ID)
 STAGER_AGENT = "mkosi-initrd-build/"
 IN_CHROOT_REPO = "/chroot_tmpdir/mkosi-initrd/repo"
-BUILD_PATH = f"{TOP}/.venv/bin:{TOP}/.tools/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+# kojid's mock user: the uid and gid the buildroot's `mockbuild` user and `mock` group get.
+BUILD_USER = (1000, 135)
+
+
+def nspawn_path() -> str:
+    """systemd-nspawn: the host's, or the one `make setup` extracts into .tools/bin on Debian."""
+    import shutil
+
+    return shutil.which("systemd-nspawn", path=f"{TOP}/.tools/bin:/usr/bin:/bin") or "systemd-nspawn"
 
 
 @contextlib.contextmanager
@@ -75,7 +83,7 @@ def run_build_arch(work: Path, tree, server, srpm: str, *, topdir: Optional[Path
     options = types.SimpleNamespace(
         topdir=str(topdir or work / "no-topdir-mount"), topurl=server.url, workdir=str(work / "work"),
         mockdir=str(work / "mock"), chroot_tmpdir="/chroot_tmpdir", log_timestamps=False,
-        fake_build_user=(65534, 65534), fake_path=BUILD_PATH, fake_mock_log=mock_calls,
+        fake_build_user=BUILD_USER, fake_nspawn=nspawn_path(), fake_mock_log=mock_calls,
     )
     try:
         task = fake_kojid.BuildArchTask(TASK_ID, "buildArch", [srpm, tree.tag, "x86_64", False,

@@ -1,8 +1,10 @@
 """`make run`: the main job end to end on fixture content, the way the product is meant to flow:
 
-  fixture RPMs served as a koji-like tree on 127.0.0.1
-  -> buildArch of the mkosi-initrd-initrd SRPM through the kojid plugin (fake kojid: installdeps,
-     staging into the buildroot, rpmbuild of the rendered spec as an unprivileged user, offline)
+  the build tag's RPMs (fixture content, the buildroot's tools, the builder's own RPMs) served
+     as a koji-like tree on 127.0.0.1
+  -> buildArch of the mkosi-initrd-initrd SRPM through the kojid plugin (fake kojid and mock: a
+     buildroot installed with dnf from the tag, installdeps, staging into the buildroot, rpmbuild
+     of the rendered spec as the unprivileged build user under nspawn, offline)
   -> the same build again, compared byte for byte
   -> the variant RPMs installed into a scratch root with the fixture kernel, kernel-install run
      through our plugin for layout=bls and layout=uki
@@ -19,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,6 @@ def build_in_koji(work: Path, tree: Any, server: Any, srpm_relpath: str, config:
     old_level = plugin_logger.level
     plugin_logger.setLevel(logging.INFO)
     work.mkdir(parents=True)
-    os.chmod(work, 0o755)  # the unprivileged build user must traverse it
     try:
         with loaded_plugin(config, work / "mkosi_initrd.conf"):
             run = run_build_arch(work, tree, server, srpm_relpath, topdir=topdir)
@@ -141,7 +141,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    os.chmod(out, 0o755)
     try:
         rows, stage_rows, progress = run_main_job(out)
     except StepFailed as e:
@@ -163,22 +162,26 @@ def run_main_job(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     from tests.support.kernel_install import (
         UKI_COPY_PLUGIN, BootDir, configure, kernel_install, make_root,
     )
+    from tests.support.kojicontent import koji_content
     from tests.support.kojirun import TASK_ID
     from tests.support.kojitree import TreeServer, build_koji_tree, build_srpm, place_task_srpm
 
     progress = Progress(total=6)
     with contextlib.ExitStack() as stack:
-        with progress.step("build the fixture RPMs and serve them as a koji-like tree on 127.0.0.1"):
+        with progress.step("build the build tag's RPMs (fixture content, buildroot tools, the builder) and "
+                           "serve them as a koji-like tree on 127.0.0.1"):
             repo = build_fixture_repo(TOP / "build" / "fixture-cache")
-            tree = build_koji_tree(out / "koji", repo.rpms.values())
+            content = koji_content(repo)
+            tree = build_koji_tree(out / "koji", content.rpms, build_group=content.build_group)
             server = TreeServer(tree.topdir)
             stack.callback(server.stop)
-            print(f"      {len(repo.rpms)} RPMs, kernel {repo.kernel_version}, {server.url}", flush=True)
+            print(f"      {len(content.rpms)} RPMs ({len(repo.rpms)} fixture, {len(content.builder)} builder), "
+                  f"kernel {repo.kernel_version}, {server.url}", flush=True)
 
         with progress.step(f"render the {PREFIX} spec for the fixture variants and build its SRPM"):
             src = out / "src"
             subprocess.run([sys.executable, "-m", "mkosi_initrd_builder", "--quiet", "spec",
-                            "--kernel-version", repo.kernel_version, "--repo", str(repo.path),
+                            "--kernel-version", repo.kernel_version, "--repo", str(tree.repo_dir),
                             "--variants-dir", str(FIXTURE_VARIANTS), "--packager", "mkosi-initrd developers <mkosi-initrd@localhost>",
                             "--output", str(src / f"{PREFIX}.spec")],
                            check=True)
@@ -187,7 +190,8 @@ def run_main_job(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
             print(f"      {srpm.name}", flush=True)
 
         config = f"[mkosi_initrd]\npackages = {PREFIX}\ncache_dir = {out / 'plugin-cache'}\n"
-        with progress.step("buildArch through the kojid plugin: installdeps, staging, rpmbuild (offline)"):
+        with progress.step("buildArch through the kojid plugin: mock buildroot from the tag's RPMs, installdeps, "
+                           "staging, rpmbuild under nspawn (offline)"):
             first = build_in_koji(out / "buildarch-1", tree, server, srpm_relpath, config)
             print(f"      {first.summary_line}", flush=True)
             print("      " + ", ".join(sorted(p.name for p in first.rpms.values())), flush=True)
@@ -205,7 +209,7 @@ def run_main_job(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                         reproducible[f"{variant}/{path.rsplit('/', 1)[-1]}"] = "yes" if same else "NO"
 
         variants = sorted(n.removeprefix(f"{PREFIX}-") for n in first.rpms if n != f"{PREFIX}-common")
-        base = [repo.rpms[n] for n in ("filesystem", "busybox", "kernel-core")]
+        base = [repo.rpms[n] for n in ("filesystem", "busybox", "busybox-applets", "kernel-core")]
         kver = repo.kernel_version
         installs: list[tuple[str, str, BootDir]] = []
         with progress.step("install each variant RPM with the kernel; kernel-install for layout=bls and layout=uki"):
