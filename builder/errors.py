@@ -174,6 +174,14 @@ class VerificationError(StagingError):
         super().__init__(f"{package} ({origin}) failed verification: {reason}")
 
 
+class CacheError(StagingError):
+    """The package cache directory cannot be used: it is not one the builder made, or its layout is damaged."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        super().__init__(f"cache {path}: {message}")
+
+
 class ResolveError(StagingError):
     """The packages to stage cannot be determined: unknown names, unsatisfiable dependencies, no rpm database."""
 

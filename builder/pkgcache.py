@@ -6,6 +6,12 @@ checksum of the file) next to ``<checksum>.json`` (the header facts seen when th
 verified), ``tmp/`` for files being fetched, ``locks/<xx>`` for flock(2) stripes. A ``.rpm`` is
 renamed into place only after it was verified and its ``.json`` written, so every entry present is
 complete; the stripe lock makes concurrent stagings fetch each file once.
+
+The cache touches only what it can prove it made. A directory becomes a cache when it is new or
+empty: the marker file (MARKER) is written into it first, under an flock on the directory so two
+stagings creating it at once agree. A non-empty directory without the marker is refused before
+anything is written or removed in it, and cleaning removes only regular files under tmp/ named
+the way temp_path() names them.
 """
 
 from __future__ import annotations
@@ -16,19 +22,26 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import StagingError
-from .fsutil import atomic_write
+from .errors import CacheError, StagingError
+from .fsutil import atomic_write, normalized_absolute
 
 ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 HEX_RE = re.compile(r"^[0-9a-f]{32,128}$")
 # Partial downloads of stagings that were killed outright; a live download is never this old.
 STALE_TEMP_SECONDS = 24 * 3600
+MARKER = "mkosi-initrd-cache.json"
+MARKER_FORMAT = "mkosi-initrd-package-cache/1"
+# The directories the cache keeps besides its <algorithm>/ trees.
+OWN_DIRS = ("tmp", "locks")
+# What temp_path() names its files: mkstemp's ".<hint>.<8 random characters>.part".
+TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
 
 
 def hash_algorithm(checksum_type: str) -> str:
@@ -43,23 +56,74 @@ def hash_algorithm(checksum_type: str) -> str:
 class CacheEntry:
     path: Path
     facts: dict[str, Any]  # nevra, payloadhash, sha256, size: what verification established
+    inode: tuple[int, int]  # (st_dev, st_ino) when it was looked up: discard() removes only that file
 
 
 class PackageCache:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).absolute()
-        try:
-            for sub in ("tmp", "locks"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StagingError(f"cache {self.root}: cannot create it: {e.strerror}") from None
+        self.root = normalized_absolute(root)
+        self._claim()
+        for sub in OWN_DIRS:
+            self._own_dir(self.root / sub)
         self._remove_stale_temps()
+
+    def _claim(self) -> None:
+        """Make sure the root is this cache: marked, or new or empty and marked now."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except NotADirectoryError:
+            raise CacheError(self.root, "not a directory") from None
+        except FileExistsError:
+            raise CacheError(self.root, "exists and is not a directory") from None
+        except OSError as e:
+            raise CacheError(self.root, f"cannot create or open it: {e.strerror}") from None
+        try:
+            # Another staging may be creating the same cache: whoever holds the lock decides.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            marker = self.root / MARKER
+            if os.path.lexists(marker):
+                self._check_marker(marker)
+                return
+            if os.listdir(fd):
+                raise CacheError(self.root, f"not empty and holds no {MARKER}, so it is no cache made by "
+                                            "mkosi-initrd-build; refusing to write or remove anything in it "
+                                            "(name a new or empty directory)")
+            atomic_write(marker, json.dumps({"format": MARKER_FORMAT}) + "\n")
+        except OSError as e:
+            raise CacheError(self.root, f"cannot read or mark it: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def _check_marker(self, marker: Path) -> None:
+        try:
+            if not stat.S_ISREG(marker.lstat().st_mode):
+                raise ValueError("not a regular file")
+            found = json.loads(marker.read_text()).get("format")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CacheError(self.root, f"{MARKER} is unreadable ({e}); refusing to use the directory") from None
+        if found != MARKER_FORMAT:
+            raise CacheError(self.root, f"{MARKER} says {found!r}, this builder writes {MARKER_FORMAT!r}")
+
+    def _own_dir(self, path: Path) -> None:
+        """A directory of the cache's layout; never a link that would lead the cache elsewhere."""
+        try:
+            path.mkdir(exist_ok=True)
+            mode = path.lstat().st_mode
+        except OSError as e:
+            raise CacheError(self.root, f"cannot create {path.name}/: {e.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            raise CacheError(self.root, f"{path.name} is not a directory (a link or a file); the cache's own "
+                                        "directories are never links")
 
     def _remove_stale_temps(self) -> None:
         now = time.time()
         for p in (self.root / "tmp").iterdir():
+            if not TEMP_NAME_RE.match(p.name):
+                continue
             with contextlib.suppress(OSError):
-                if now - p.lstat().st_mtime > STALE_TEMP_SECONDS:
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP_SECONDS:
                     p.unlink()
 
     def _paths(self, checksum_type: str, checksum: str) -> tuple[Path, Path]:
@@ -80,7 +144,7 @@ class PackageCache:
             return None
         if (size and st.st_size != size) or facts.get("size") != st.st_size:
             return None
-        return CacheEntry(rpm, facts)
+        return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
 
     @contextlib.contextmanager
     def lock(self, checksum: str) -> Iterator[None]:
@@ -105,4 +169,17 @@ class PackageCache:
         rpm.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(facts_file, json.dumps(facts, sort_keys=True) + "\n")
         os.replace(temp, rpm)
-        return CacheEntry(rpm, facts)
+        st = rpm.stat()
+        return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
+
+    def discard(self, entry: CacheEntry) -> None:
+        """Remove a damaged entry, unless another staging has replaced it meanwhile (takes the stripe lock)."""
+        with self.lock(entry.path.name.removesuffix(".rpm")):
+            try:
+                st = entry.path.stat()
+            except FileNotFoundError:
+                return
+            if (st.st_dev, st.st_ino) != entry.inode:
+                return
+            entry.path.unlink()
+            entry.path.with_suffix(".json").unlink(missing_ok=True)

@@ -44,12 +44,27 @@ def _extra_key(text: str) -> str:
     return text
 
 
-def _absolute_dir(text: str) -> Path:
-    path = Path(text.strip())
-    if not path.is_absolute():
-        raise ValueError(f"{text!r} is not an absolute path")
-    if path == Path("/") or ".." in path.parts:
-        raise ValueError(f"{text!r} cannot be a cache directory")
+# Trees the operating system's packages or the kernel own: nothing of the builder's belongs below them.
+SYSTEM_TREES = frozenset({"usr", "etc", "boot", "proc", "sys", "dev"})
+
+
+def _cache_dir(text: str) -> Path:
+    """An absolute directory of the cache's own: at least two levels below / (every top-level directory
+    is shared: /, /var, /tmp, /srv...), outside the system's trees, written without '.' or '..'.
+    PackageCache refuses, when staging, a directory that is neither empty nor marked as a cache."""
+    raw = text.strip()
+    if not raw.startswith("/"):
+        raise ValueError(f"{raw!r} is not an absolute path")
+    parts = [p for p in raw.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"{raw!r} has a '.' or '..' component")
+    path = Path("/", *parts)
+    example = "such as /var/cache/kojid/mkosi-initrd"
+    if len(parts) < 2:
+        raise ValueError(f"{raw!r} is the top-level directory {path}, which holds more than this cache: "
+                         f"name a directory of its own, {example}")
+    if parts[0] in SYSTEM_TREES:
+        raise ValueError(f"{raw!r} is below /{parts[0]}, which belongs to the operating system: {example}")
     return path
 
 
@@ -100,7 +115,7 @@ KEYS = (
     ConfigKey("tag_extra", _extra_key, "",
               "only when the build tag has this extra set to a true value, e.g. mkosi_initrd.enabled "
               "(empty: no check)"),
-    ConfigKey("cache_dir", _absolute_dir, Path("/var/cache/kojid/mkosi-initrd"),
+    ConfigKey("cache_dir", _cache_dir, Path("/var/cache/kojid/mkosi-initrd"),
               "content-addressed cache of verified RPMs shared by all builds on this builder"),
     ConfigKey("max_size", parse_byte_size, 8 * 1024 ** 3,
               "refuse to stage more than this (K, M, G suffixes): the buildroot's disk is not endless"),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.fsutil import atomic_write, is_within, replace_dir
+from mkosi_initrd_builder.fsutil import atomic_write, is_within, normalized_absolute, private_copy, replace_dir
 
 
 @pytest.mark.parametrize("path, root, inside", [
@@ -45,3 +47,29 @@ def test_replace_dir_swaps_whole_directory(tmp_path):
     replace_dir(new, final)
     assert sorted(p.name for p in final.iterdir()) == ["initrd"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["variant"]
+
+
+@pytest.mark.parametrize("text, path", [("//", "/"), ("///var//cache/", "/var/cache"), ("//srv/./a/../b", "/srv/b")])
+def test_normalized_absolute_folds_slashes_and_dots(text, path):
+    assert str(normalized_absolute(text)) == path
+
+
+def test_private_copy_owns_its_inode_and_hashes_what_it_holds(tmp_path):
+    src = tmp_path / "src"
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one chunk, not a multiple of it
+    src.write_bytes(data)
+    size, digests, _ = private_copy(src, tmp_path / "dst", ["sha256", "sha1"])
+    assert size == len(data)
+    assert digests == {"sha256": hashlib.sha256(data).hexdigest(), "sha1": hashlib.sha1(data).hexdigest()}
+    assert not os.path.samefile(src, tmp_path / "dst")
+    with open(src, "r+b") as f:  # a later writer changes the source in place
+        f.write(b"\0" * 16)
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_private_copy_never_overwrites(tmp_path):
+    (tmp_path / "src").write_bytes(b"new")
+    (tmp_path / "dst").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
+    assert (tmp_path / "dst").read_bytes() == b"old"

@@ -65,7 +65,15 @@ def test_defaults_come_from_the_key_table():
     ("[mkosi_initrd]\npackages = p\nmax_size = lots\n", "[mkosi_initrd] max_size", "not a size"),
     ("[mkosi_initrd]\npackages = p\nmax_size = 0\n", "[mkosi_initrd] max_size", "positive"),
     ("[mkosi_initrd]\npackages = p\ncache_dir = var/cache\n", "[mkosi_initrd] cache_dir", "absolute"),
-    ("[mkosi_initrd]\npackages = p\ncache_dir = /\n", "[mkosi_initrd] cache_dir", "cannot be"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /\n", "[mkosi_initrd] cache_dir", "top-level directory /,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = //\n", "[mkosi_initrd] cache_dir", "top-level directory /,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /var\n", "[mkosi_initrd] cache_dir", "top-level directory /var,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = //var/\n", "[mkosi_initrd] cache_dir", "top-level directory /var,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /tmp\n", "[mkosi_initrd] cache_dir", "top-level directory /tmp,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /usr/lib/cache\n", "[mkosi_initrd] cache_dir", "below /usr,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /etc/kojid\n", "[mkosi_initrd] cache_dir", "below /etc,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /var/cache/../..\n", "[mkosi_initrd] cache_dir", "'..'"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /var/./cache\n", "[mkosi_initrd] cache_dir", "'.'"),
     ("[mkosi_initrd]\npackages = p\ntags = f42 build!\n", "[mkosi_initrd] tags", "'build!'"),
     ("[mkosi_initrd]\npackages = p\ntag_extra = no spaces\n", "[mkosi_initrd] tag_extra", "not a tag extra"),
     ("[mkosi_initrd]\npackages = p\nisolation = simple\n", "[mkosi_initrd] isolation", "not one of nspawn, tag"),
@@ -78,6 +86,15 @@ def test_bad_config_names_the_key(text, key, detail):
     assert e.value.key == key
     assert str(e.value).startswith(f"{CONF}: {key}: ")
     assert detail in str(e.value)
+
+
+@pytest.mark.parametrize("text, path", [
+    ("//srv//cache/", "/srv/cache"),
+    ("/var/cache/kojid/mkosi-initrd/", "/var/cache/kojid/mkosi-initrd"),
+])
+def test_cache_dir_is_normalised(text, path):
+    config = parse(f"[mkosi_initrd]\npackages = p\ncache_dir = {text}\n")
+    assert str(config.cache_dir) == path
 
 
 def test_skip_reason_says_why_a_build_is_left_alone():

@@ -1,0 +1,117 @@
+"""The package cache touches only what it made: it claims new or empty directories with a marker,
+refuses any other, and cleans only its own temporary files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mkosi_initrd_builder.errors import CacheError
+from mkosi_initrd_builder.pkgcache import MARKER, STALE_TEMP_SECONDS, PackageCache
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, float]]:
+    """Every path below `root` with its size and mtime: what a test asserts did not change."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime)
+    return out
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_new_directory_becomes_a_marked_cache(tmp_path):
+    cache = PackageCache(tmp_path / "a" / "cache")
+    assert json.loads((cache.root / MARKER).read_text())["format"].startswith("mkosi-initrd-package-cache/")
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([MARKER, "tmp", "locks"])
+    PackageCache(cache.root)  # a marked cache is reused
+
+
+def test_empty_directory_is_claimed(tmp_path):
+    (tmp_path / "empty").mkdir()
+    PackageCache(tmp_path / "empty")
+    assert (tmp_path / "empty" / MARKER).is_file()
+
+
+def test_unmarked_directory_is_refused_and_left_untouched(tmp_path):
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    (home / "tmp" / "old-notes.part").write_text("mine")
+    (home / "tmp" / ".x.abcdefgh.part").write_text("looks like ours, is not")
+    for p in (home / "tmp").iterdir():
+        age(p, 2 * STALE_TEMP_SECONDS)
+    (home / "notes.txt").write_text("mine")
+    before = snapshot(home)
+    with pytest.raises(CacheError) as e:
+        PackageCache(home)
+    assert e.value.path == home
+    assert str(e.value).startswith(f"cache {home}: not empty and holds no {MARKER}")
+    assert snapshot(home) == before
+
+
+def test_double_slash_root_is_the_root(tmp_path):
+    cache = PackageCache(Path("/" + str(tmp_path / "c")))
+    assert str(cache.root) == str(tmp_path / "c")
+    with pytest.raises(CacheError, match=r"^cache /: not empty"):
+        PackageCache(Path("//"))
+
+
+def test_stale_cleanup_removes_only_its_own_temp_files(tmp_path):
+    cache = PackageCache(tmp_path / "c")
+    ours = cache.temp_path("pkg.rpm")
+    fresh = cache.temp_path("other.rpm")
+    foreign = cache.root / "tmp" / "someone-elses.txt"
+    foreign.write_text("x")
+    victim = tmp_path / "victim.part"
+    victim.write_text("outside")
+    link = cache.root / "tmp" / ".link.abcdefgh.part"
+    link.symlink_to(victim)
+    for p in (ours, foreign, link, victim):
+        age(p, 2 * STALE_TEMP_SECONDS)
+    PackageCache(cache.root)
+    assert not ours.exists()
+    assert fresh.exists() and foreign.exists() and victim.read_text() == "outside"
+    assert link.is_symlink()  # a link is not a file the cache wrote
+
+
+def test_layout_directory_replaced_by_a_link_is_refused(tmp_path):
+    cache = PackageCache(tmp_path / "c")
+    (cache.root / "tmp").rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".old.abcdefgh.part").write_text("keep")
+    age(elsewhere / ".old.abcdefgh.part", 2 * STALE_TEMP_SECONDS)
+    (cache.root / "tmp").symlink_to(elsewhere)
+    with pytest.raises(CacheError, match="tmp is not a directory"):
+        PackageCache(cache.root)
+    assert (elsewhere / ".old.abcdefgh.part").read_text() == "keep"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "unreadable"),
+    ('{"format": "other-tool/9"}', "says 'other-tool/9'"),
+])
+def test_foreign_marker_is_refused(tmp_path, content, message):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / MARKER).write_text(content)
+    with pytest.raises(CacheError, match=message):
+        PackageCache(tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [MARKER]
+
+
+def test_a_file_is_no_cache(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CacheError, match="not a directory"):
+        PackageCache(tmp_path / "f")
+    with pytest.raises(CacheError, match="not a directory|cannot create"):
+        PackageCache(tmp_path / "f" / "c")
