@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import __version__
 from .errors import CommandError, ResolveError, StagingError, VerificationError
-from .fsutil import atomic_write, is_within, replace_dir
+from .fsutil import atomic_write, hash_file, is_within, private_copy, replace_dir
 from .httpfetch import HttpClient, Interrupted, RetryPolicy
 from .log import step
 from .pkgcache import CacheEntry, PackageCache, hash_algorithm
@@ -54,7 +54,7 @@ class Via(str, enum.Enum):
     http = "http"
     link = "link"    # hard link to the source's file
     copy = "copy"    # copy of the source's file (another file system)
-    cache = "cache"  # served from the cache: nothing fetched
+    cache = "cache"  # served from the cache: nothing fetched (a private copy of the entry, checked again)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,15 +182,6 @@ def read_header(path: Path, package: str, origin: str) -> HeaderFacts:
     return HeaderFacts(nevra, sigmd5.strip().lower())
 
 
-def _hash_file(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            for h in hashers.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hashers.items()}
-
-
 def _place(src: Path, dst: Path) -> Via:
     """Hard link when the file system allows it, else copy (the copy becomes read-only)."""
     try:
@@ -215,7 +206,7 @@ class _Stager:
     def _obtain(self, job: _Job, target: Path, algorithms: Sequence[str]) -> tuple[Via, int, dict[str, str]]:
         if job.local is not None:
             via = _place(job.local, target)
-            return via, target.stat().st_size, _hash_file(target, algorithms)
+            return via, target.stat().st_size, hash_file(target, algorithms)
         got = self.http.download_file(job.origin, target, algorithms=algorithms, package=job.package.nevra)
         os.chmod(target, 0o444)
         return Via.http, got.size, got.digests
@@ -255,26 +246,71 @@ class _Stager:
                 part.unlink(missing_ok=True)
             return self._staged(job, facts, via)
 
-        entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
-        via = Via.cache
-        if entry is None:
-            with self.cache.lock(pkg.checksum):
-                # Another staging may have fetched it while this one waited for the lock.
-                entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
-                if entry is None:
-                    temp = self.cache.temp_path(job.file)
-                    try:
-                        temp.unlink()
-                        via, size, digests = self._obtain(job, temp, algorithms)
-                        facts = self._verify(job, temp, size, digests)
-                        self._check_payloadhash(job, facts["payloadhash"])
-                        entry = self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts)
-                    finally:
-                        temp.unlink(missing_ok=True)
-        else:
-            self._check_cached(job, entry)
-        _place(entry.path, dest)
-        return self._staged(job, entry.facts, via)
+        return self._stage_from_cache(job, dest, algorithms)
+
+    def _fill_cache(self, job: _Job, algorithms: Sequence[str]) -> tuple[CacheEntry, Via]:
+        """The cache entry of the job's package, fetched and verified now unless another staging put it
+        there while this one waited for the lock."""
+        pkg = job.package
+        assert self.cache is not None
+        with self.cache.lock(pkg.checksum):
+            entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+            if entry is not None:
+                return entry, Via.cache
+            temp = self.cache.temp_path(job.file)
+            try:
+                temp.unlink()
+                via, size, digests = self._obtain(job, temp, algorithms)
+                facts = self._verify(job, temp, size, digests)
+                self._check_payloadhash(job, facts["payloadhash"])
+                return self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts), via
+            finally:
+                temp.unlink(missing_ok=True)
+
+    def _stage_from_cache(self, job: _Job, dest: Path, algorithms: Sequence[str]) -> StagedPackage:
+        """Stage a private copy of the cache entry, checked against the repository on its way out.
+
+        The cache is shared and long-lived, so an entry may have been damaged since it was verified:
+        a bad copy discards the entry and fetches the package again, once. The staged file never
+        shares an inode with the entry, so damage done later cannot reach this repository."""
+        pkg = job.package
+        assert self.cache is not None
+        algo = hash_algorithm(pkg.checksum_type)
+        part = dest.with_name(f".{dest.name}.part")
+        for attempt in (1, 2):
+            entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+            via = Via.cache
+            if entry is None:
+                entry, via = self._fill_cache(job, algorithms)
+            else:
+                self._check_cached(job, entry)
+            try:
+                size, digests, _ = private_copy(entry.path, part, algorithms)
+                problem = self._cache_copy_problem(job, entry, size, digests[algo], digests["sha256"])
+                if problem is None:
+                    os.chmod(part, 0o444)
+                    os.rename(part, dest)
+                    return self._staged(job, entry.facts, via)
+            finally:
+                part.unlink(missing_ok=True)
+            if attempt == 1:
+                logger.warning("cache entry %s of %s is damaged (%s): discarding it and fetching the package "
+                               "again", entry.path, pkg.nevra, problem)
+                self.cache.discard(entry)
+        raise VerificationError(pkg.nevra, str(entry.path), f"the cache entry is damaged again right after it "
+                                                            f"was fetched anew ({problem})")
+
+    @staticmethod
+    def _cache_copy_problem(job: _Job, entry: CacheEntry, size: int, digest: str, sha256: str) -> Optional[str]:
+        """What is wrong with the bytes copied out of a cache entry, or None."""
+        pkg = job.package
+        if pkg.size and size != pkg.size:
+            return f"{size} bytes, the repository says {pkg.size}"
+        if digest != pkg.checksum.strip().lower():
+            return f"{hash_algorithm(pkg.checksum_type)} is {digest}, the repository says {pkg.checksum}"
+        if sha256 != entry.facts.get("sha256") or size != entry.facts.get("size"):
+            return "its bytes no longer match what the cache recorded when it verified them"
+        return None
 
     def _check_cached(self, job: _Job, entry: CacheEntry) -> None:
         """A cache entry was verified when it was added; its recorded facts must still fit this package."""

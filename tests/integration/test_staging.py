@@ -54,6 +54,24 @@ def read_manifest(dest: Path) -> dict:
     return json.loads((dest / MANIFEST_NAME).read_text())
 
 
+def cache_entry(cache: Path, package) -> Path:
+    """The cache's file for a staged package: keyed by the repository's checksum."""
+    algo, digest = package.checksum.split(":", 1)
+    return cache / ("sha1" if algo == "sha" else algo) / digest[:2] / f"{digest}.rpm"
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def flip_byte(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
 def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".staging-" in p.name or ".old-" in p.name)
 
@@ -273,10 +291,101 @@ def test_second_staging_is_served_from_cache(koji_tree, tree_server, tmp_path):
     assert read_manifest(tmp_path / "two")["totals"]["bytes-from-cache"] == cold.total_bytes
     for p in warm.packages:  # each package was downloaded once, by the cold run
         assert tree_server.requests_for(package_urlpath(koji_tree, p.name)) == 1
-        assert os.path.samefile(tmp_path / "one" / p.file, tmp_path / "two" / p.file)
+        # a private copy: a later write to the cache (or to another staging) cannot reach it
+        assert not os.path.samefile(tmp_path / "one" / p.file, tmp_path / "two" / p.file)
+        assert not os.path.samefile(cache_entry(cache, p), tmp_path / "two" / p.file)
+        assert sha256_of(tmp_path / "two" / p.file) == p.sha256
     # restaging into the same destination replaces it as a whole
     again = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
     assert sorted(p.name for p in (tmp_path / "two").glob("*.rpm")) == sorted(p.file for p in again.packages)
+
+
+def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_server, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    source = koji_url(tree_server, koji_tree)
+    first = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
+    init = next(p for p in first.packages if p.name == "initrd-init")
+    entry = cache_entry(cache, init)
+    flip_byte(entry)
+    # the repository staged before the damage keeps its own, intact file
+    assert sha256_of(tmp_path / "one" / init.file) == init.sha256
+    with caplog.at_level("WARNING", logger="mkosi_initrd_builder.staging"):
+        second = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
+    again = next(p for p in second.packages if p.name == "initrd-init")
+    assert again.via is Via.http and again.sha256 == init.sha256
+    assert tree_server.requests_for(package_urlpath(koji_tree, "initrd-init")) == 2
+    assert f"cache entry {entry} of {init.nevra} is damaged" in caplog.text
+    staged = tmp_path / "two" / again.file
+    recorded = {p["name"]: p for p in read_manifest(tmp_path / "two")["packages"]}
+    assert sha256_of(staged) == init.sha256 == recorded["initrd-init"]["sha256"]
+    subprocess.run(["rpm", "-K", "--nosignature", str(staged)], check=True, capture_output=True)
+    described = {p.name: p for p in open_repository(tmp_path / "two", with_files=False).packages}
+    assert described["initrd-init"].checksum == init.sha256
+    assert sha256_of(entry) == init.sha256  # the cache holds the good file again
+    assert list((cache / "tmp").iterdir()) == [] and leftovers(tmp_path) == []
+
+
+def test_damaged_cache_entry_of_a_damaged_source_fails_verification(small_tree, tmp_path):
+    # A directory source's cache entries are hard links to its files: damage to one is damage to the
+    # other, fetching again gets the same bytes, and the staging must fail, naming the source's file.
+    cache = tmp_path / "cache"
+    first = stage(small_tree.repo_dir, tmp_path / "one", packages=["initrd-init"], cache=cache)
+    init = next(p for p in first.packages if p.name == "initrd-init")
+    flip_byte(cache_entry(cache, init))
+    with pytest.raises(VerificationError) as e:
+        stage(small_tree.repo_dir, tmp_path / "two", packages=["initrd-init"], cache=cache)
+    assert init.nevra in str(e.value) and "toplink/packages/initrd-init/" in str(e.value) and "sha256" in str(e.value)
+    assert not (tmp_path / "two").exists() and leftovers(tmp_path) == []
+    assert sha256_of(tmp_path / "one" / init.file) == init.sha256
+
+
+def test_cache_that_is_not_a_cache_is_refused_before_anything_is_written(fixture_repo, tmp_path):
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    stale = home / "tmp" / ".photo.abcdefgh.part"
+    stale.write_text("mine")
+    then = time.time() - 3 * 24 * 3600
+    os.utime(stale, (then, then))
+    (home / "notes.txt").write_text("mine")
+    before = sorted((str(p), p.stat().st_mtime) for p in home.rglob("*"))
+    r = run_cli(["stage", "--source", fixture_repo.path, "--dest", tmp_path / "out" / "d", "--cache", home,
+                 "--packages", "initrd-init"])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[0] == (f"mkosi-initrd-build: error: cache {home}: not empty and holds no "
+                                        "mkosi-initrd-cache.json, so it is no cache made by mkosi-initrd-build; "
+                                        "refusing to write or remove anything in it (name a new or empty directory)")
+    assert sorted((str(p), p.stat().st_mtime) for p in home.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # not even the destination's parent
+
+
+def test_cache_on_the_root_directory_deletes_and_creates_nothing(fixture_repo):
+    """The reported case: `--cache /` cleaned /tmp and created /locks. /tmp is a tmpfs of the test's own
+    (unshare -m), so even a regression cannot remove anybody's files."""
+    require_root()
+    require_tools("unshare", "mount")
+    if os.path.lexists("/locks"):
+        pytest.skip("/locks exists on this machine already")
+    script = f"""
+set -e
+mount -t tmpfs tmpfs /tmp
+touch -d '3 days ago' /tmp/.someones.abcdefgh.part /tmp/someones-file
+set +e
+{sys.executable} -m mkosi_initrd_builder stage --source {fixture_repo.path} --dest /tmp/staged --cache {{cache}} \
+    --packages initrd-init 2>/tmp/stderr
+echo "rc=$?"
+ls -A /tmp
+head -n1 /tmp/stderr
+"""
+    for cache in ("/", "//"):
+        out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script.format(cache=cache)],
+                             cwd=TOP, capture_output=True, text=True, timeout=120)
+        lines = out.stdout.splitlines()
+        assert lines[0] == "rc=1", out.stdout + out.stderr
+        assert sorted(lines[1:-1]) == [".someones.abcdefgh.part", "someones-file", "stderr"]
+        assert lines[-1] == ("mkosi-initrd-build: error: cache /: not empty and holds no mkosi-initrd-cache.json, "
+                             "so it is no cache made by mkosi-initrd-build; refusing to write or remove anything "
+                             "in it (name a new or empty directory)")
+        assert not os.path.lexists("/locks") and not os.path.lexists("/" + "mkosi-initrd-cache.json")
 
 
 def test_concurrent_stagings_share_one_cache(koji_tree, tree_server, tmp_path):
