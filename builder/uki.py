@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import VerifyError
+from .errors import BuilderError, VerifyError
 from .run import run
 from .tools import find_tool
 
@@ -35,6 +35,9 @@ def build_uki(inputs: UkiInputs, output: Path) -> None:
         f"--output={output}",
     ]
     if inputs.cmdline:
+        if inputs.cmdline.startswith("@"):
+            # Variant loading refuses this; here it would make ukify embed the file it names.
+            raise BuilderError(f"kernel command line {inputs.cmdline!r} starts with '@', which ukify reads as a file")
         argv.append(f"--cmdline={inputs.cmdline}")
     run(argv, capture=True)
 

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,22 @@ def _fail(path: Path, key: str, message: str) -> VariantError:
     return VariantError(path, message, key=key)
 
 
+# Control characters (C0, DEL, C1) and the line and paragraph separators: str.splitlines(), with which
+# mkosi's configuration parser reads its files, ends a line at \r, \x0b, \x0c, \x1c-\x1e, \x85, U+2028
+# and U+2029 as well as at \n, and no consumer of a variant's strings takes any of them literally.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def check_characters(path: Path, key: str, value: str, consumer: str, *, allowed: str = "") -> str:
+    """`value` unless it holds a character `consumer` (what reads it, for the message) cannot take."""
+    bad = sorted({c for c in value if c not in allowed and unicodedata.category(c) in UNSAFE_CATEGORIES})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise _fail(path, key, f"contains the control or line-break character(s) {shown}, which {consumer} "
+                               "does not take")
+    return value
+
+
 def parse_str(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _fail(path, key, f"expected a string, got {type(value).__name__}")
@@ -71,6 +88,22 @@ def parse_summary(path: Path, key: str, value: Any) -> str:
     value = parse_nonempty_str(path, key, value)
     if "\n" in value:
         raise _fail(path, key, "must be a single line (it becomes an RPM Summary)")
+    return check_characters(path, key, value, "an RPM Summary: line")
+
+
+def parse_description(path: Path, key: str, value: Any) -> str:
+    value = parse_nonempty_str(path, key, value)
+    return check_characters(path, key, value, "an RPM %description (lines and tabs only)", allowed="\n\t")
+
+
+def parse_kernel_command_line(path: Path, key: str, value: Any) -> str:
+    """One line for ukify's --cmdline, whitespace folded as ukify folds it (so the manifest says what
+    the UKI holds); a leading '@' would make ukify embed the file it names."""
+    value = check_characters(path, key, parse_str(path, key, value), "a kernel command line (one line)")
+    value = " ".join(value.split())
+    if value.startswith("@"):
+        raise _fail(path, key, "must not start with '@': ukify reads '@PATH' as the name of a file whose "
+                               "contents become the command line")
     return value
 
 
@@ -96,6 +129,7 @@ def parse_profiles(path: Path, key: str, value: Any) -> tuple[str, ...]:
     for p in profiles:
         if not p or "/" in p or p.startswith("."):
             raise _fail(path, key, f"{p!r} is not a valid mkosi profile name")
+        check_characters(path, key, p, "mkosi's --profile=")
     return profiles
 
 
@@ -184,13 +218,25 @@ def parse_mkosi(path: Path, key: str, value: Any) -> tuple[tuple[str, str, tuple
                 if isinstance(v, bool):
                     out.append("yes" if v else "no")
                 elif isinstance(v, (int, str)):
-                    if "\n" in str(v):
-                        raise _fail(path, skey, "values must be single lines")
-                    out.append(str(v))
+                    out.append(_mkosi_value(path, skey, str(v)))
                 else:
                     raise _fail(path, skey, "expected a string, number, boolean or a list of them")
             settings.append((section, setting, tuple(out)))
     return tuple(settings)
+
+
+def _mkosi_value(path: Path, key: str, value: str) -> str:
+    """A value as mkosi's configuration parser must read it back: one line, whole, not a reset."""
+    if "\n" in value:
+        raise _fail(path, key, "values must be single lines")
+    check_characters(path, key, value, "mkosi's configuration parser (it reads one setting per line)")
+    if "#" in value:
+        raise _fail(path, key, "values must not contain '#': mkosi's configuration parser starts a comment "
+                               "there and drops the rest of the value")
+    if not value.strip():
+        raise _fail(path, key, "values must not be empty: an empty assignment resets the setting in mkosi, "
+                               "including what the builder set")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +259,7 @@ class VariantField:
 
 VARIANT_FIELDS: tuple[VariantField, ...] = (
     VariantField("summary", parse_summary, None, "One line; becomes the subpackage's Summary."),
-    VariantField("description", parse_nonempty_str, None, "Paragraph; becomes the subpackage's %description."),
+    VariantField("description", parse_description, None, "Paragraph; becomes the subpackage's %description."),
     VariantField("base", parse_base, Base.mkosi_initrd,
                  "'mkosi-initrd' includes mkosi's built-in initrd configuration; 'none' uses only 'packages'."),
     VariantField("profiles", parse_profiles, (), "mkosi profiles to enable (Profiles=)."),
@@ -223,7 +269,8 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "'default' stands for mkosi-initrd's list. Empty: every module the kernel package ships."),
     VariantField("kernel-modules-exclude", parse_regex_list, (),
                  "Regexes of modules to leave out even when included; dependencies of kept modules stay."),
-    VariantField("kernel-command-line", parse_str, "", "The UKI's .cmdline section."),
+    VariantField("kernel-command-line", parse_kernel_command_line, "",
+                 "The UKI's .cmdline section: one line, not starting with '@'."),
     VariantField("formats", parse_formats, (OutputFormat.initrd,), "Outputs to build: 'initrd', 'uki'."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("mkosi", parse_mkosi, (), "[mkosi.<Section>] tables passed through to mkosi verbatim."),

@@ -61,6 +61,26 @@ def test_invalid_variant_names_file_and_key(tmp_path, fixture_repo):
     assert line == f"mkosi-initrd-build: error: {variants / 'bad.toml'}: formats: unknown format 'iso' (allowed: initrd, uki)"
 
 
+@pytest.mark.parametrize("extra, key, detail", [
+    ('[mkosi.Content]\nWithDocs = "no\\rLocalMirror=https://example.org/"\n', "mkosi.Content.WithDocs",
+     "contains the control or line-break character(s) '\\r', which mkosi's configuration parser (it reads one "
+     "setting per line) does not take"),
+    ('kernel-command-line = "@/etc/shadow"\n', "kernel-command-line",
+     "must not start with '@': ukify reads '@PATH' as the name of a file whose contents become the command line"),
+    ('kernel-command-line = "quiet\\u0000rd.break"\n', "kernel-command-line",
+     "contains the control or line-break character(s) '\\x00', which a kernel command line (one line) does not "
+     "take"),
+])
+def test_hostile_variant_value_is_refused_naming_file_and_key(tmp_path, fixture_repo, extra, key, detail):
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    (variants / "bad.toml").write_text('summary = "s"\ndescription = "d"\nformats = ["initrd", "uki"]\n' + extra)
+    r = build(fixture_repo.path, tmp_path / "out", variants=variants, kver=fixture_repo.kernel_version)
+    assert r.returncode == 1
+    assert error_line(r) == f"mkosi-initrd-build: error: {variants / 'bad.toml'}: {key}: {detail}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variants"]  # no output, not even a partial one
+
+
 def test_unwritable_output(tmp_path, fixture_repo):
     (tmp_path / "file").write_text("")
     line = error_line(build(fixture_repo.path, tmp_path / "file" / "out", kver=fixture_repo.kernel_version))
