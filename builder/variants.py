@@ -48,7 +48,10 @@ MKOSI_RESERVED = frozenset({
     "OutputDirectory", "Output", "Format", "ImageId", "SourceDateEpoch", "WithNetwork",
     "Incremental", "History", "Include", "Profiles", "Packages", "ExtraTrees", "KernelCommandLine",
     "KernelModulesInclude", "KernelModulesExclude", "ManifestFormat", "Bootable", "MakeInitrd",
+    "CompressOutput", "CleanPackageMetadata",
 })
+# Builder settings a variant may add to (mkosi appends list values); an empty value, a reset, is refused.
+MKOSI_EXTENSIBLE = frozenset({"RemoveFiles"})
 
 
 def _fail(path: Path, key: str, message: str) -> VariantError:

@@ -95,3 +95,13 @@ def test_kernel_modules_include_is_read_from_the_summary_json():
 def test_kernel_modules_include_refuses_a_summary_without_the_list(summary):
     with pytest.raises(BuilderError, match="KernelModulesInclude"):
         kernel_modules_include(summary)
+
+
+def test_every_setting_the_builder_renders_is_reserved_or_extensible(tmp_path):
+    """A pass-through of CompressOutput= would rename the output, CleanPackageMetadata= would change it."""
+    from mkosi_initrd_builder.variants import MKOSI_EXTENSIBLE, MKOSI_RESERVED
+
+    (tmp_path / "v.toml").write_text('summary = "s"\ndescription = "d"\npackages = ["a"]\n')
+    conf = render(load_variant(tmp_path / "v.toml")).conf
+    rendered = {line.split("=", 1)[0] for line in conf.splitlines() if "=" in line and not line[0].isspace()}
+    assert rendered - MKOSI_RESERVED - MKOSI_EXTENSIBLE == set()
