@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ def test_plugin_loads_through_plugintracker_and_swaps_buildroot(tmp_path):
     ("[mkosi_initrd]\npackages = p\njobs = 0\n", "[mkosi_initrd] jobs"),
     ("[mkosi_initrd]\npackages = p\ncolour = blue\n", "[mkosi_initrd] colour"),
     ("[mkosi_initrd]\ncache_dir = /srv/cache\n", "[mkosi_initrd] packages"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = //\n", "[mkosi_initrd] cache_dir: '//' is the top-level directory /,"),
+    ("[mkosi_initrd]\npackages = p\ncache_dir = /var\n", "[mkosi_initrd] cache_dir: '/var' is the top-level"),
     ("[mkosi_initrd]\npackages = p\npackages = q\n", "'packages'"),
     ("packages = p\n", "MissingSectionHeaderError"),
 ])
@@ -294,6 +297,23 @@ def test_staging_failure_fails_the_build_naming_the_package(koji_tree, tree_serv
     assert [call[3:5] for call in run.mock_calls] == [["--init"], ["--chroot", "uname -r"],
                                                       ["--new-chroot", "--installdeps"]]
     assert set(run.hub.buildroot_states.values()) == {"EXPIRED"}
+    assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()
+
+
+def test_cache_dir_that_is_no_cache_fails_the_build_and_stays_untouched(koji_tree, tree_server, srpms, kojid_work):
+    foreign = kojid_work / "someones-files"
+    (foreign / "tmp").mkdir(parents=True)
+    (foreign / "tmp" / ".old.abcdefgh.part").write_text("mine")
+    then = time.time() - 3 * 24 * 3600
+    os.utime(foreign / "tmp" / ".old.abcdefgh.part", (then, then))
+    (foreign / "notes.txt").write_text("mine")
+    before = sorted((str(p), p.stat().st_mtime) for p in foreign.rglob("*"))
+    config = f"[mkosi_initrd]\npackages = kojitest-hello\ncache_dir = {foreign}\n"
+    with loaded_plugin(config, kojid_work / "foreign.conf"):
+        run = run_build_arch(kojid_work / "foreign", koji_tree, tree_server, srpms["hello"])
+    assert isinstance(run.error, koji.BuildError)
+    assert f"failed: cache {foreign}: not empty and holds no mkosi-initrd-cache.json" in str(run.error)
+    assert sorted((str(p), p.stat().st_mtime) for p in foreign.rglob("*")) == before
     assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()
 
 
