@@ -286,6 +286,11 @@ class _Stager:
                 self._check_cached(job, entry)
             try:
                 size, digests, _ = private_copy(entry.path, part, algorithms)
+            except FileNotFoundError:
+                if attempt == 1 and not entry.path.exists():
+                    continue  # another staging discarded it meanwhile: look it up again
+                raise
+            try:
                 problem = self._cache_copy_problem(job, entry, size, digests[algo], digests["sha256"])
                 if problem is None:
                     os.chmod(part, 0o444)
