@@ -365,9 +365,18 @@ def test_cache_on_the_root_directory_deletes_and_creates_nothing(fixture_repo):
     require_tools("unshare", "mount")
     if os.path.lexists("/locks"):
         pytest.skip("/locks exists on this machine already")
+    # A checkout below /tmp (a fresh clone in `mktemp -d`) would vanish under the tmpfs: the real
+    # /tmp is kept at /mnt inside the namespace and the checkout bound back to its own path.
+    top = TOP.resolve()
+    under_tmp = top.parts[1:2] == ("tmp",)
+    if under_tmp and Path("/mnt").resolve() != Path("/mnt"):
+        pytest.skip("/mnt is a symlink here; cannot keep the checkout below /tmp reachable")
+    keep = "mount --bind /tmp /mnt && " if under_tmp else ""
+    restore = (f"mkdir -p {top} && mount --bind /mnt/{top.relative_to('/tmp')} {top}" if under_tmp else "true")
     script = f"""
 set -e
-mount -t tmpfs tmpfs /tmp
+{keep}mount -t tmpfs tmpfs /tmp
+{restore}
 touch -d '3 days ago' /tmp/.someones.abcdefgh.part /tmp/someones-file
 set +e
 {sys.executable} -m mkosi_initrd_builder stage --source {fixture_repo.path} --dest /tmp/staged --cache {{cache}} \
@@ -381,7 +390,8 @@ head -n1 /tmp/stderr
                              cwd=TOP, capture_output=True, text=True, timeout=120)
         lines = out.stdout.splitlines()
         assert lines[0] == "rc=1", out.stdout + out.stderr
-        assert sorted(lines[1:-1]) == [".someones.abcdefgh.part", "someones-file", "stderr"]
+        checkout = [top.relative_to("/tmp").parts[0]] if under_tmp else []
+        assert sorted(lines[1:-1]) == sorted([".someones.abcdefgh.part", "someones-file", "stderr", *checkout])
         assert lines[-1] == ("mkosi-initrd-build: error: cache /: not empty and holds no mkosi-initrd-cache.json, "
                              "so it is no cache made by mkosi-initrd-build; refusing to write or remove anything "
                              "in it (name a new or empty directory)")
