@@ -38,7 +38,7 @@ def _probe(as_root: bool) -> int:
         finally:
             os._exit(min(code, 255))
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
+    return os.waitstatus_to_exitcode(status)
 
 
 def check_sandbox() -> None:

@@ -147,12 +147,13 @@ class PluginConfig:
             return f"{package} is not in packages"
         if self.tags and tag not in self.tags:
             return f"build tag {tag} is not in tags"
-        if self.tag_extra and not _true(extra.get(self.tag_extra)):
+        if self.tag_extra and not is_true(extra.get(self.tag_extra)):
             return f"build tag {tag} does not set the extra {self.tag_extra} to true"
         return None
 
 
-def _true(value: Any) -> bool:
+def is_true(value: Any) -> bool:
+    """A koji tag extra as a boolean: extras set from the command line arrive as strings."""
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)

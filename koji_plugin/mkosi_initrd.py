@@ -30,7 +30,7 @@ import koji
 from mkosi_initrd_builder.errors import BuilderError
 from mkosi_initrd_builder.fsutil import atomic_write, is_within
 from mkosi_initrd_builder.httpfetch import RetryPolicy
-from mkosi_initrd_builder.plugin_config import Isolation, PluginConfig, parse_plugin_config
+from mkosi_initrd_builder.plugin_config import Isolation, PluginConfig, is_true, parse_plugin_config
 from mkosi_initrd_builder.staging import MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository
 from mkosi_initrd_builder.staging_resolve import PinnedPackage
 
@@ -145,7 +145,7 @@ def require_nspawn(broot: Any, config: PluginConfig, package: str) -> None:
     isolation cannot build the images. Make kojid ask mock for nspawn, or stop before any work."""
     extra = broot.config.get("extra") or {}
     asked = extra.get(NEW_CHROOT)
-    if asked is not None and _true(asked):
+    if asked is not None and is_true(asked):
         return
     setting = f"{NEW_CHROOT}={asked}" if asked is not None else f"no {NEW_CHROOT} (mock chooses)"
     if config.isolation is Isolation.TAG:
@@ -160,12 +160,6 @@ def require_nspawn(broot: Any, config: PluginConfig, package: str) -> None:
     broot.config = dict(broot.config, extra=dict(extra, **{NEW_CHROOT: True}))
     logger.info("mkosi_initrd: %s: mock runs with --new-chroot (nspawn isolation; build tag %s sets %s): "
                 "mkosi builds in user namespaces, which a simple chroot refuses", package, broot.tag_name, setting)
-
-
-def _true(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def make_buildroot_class(base: type, config: PluginConfig) -> type:

@@ -43,7 +43,7 @@ class _Records(logging.Handler):
 def kojid_work(tmp_path_factory):
     """kojid's directories below a parent only root may enter (mode 0700), as in a root user's
     home: the build runs inside the buildroot, and nothing outside it needs to be reachable for
-    the unprivileged build user."""
+    the unprivileged build user. KEEP_KOJID_WORK=1 keeps the directories for a look at the logs."""
     require_root()
     require_tools("dnf", "rpmbuild", "unshare", "createrepo_c", "useradd", "groupadd")
     parent = tmp_path_factory.mktemp("private")

@@ -93,7 +93,7 @@ def test_repository_has_fedora_names_and_the_real_kernel(real_repo):
     repo = real_repo.path
     kernel = rpm_query(repo / rpms["kernel-core"], "%{VERSION}-%{RELEASE} [%{FILENAMES}\n]")
     assert f"/usr/lib/modules/{real_repo.kernel_version}/vmlinuz" in kernel
-    assert real_repo.kernel_version.startswith(kernel.split("-")[0] + "+")  # 6.12.117-1 is 6.12.117+deb13-amd64
+    assert real_repo.kernel_version.startswith(kernel.split("-")[0] + "+")  # trixie unames: VERSION+debNN-FLAVOUR
     provides = rpm_query(repo / rpms["kernel-core"], "[%{PROVIDENEVRS}\n]")
     assert "kernel" in provides.split("\n")
     assert real_repo.kernel_version not in provides, "a uname with dashes in a versioned Provides"

@@ -17,6 +17,7 @@ OUT=$(realpath -m "${1:-$TOP/out/rpm-builder}")
 SPEC=$TOP/spec/mkosi-initrd-builder.spec
 
 log() { printf '[rpm-builder %(%H:%M:%S)T] %s\n' -1 "$*"; }
+. "$TOP/tests/scripts/rpmlint-check.sh"
 cd "$TOP"
 export LC_ALL=C TZ=UTC
 
@@ -62,13 +63,8 @@ log "building the RPMs from $(basename "$SRPM")"
 rm -rf "$OUT/build"
 
 log "rpmlint"
-if ! HOME="$OUT/home" rpmlint -r spec/mkosi-initrd-builder.rpmlintrc "$OUT/src/$(basename "$SPEC")" "$SRPM" "$OUT"/RPMS/*/*.rpm \
-        > "$OUT/rpmlint.log" 2>&1; then
-    cat "$OUT/rpmlint.log" >&2
-    log "rpmlint reported errors"
-    exit 1
-fi
-tail -n 1 "$OUT/rpmlint.log"
+HOME="$OUT/home" rpmlint_check spec/mkosi-initrd-builder.rpmlintrc "$OUT/src/$(basename "$SPEC")" "$SRPM" \
+    "$OUT"/RPMS/*/*.rpm
 
 log "done: $OUT"
 find "$OUT" -name '*.rpm' -printf '%10s  %P\n' | sort -k2

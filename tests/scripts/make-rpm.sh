@@ -21,6 +21,7 @@ export MKOSI_INITRD_TOOLS=${MKOSI_INITRD_TOOLS:-$TOP/.tools}
 PACKAGER=${MKOSI_INITRD_PACKAGER:-mkosi-initrd developers <mkosi-initrd@localhost>}
 
 log() { printf '[rpm %(%H:%M:%S)T] %s\n' -1 "$*"; }
+. "$TOP/tests/scripts/rpmlint-check.sh"
 cd "$TOP"
 
 REPO=${MKOSI_INITRD_REPO:-}
@@ -64,12 +65,7 @@ log "  rpmbuild took $((SECONDS - start))s"
 rm -rf "$OUT/build"
 
 log "rpmlint"
-if ! rpmlint -r spec/rpmlintrc "$OUT/src/mkosi-initrd-initrd.spec" "$SRPM" "$OUT"/RPMS/*/*.rpm > "$OUT/rpmlint.log" 2>&1; then
-    cat "$OUT/rpmlint.log" >&2
-    log "rpmlint reported errors"
-    exit 1
-fi
-tail -n 1 "$OUT/rpmlint.log"
+rpmlint_check spec/rpmlintrc "$OUT/src/mkosi-initrd-initrd.spec" "$SRPM" "$OUT"/RPMS/*/*.rpm
 
 log "done: $OUT"
 find "$OUT" -name '*.rpm' -printf '%10s  %P\n' | sort -k2

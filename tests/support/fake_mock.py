@@ -324,7 +324,6 @@ class FakeMock:
         home = self.root / HOME.lstrip("/")
         for path in [home, *(home / "build" / d for d in BUILD_DIRS)]:
             path.mkdir(parents=True, exist_ok=True)
-        (home / "build").mkdir(exist_ok=True)
         (home / ".rpmmacros").write_text("".join(f"{k} {v}\n" for k, v in self.config["macros"].items()))
         for path in [home, home / "build", *home.joinpath("build").iterdir(), home / ".rpmmacros"]:
             os.chown(path, self.uid, self.gid)

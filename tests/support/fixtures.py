@@ -58,7 +58,7 @@ class FixtureBuildError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class FixtureRepo:
     path: Path  # directory with *.rpm and repodata/ (createrepo_c)
-    kernel_version: str  # uname -r of the kernel in kernel-core, e.g. "6.1.0-56-amd64"
+    kernel_version: str  # uname -r of the kernel in kernel-core, read from its modules directory
     rpms: dict[str, Path]  # package name -> rpm file inside path
     source_date_epoch: int
     # kernel-core's VERSION and RELEASE as read back from the built RPM's header: what the tests
@@ -114,7 +114,7 @@ _RPM_VERSION_CHARS = re.compile(r"[A-Za-z0-9._+~^]+")
 
 
 def split_debian_version(debian_version: str) -> DebianVersion:
-    """'1:6.1.192-2' -> 6.1.192 / 2: epoch dropped, split at the last dash (native versions get
+    """'1:2.3.4-5' -> 2.3.4 / 5: epoch dropped, split at the last dash (native versions get
     release 0)."""
     without_epoch = re.sub(r"^[0-9]+(:|%3[aA])", "", debian_version)
     version, dash, release = without_epoch.rpartition("-")
