@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__
-from .cliopts import Command, Option, epoch, positive_int
-from .errors import BuilderError
-from .log import setup_logging
-from . import spec_cli
-from . import staging_cli
+from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.util.cliopts import Command, Option, epoch, positive_int
+from mkosi_initrd_builder.util.errors import BuilderError
+from mkosi_initrd_builder.util.log import setup_logging
+from mkosi_initrd_builder.spec import cli as spec_cli
+from mkosi_initrd_builder.staging import cli as staging_cli
 
 logger = logging.getLogger("mkosi_initrd_builder")
 PROG = "mkosi-initrd-build"
@@ -59,9 +59,9 @@ VERIFY_OPTIONS = (
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import BuildRequest, build
-    from .resources import product_variants_dir
-    from .variants import load_variants
+    from mkosi_initrd_builder.building.build import BuildRequest, build
+    from mkosi_initrd_builder.util.resources import product_variants_dir
+    from mkosi_initrd_builder.building.variants import load_variants
 
     variants_dir = args.variants_dir or product_variants_dir()
     variants = load_variants(variants_dir, args.variant_names or ())
@@ -79,7 +79,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import format_inspection, inspect_variant
+    from mkosi_initrd_builder.checking.inspect import format_inspection, inspect_variant
 
     result = inspect_variant(args.directory)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_inspection(result))
@@ -87,7 +87,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_variant
+    from mkosi_initrd_builder.checking.verify import verify_variant
 
     checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, expect=args.expect,
                             timeout=args.timeout)

@@ -13,7 +13,7 @@ package that subclass calls the original build() and nothing else.
 
 Enable it with `plugins = mkosi_initrd` in /etc/kojid/kojid.conf (the file on `pluginpath`),
 configure it in /etc/kojid/plugins/mkosi_initrd.conf. The staging itself is the library
-mkosi_initrd_builder.staging, which must be importable by kojid's python.
+mkosi_initrd_builder.staging.stage, which must be importable by kojid's python.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any, Optional
 
 import koji
 
-from mkosi_initrd_builder.errors import BuilderError
-from mkosi_initrd_builder.fsutil import atomic_write, is_within
-from mkosi_initrd_builder.httpfetch import RetryPolicy
-from mkosi_initrd_builder.plugin_config import Isolation, PluginConfig, is_true, parse_plugin_config
-from mkosi_initrd_builder.staging import MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository
-from mkosi_initrd_builder.staging_resolve import PinnedPackage
+from mkosi_initrd_builder.util.errors import BuilderError
+from mkosi_initrd_builder.util.fsutil import atomic_write, is_within
+from mkosi_initrd_builder.staging.download import RetryPolicy
+from mkosi_initrd_builder.plugin.config import Isolation, PluginConfig, is_true, parse_plugin_config
+from mkosi_initrd_builder.staging.stage import MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository
+from mkosi_initrd_builder.staging.resolve import PinnedPackage
 
 CONFIG_FILE = "/etc/kojid/plugins/mkosi_initrd.conf"
 # Lets tests (and unusual installations) point at another file without patching this module.

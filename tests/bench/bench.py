@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mkosi_initrd_builder.build import BuildRequest, build
-from mkosi_initrd_builder.log import setup_logging
-from mkosi_initrd_builder.variants import load_variants
+from mkosi_initrd_builder.building.build import BuildRequest, build
+from mkosi_initrd_builder.util.log import setup_logging
+from mkosi_initrd_builder.building.variants import load_variants
 
 TOP = Path(__file__).resolve().parent.parent.parent
 FIXTURE_VARIANTS = TOP / "tests" / "fixtures" / "variants"

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mkosi_initrd_builder.staging import PackageSelection, StageRequest, stage_repository
+from mkosi_initrd_builder.staging.stage import PackageSelection, StageRequest, stage_repository
 
 SOURCE_DATE_EPOCH = 1700000000
 LARGE_EVERY = 10            # one package in ten is large

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.cpio import read_cpio
-from mkosi_initrd_builder.uki import uki_sections
+from mkosi_initrd_builder.checking.cpio import read_cpio
+from mkosi_initrd_builder.building.uki import uki_sections
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.cli import run_cli
 

@@ -79,7 +79,7 @@ def run_installed(venv: Path, args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_pip_installed_module_and_data_live_in_the_venv(installed_venv, tmp_path):
     r = subprocess.run([str(installed_venv / "bin/python"), "-c",
-                        "import mkosi_initrd_builder as m; from mkosi_initrd_builder.resources import "
+                        "import mkosi_initrd_builder as m; from mkosi_initrd_builder.util.resources import "
                         "product_variants_dir, spec_template; print(m.__file__); print(product_variants_dir()); "
                         "print(spec_template())"],
                        capture_output=True, text=True, env=clean_env("/usr/bin:/bin"), cwd=tmp_path, check=True)
@@ -172,7 +172,7 @@ def test_python_package_ships_the_module_its_data_and_the_command(builder_rpms):
     data = f"{DEBIAN_SITELIB}/mkosi_initrd_builder/data"
     for rel in shipped_data():
         assert f"{data}/{rel}" in files
-    assert f"{DEBIAN_SITELIB}/mkosi_initrd_builder/resources.py" in files
+    assert f"{DEBIAN_SITELIB}/mkosi_initrd_builder/util/resources.py" in files
     assert "/usr/bin/mkosi-initrd-build" in files
     # Only what the builder reads: the spec of the builder itself and the READMEs stay in the tree.
     assert not {f for f in files if f.startswith(data + "/") and f.endswith((".spec", ".md", "rpmlintrc"))}

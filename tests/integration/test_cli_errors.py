@@ -108,11 +108,11 @@ def test_debug_shows_traceback(tmp_path):
 def test_mkosi_accepts_rendered_product_variant(tmp_path, variant):
     """mkosi itself parses what we render (settings, sections, include order): `mkosi summary`."""
     require_tools("mkosi")
-    from mkosi_initrd_builder.build import write_sandbox_tree
-    from mkosi_initrd_builder.mkosi_config import MkosiPaths, render_variant
-    from mkosi_initrd_builder.run import run
-    from mkosi_initrd_builder.tools import find_tool, tool_path
-    from mkosi_initrd_builder.variants import load_variant
+    from mkosi_initrd_builder.building.build import write_sandbox_tree
+    from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, render_variant
+    from mkosi_initrd_builder.util.run import run
+    from mkosi_initrd_builder.util.tools import find_tool, tool_path
+    from mkosi_initrd_builder.building.variants import load_variant
 
     dirs = {k: tmp_path / k for k in ("repo", "kernel", "sandbox", "cache", "ws", "out", "config")}
     for d in dirs.values():

@@ -10,8 +10,8 @@ import stat
 
 import pytest
 
-from mkosi_initrd_builder.qemu import boot
-from mkosi_initrd_builder.verify import default_marker
+from mkosi_initrd_builder.checking.qemu import boot
+from mkosi_initrd_builder.checking.verify import default_marker
 from tests.conftest import require_root, require_tools
 from tests.support.kernel_install import (UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
                                           kernel_install, make_root, rpm_root)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.cpio import read_cpio
+from mkosi_initrd_builder.checking.cpio import read_cpio
 from tests.conftest import PRODUCT_VARIANTS, require_root, require_tools
 from tests.support.cli import run_cli
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import FetchError, ResolveError, StagingError, UnsafeHrefError, VerificationError
-from mkosi_initrd_builder.httpfetch import RetryPolicy
-from mkosi_initrd_builder.repo import open_repository
-from mkosi_initrd_builder.staging import MANIFEST_NAME, PackageSelection, StageRequest, Via, stage_repository
-from mkosi_initrd_builder.staging_resolve import PinnedPackage
+from mkosi_initrd_builder.util.errors import FetchError, ResolveError, StagingError, UnsafeHrefError, VerificationError
+from mkosi_initrd_builder.staging.download import RetryPolicy
+from mkosi_initrd_builder.rpmmeta.repo import open_repository
+from mkosi_initrd_builder.staging.stage import MANIFEST_NAME, PackageSelection, StageRequest, Via, stage_repository
+from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.cli import run_cli
 from tests.support.kojitree import Fault, build_koji_tree
@@ -309,7 +309,7 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     flip_byte(entry)
     # the repository staged before the damage keeps its own, intact file
     assert sha256_of(tmp_path / "one" / init.file) == init.sha256
-    with caplog.at_level("WARNING", logger="mkosi_initrd_builder.staging"):
+    with caplog.at_level("WARNING", logger="mkosi_initrd_builder.staging.stage"):
         second = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
     again = next(p for p in second.packages if p.name == "initrd-init")
     assert again.via is Via.http and again.sha256 == init.sha256

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from mkosi_initrd_builder.fsutil import sha256_file
-from mkosi_initrd_builder.kmod import select_modules
-from mkosi_initrd_builder.qemu import boot
+from mkosi_initrd_builder.util.fsutil import sha256_file
+from mkosi_initrd_builder.building.kmod import select_modules
+from mkosi_initrd_builder.checking.qemu import boot
 
 from tests.support.fixtures import CacheKey, publish_entry
 

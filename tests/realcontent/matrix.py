@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from mkosi_initrd_builder.qemu import boot
+from mkosi_initrd_builder.checking.qemu import boot
 
 from .disks import CASES, ROOT_MARKER, RootDisks
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional, TypeVar
 
-from mkosi_initrd_builder.fsutil import sha256_file
+from mkosi_initrd_builder.util.fsutil import sha256_file
 
 log = logging.getLogger("tests.fixtures")
 

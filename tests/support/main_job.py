@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from mkosi_initrd_builder.log import setup_logging
-from mkosi_initrd_builder.qemu import boot
-from mkosi_initrd_builder.verify import default_marker
+from mkosi_initrd_builder.util.log import setup_logging
+from mkosi_initrd_builder.checking.qemu import boot
+from mkosi_initrd_builder.checking.verify import default_marker
 
 TOP = Path(__file__).resolve().parent.parent.parent
 FIXTURE_VARIANTS = TOP / "tests" / "fixtures" / "variants"
@@ -74,7 +74,7 @@ def sha256(data: bytes) -> str:
 
 def rpm_payload_files(rpm: Path) -> dict[str, bytes]:
     """Every regular file in an RPM's payload, read with the real rpm2cpio and our cpio reader."""
-    from mkosi_initrd_builder.cpio import iter_cpio
+    from mkosi_initrd_builder.checking.cpio import iter_cpio
 
     raw = subprocess.run(["rpm2cpio", str(rpm)], check=True, stdout=subprocess.PIPE).stdout
     return {e.name: e.data for e in iter_cpio(raw) if e.is_file}

@@ -7,9 +7,9 @@ import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
-from mkosi_initrd_builder.repo import Repository, RepoPackage
-from mkosi_initrd_builder.spec import ChangelogEntry, SpecInputs, describe_kernel, gather_inputs, release_for
-from mkosi_initrd_builder.variants import VariantSpec
+from mkosi_initrd_builder.rpmmeta.repo import Repository, RepoPackage
+from mkosi_initrd_builder.spec.render import ChangelogEntry, SpecInputs, describe_kernel, gather_inputs, release_for
+from mkosi_initrd_builder.building.variants import VariantSpec
 
 UNAME = "6.1.0-56-amd64"
 PACKAGER = "Fixture Packager <fixture@example.org>"
@@ -38,7 +38,7 @@ def fake_repo(*kernels: RepoPackage, extra: Sequence[RepoPackage] = ()) -> Repos
 
 def first_inputs(repo: Repository, variants: Sequence[VariantSpec], uname: str = UNAME) -> SpecInputs:
     """What `spec` renders: build counter 1 and the first changelog entry."""
-    from mkosi_initrd_builder.spec import first_entry_lines
+    from mkosi_initrd_builder.spec.render import first_entry_lines
 
     kernel = describe_kernel(repo, uname)
     evr = kernel.image_package.evr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.cpio import CpioFormatError, iter_cpio, read_cpio, resolve
+from mkosi_initrd_builder.checking.cpio import CpioFormatError, iter_cpio, read_cpio, resolve
 from tests.conftest import require_tools
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.fsutil import atomic_write, is_within, normalized_absolute, private_copy, replace_dir
+from mkosi_initrd_builder.util.fsutil import atomic_write, is_within, normalized_absolute, private_copy, replace_dir
 
 
 @pytest.mark.parametrize("path, root, inside", [

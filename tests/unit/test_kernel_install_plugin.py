@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.resources import kernel_install_dir
+from mkosi_initrd_builder.util.resources import kernel_install_dir
 
 PLUGIN = kernel_install_dir() / "52-mkosi-initrd-prebuilt.install"
 KVER = "6.1.0-56-amd64"

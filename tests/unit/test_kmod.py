@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.kmod import modinfo, module_name, prune_modules, read_module, select_modules
+from mkosi_initrd_builder.building.kmod import modinfo, module_name, prune_modules, read_module, select_modules
 from tests.conftest import TOOLS
 
 

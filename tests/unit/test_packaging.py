@@ -8,8 +8,8 @@ import re
 import tokenize
 
 from mkosi_initrd_builder import __version__
-from mkosi_initrd_builder.resources import kernel_install_dir, product_variants_dir, spec_template
-from mkosi_initrd_builder.tools import tool_path
+from mkosi_initrd_builder.util.resources import kernel_install_dir, product_variants_dir, spec_template
+from mkosi_initrd_builder.util.tools import tool_path
 from tests.conftest import TOP
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import CacheError
-from mkosi_initrd_builder.pkgcache import MARKER, STALE_TEMP_SECONDS, PackageCache
+from mkosi_initrd_builder.util.errors import CacheError
+from mkosi_initrd_builder.staging.cache import MARKER, STALE_TEMP_SECONDS, PackageCache
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, float]]:

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from mkosi_initrd_builder.variants import load_variants
+from mkosi_initrd_builder.building.variants import load_variants
 from tests.conftest import PRODUCT_VARIANTS, TOOLS
 from tests.realcontent.distribution import LOCALE_FILE_RE, rpm_file_entry, rpm_version
 from tests.realcontent.elfnotes import NOTE_TYPE, dlopen_dependencies, read_dlopen_notes, soname_dependency

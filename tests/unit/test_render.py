@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import BuilderError
-from mkosi_initrd_builder.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
-from mkosi_initrd_builder.variants import load_variant, load_variants
+from mkosi_initrd_builder.util.errors import BuilderError
+from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
+from mkosi_initrd_builder.building.variants import load_variant, load_variants
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -78,7 +78,7 @@ def test_cli_carries_settings_the_include_would_override():
 
 def test_mkosi_initrd_default_module_list_is_read_from_mkosi():
     require_tools("mkosi")
-    from mkosi_initrd_builder.build import mkosi_initrd_default_modules
+    from mkosi_initrd_builder.building.build import mkosi_initrd_default_modules
 
     patterns = mkosi_initrd_default_modules("rawhide")
     assert "/ext4.ko" in patterns and "crypto/" in patterns and "^fs/nls/" in patterns
@@ -99,7 +99,7 @@ def test_kernel_modules_include_refuses_a_summary_without_the_list(summary):
 
 def test_every_setting_the_builder_renders_is_reserved_or_extensible(tmp_path):
     """A pass-through of CompressOutput= would rename the output, CleanPackageMetadata= would change it."""
-    from mkosi_initrd_builder.variants import MKOSI_EXTENSIBLE, MKOSI_RESERVED
+    from mkosi_initrd_builder.building.variants import MKOSI_EXTENSIBLE, MKOSI_RESERVED
 
     (tmp_path / "v.toml").write_text('summary = "s"\ndescription = "d"\npackages = ["a"]\n')
     conf = render(load_variant(tmp_path / "v.toml")).conf

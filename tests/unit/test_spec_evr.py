@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from mkosi_initrd_builder.evr import EVR, vercmp
+from mkosi_initrd_builder.rpmmeta.evr import EVR, vercmp
 
 rpm = pytest.importorskip("rpm", reason="needs python3-rpm (make setup)")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import KernelNotFoundError, PackageMissingError, SpecError, VariantError
-from mkosi_initrd_builder.spec import expand_template, image_packages, read_spec, render_spec, write_spec
-from mkosi_initrd_builder.variants import load_variants
+from mkosi_initrd_builder.util.errors import KernelNotFoundError, PackageMissingError, SpecError, VariantError
+from mkosi_initrd_builder.spec.render import expand_template, image_packages, read_spec, render_spec, write_spec
+from mkosi_initrd_builder.building.variants import load_variants
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 from tests.unit.spec_support import UNAME, fake_repo, first_inputs, kernel_package, package
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.cliopts import parse_byte_size
-from mkosi_initrd_builder.errors import PluginConfigError
-from mkosi_initrd_builder.plugin_config import KEYS, Isolation, PluginConfig, parse_plugin_config
+from mkosi_initrd_builder.util.cliopts import parse_byte_size
+from mkosi_initrd_builder.util.errors import PluginConfigError
+from mkosi_initrd_builder.plugin.config import KEYS, Isolation, PluginConfig, parse_plugin_config
 
 TOP = Path(__file__).resolve().parents[2]
 CONF = Path("/etc/kojid/plugins/mkosi_initrd.conf")

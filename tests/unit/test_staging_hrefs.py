@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import StagingError, UnsafeHrefError
-from mkosi_initrd_builder.staging import PackageSelection
-from mkosi_initrd_builder.staging_resolve import PinnedPackage
-from mkosi_initrd_builder.staging_source import (
+from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError
+from mkosi_initrd_builder.staging.stage import PackageSelection
+from mkosi_initrd_builder.staging.resolve import PinnedPackage
+from mkosi_initrd_builder.staging.sources import (
     SourceKind, package_path, package_relpath, package_url, parse_rpmlist, parse_source,
 )
 

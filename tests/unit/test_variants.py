@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.errors import VariantError
-from mkosi_initrd_builder.variants import (
+from mkosi_initrd_builder.util.errors import VariantError
+from mkosi_initrd_builder.building.variants import (
     VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants, variant_help,
 )
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .run import run
+from mkosi_initrd_builder.util.run import run
 
 # depmod's outputs; the image regenerates them with its own depmod, so the tree handed to mkosi
 # must not carry stale copies.

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
-from .errors import RepositoryError
-from .run import run
+from mkosi_initrd_builder.util.errors import RepositoryError
+from mkosi_initrd_builder.util.run import run
 
 NS = {
     "repo": "http://linux.duke.edu/metadata/repo",

@@ -59,7 +59,7 @@ class Command:
 
 def parse_byte_size(text: str) -> int:
     """'500M', '4G', '1048576' -> bytes (K, M, G are powers of 1024, as in variant files); ValueError otherwise."""
-    from .variants import size_in_bytes
+    from mkosi_initrd_builder.building.variants import size_in_bytes
 
     return size_in_bytes(text)
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import CommandError, ResolveError
-from .fsutil import is_within
-from .run import run
+from mkosi_initrd_builder.util.errors import CommandError, ResolveError
+from mkosi_initrd_builder.util.fsutil import is_within
+from mkosi_initrd_builder.util.run import run
 
-logger = logging.getLogger("mkosi_initrd_builder.staging")
+logger = logging.getLogger("mkosi_initrd_builder.staging.stage")
 
 # Where an rpm database may be below a root: Fedora >= 36 and RHEL >= 10, then older ones. A root
 # made by Debian's rpm (dnf --installroot on Debian) has it at the host's %_dbpath, ~/.rpmdb.

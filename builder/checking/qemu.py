@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from .errors import BootError
-from .tools import find_tool
+from mkosi_initrd_builder.util.errors import BootError
+from mkosi_initrd_builder.util.tools import find_tool
 
-logger = logging.getLogger("mkosi_initrd_builder.qemu")
+logger = logging.getLogger("mkosi_initrd_builder.checking.qemu")
 
 OVMF_CANDIDATES = (
     Path("/usr/share/ovmf/OVMF.fd"),

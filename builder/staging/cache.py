@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import CacheError, StagingError
-from .fsutil import atomic_write, normalized_absolute
+from mkosi_initrd_builder.util.errors import CacheError, StagingError
+from mkosi_initrd_builder.util.fsutil import atomic_write, normalized_absolute
 
 ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 HEX_RE = re.compile(r"^[0-9a-f]{32,128}$")

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .errors import ToolMissingError
-from .run import run
+from mkosi_initrd_builder.util.errors import ToolMissingError
+from mkosi_initrd_builder.util.run import run
 
 # A directory whose bin/ goes before PATH: `make setup` extracts mkosi and ukify into a checkout's
 # .tools/, and the Makefile and the tests name it here. Installed, the builder uses PATH only.

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import VariantError
+from mkosi_initrd_builder.util.errors import VariantError
 
 if sys.version_info >= (3, 11):
     import tomllib

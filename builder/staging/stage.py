@@ -22,20 +22,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
-from . import __version__
-from .errors import CommandError, ResolveError, StagingError, VerificationError
-from .fsutil import atomic_write, hash_file, is_within, private_copy, replace_dir
-from .httpfetch import HttpClient, Interrupted, RetryPolicy
-from .log import step
-from .pkgcache import CacheEntry, PackageCache, hash_algorithm
-from .repo import RepoPackage
-from .run import run
-from .staging_resolve import PinnedPackage, depsolve, installed_packages, package_key, spec_buildrequires
-from .staging_source import (
+from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.util.errors import CommandError, ResolveError, StagingError, VerificationError
+from mkosi_initrd_builder.util.fsutil import atomic_write, hash_file, is_within, private_copy, replace_dir
+from mkosi_initrd_builder.staging.download import HttpClient, Interrupted, RetryPolicy
+from mkosi_initrd_builder.util.log import step
+from mkosi_initrd_builder.staging.cache import CacheEntry, PackageCache, hash_algorithm
+from mkosi_initrd_builder.rpmmeta.repo import RepoPackage
+from mkosi_initrd_builder.util.run import run
+from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, installed_packages, package_key, spec_buildrequires
+from mkosi_initrd_builder.staging.sources import (
     Source, SourceKind, SourceMetadata, load_metadata, package_path, package_relpath, package_url, parse_source,
 )
 
-logger = logging.getLogger("mkosi_initrd_builder.staging")
+logger = logging.getLogger("mkosi_initrd_builder.staging.stage")
 
 MANIFEST_NAME = "stage-manifest.json"
 MANIFEST_FORMAT = "mkosi-initrd-stage/1"

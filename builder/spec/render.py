@@ -14,17 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from .errors import BumpError, KernelNotFoundError, PackageMissingError, SpecError, VariantError
-from .evr import EVR
-from .fsutil import atomic_write
-from .manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME
-from .mkosi_config import MkosiPaths, render_variant
-from .repo import Repository
-from .resources import kernel_install_dir, spec_template
-from .run import run
-from .tools import find_tool, tool_path
-from .uki import STUB_PATH
-from .variants import Base, OutputFormat, VariantSpec
+from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, PackageMissingError, SpecError, VariantError
+from mkosi_initrd_builder.rpmmeta.evr import EVR
+from mkosi_initrd_builder.util.fsutil import atomic_write
+from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME
+from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, render_variant
+from mkosi_initrd_builder.rpmmeta.repo import Repository
+from mkosi_initrd_builder.util.resources import kernel_install_dir, spec_template
+from mkosi_initrd_builder.util.run import run
+from mkosi_initrd_builder.util.tools import find_tool, tool_path
+from mkosi_initrd_builder.building.uki import STUB_PATH
+from mkosi_initrd_builder.building.variants import Base, OutputFormat, VariantSpec
 
 PACKAGE_NAME = "mkosi-initrd-initrd"
 # Sources 1-3, in the template's order; the variant files follow from VARIANT_SOURCE_BASE on.

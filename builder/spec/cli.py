@@ -9,12 +9,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .cliopts import Command, Option
-from .errors import BuilderError
-from .resources import product_variants_dir
-from .run import run
+from mkosi_initrd_builder.util.cliopts import Command, Option
+from mkosi_initrd_builder.util.errors import BuilderError
+from mkosi_initrd_builder.util.resources import product_variants_dir
+from mkosi_initrd_builder.util.run import run
 
-logger = logging.getLogger("mkosi_initrd_builder.spec")
+logger = logging.getLogger("mkosi_initrd_builder.spec.render")
 
 
 def iso_date(text: str) -> datetime.date:
@@ -63,10 +63,10 @@ def default_packager() -> str:
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
-    from .repo import open_repository
-    from .spec import (ChangelogEntry, describe_kernel, first_entry_lines, gather_inputs, release_for,
+    from mkosi_initrd_builder.rpmmeta.repo import open_repository
+    from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, first_entry_lines, gather_inputs, release_for,
                        render_spec, write_spec)
-    from .variants import load_variants
+    from mkosi_initrd_builder.building.variants import load_variants
 
     variants = load_variants(args.variants_dir or product_variants_dir())
     repo = open_repository(args.repo)
@@ -88,10 +88,10 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_bump(args: argparse.Namespace) -> int:
-    from .repo import open_repository
-    from .spec import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec, release_for,
+    from mkosi_initrd_builder.rpmmeta.repo import open_repository
+    from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec, release_for,
                        render_spec, write_spec)
-    from .variants import load_variants
+    from mkosi_initrd_builder.building.variants import load_variants
 
     current = read_spec(args.spec)
     repo = open_repository(args.repo)

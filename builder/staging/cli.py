@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cliopts import Command, Option, byte_size, positive_int
-from .errors import StagingError
-from .httpfetch import RetryPolicy
+from mkosi_initrd_builder.util.cliopts import Command, Option, byte_size, positive_int
+from mkosi_initrd_builder.util.errors import StagingError
+from mkosi_initrd_builder.staging.download import RetryPolicy
 
 
 def define(text: str) -> tuple[str, str]:
@@ -40,7 +40,7 @@ STAGE_OPTIONS = (
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from .staging import PackageSelection, StageRequest, stage_repository
+    from mkosi_initrd_builder.staging.stage import PackageSelection, StageRequest, stage_repository
 
     if args.defines and args.spec is None:
         raise StagingError("--define is only used with --spec")

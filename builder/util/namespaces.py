@@ -12,7 +12,7 @@ import ctypes
 import errno
 import os
 
-from .errors import SandboxUnavailableError
+from mkosi_initrd_builder.util.errors import SandboxUnavailableError
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000

@@ -7,7 +7,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from .run import run
+from mkosi_initrd_builder.util.run import run
 
 TRAILER = "TRAILER!!!"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import BuilderError, VerifyError
-from .run import run
-from .tools import find_tool
+from mkosi_initrd_builder.util.errors import BuilderError, VerifyError
+from mkosi_initrd_builder.util.run import run
+from mkosi_initrd_builder.util.tools import find_tool
 
 # Sections every UKI we build carries; .cmdline only when the variant sets a command line.
 REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname")

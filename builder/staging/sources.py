@@ -16,10 +16,10 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from .errors import StagingError, UnsafeHrefError, VerificationError
-from .fsutil import atomic_write, is_within
-from .httpfetch import HttpClient
-from .repo import NS, RepoPackage, open_repository
+from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError, VerificationError
+from mkosi_initrd_builder.util.fsutil import atomic_write, is_within
+from mkosi_initrd_builder.staging.download import HttpClient
+from mkosi_initrd_builder.rpmmeta.repo import NS, RepoPackage, open_repository
 
 TOPLINK = "toplink"
 RPMLIST = "rpmlist.jsonl"

@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .cpio import CpioFormatError, read_cpio, resolve
-from .errors import BuilderError, VerifyError
-from .fsutil import sha256_file
-from .manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME, load_manifest
-from .repo import extract_rpm, open_repository
-from .qemu import BOOT_MARKER, DEFAULT_TIMEOUT, boot
-from .uki import REQUIRED_SECTIONS, uki_sections
+from mkosi_initrd_builder.checking.cpio import CpioFormatError, read_cpio, resolve
+from mkosi_initrd_builder.util.errors import BuilderError, VerifyError
+from mkosi_initrd_builder.util.fsutil import sha256_file
+from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME, load_manifest
+from mkosi_initrd_builder.rpmmeta.repo import extract_rpm, open_repository
+from mkosi_initrd_builder.checking.qemu import BOOT_MARKER, DEFAULT_TIMEOUT, boot
+from mkosi_initrd_builder.building.uki import REQUIRED_SECTIONS, uki_sections
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .cpio import read_cpio
-from .manifest import INITRD_NAME, UKI_NAME, load_manifest
-from .uki import uki_sections
+from mkosi_initrd_builder.checking.cpio import read_cpio
+from mkosi_initrd_builder.building.manifest import INITRD_NAME, UKI_NAME, load_manifest
+from mkosi_initrd_builder.building.uki import uki_sections
 
 
 @dataclasses.dataclass(frozen=True)

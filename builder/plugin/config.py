@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from .cliopts import parse_byte_size
-from .errors import PluginConfigError
+from mkosi_initrd_builder.util.cliopts import parse_byte_size
+from mkosi_initrd_builder.util.errors import PluginConfigError
 
 SECTION = "mkosi_initrd"
 # rpm package names and koji tag names: letters, digits and ._+- (koji's default tag name rule).

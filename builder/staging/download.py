@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 from urllib.parse import urlsplit
 
-from . import __version__
-from .errors import FetchError
+from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.util.errors import FetchError
 
-logger = logging.getLogger("mkosi_initrd_builder.httpfetch")
+logger = logging.getLogger("mkosi_initrd_builder.staging.download")
 
 USER_AGENT = f"mkosi-initrd-build/{__version__}"
 CHUNK = 1 << 16

@@ -6,8 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .errors import BuilderError
-from .variants import Base, VariantSpec
+from mkosi_initrd_builder.util.errors import BuilderError
+from mkosi_initrd_builder.building.variants import Base, VariantSpec
 
 # Removed from every image: kernel images (the UKI carries its own) and caches that would make
 # the output depend on when it was built.

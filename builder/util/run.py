@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import CommandError, ToolMissingError
+from mkosi_initrd_builder.util.errors import CommandError, ToolMissingError
 
-logger = logging.getLogger("mkosi_initrd_builder.run")
+logger = logging.getLogger("mkosi_initrd_builder.util.run")
 
 # Children running right now, so an interrupted build can stop them (variants build in threads,
 # and only the main thread sees SIGINT).

@@ -15,25 +15,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__
-from .cpio import CpioEntry, read_cpio, resolve
-from .errors import (
+from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.checking.cpio import CpioEntry, read_cpio, resolve
+from mkosi_initrd_builder.util.errors import (
     BuilderError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
     SizeBudgetError, VariantBuildError,
 )
-from .fsutil import link_or_copy_tree, replace_dir, sha256_file
-from .kmod import expand_default, prune_modules, select_modules
-from .log import step
-from .manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
-from .mkosi_config import MkosiPaths, kernel_modules_include, render_variant
-from .repo import Repository, extract_rpm, open_repository
-from .run import run, terminate_children
-from .namespaces import check_sandbox
-from .tools import find_tool, tool_path, tool_version
-from .uki import STUB_PATH, UkiInputs, build_uki
-from .variants import OutputFormat, VariantSpec
+from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, replace_dir, sha256_file
+from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
+from mkosi_initrd_builder.util.log import step
+from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
+from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
+from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
+from mkosi_initrd_builder.util.run import run, terminate_children
+from mkosi_initrd_builder.util.namespaces import check_sandbox
+from mkosi_initrd_builder.util.tools import find_tool, tool_path, tool_version
+from mkosi_initrd_builder.building.uki import STUB_PATH, UkiInputs, build_uki
+from mkosi_initrd_builder.building.variants import OutputFormat, VariantSpec
 
-logger = logging.getLogger("mkosi_initrd_builder.build")
+logger = logging.getLogger("mkosi_initrd_builder.building.build")
 
 DEFAULT_RELEASE = "rawhide"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import BuilderError
+from mkosi_initrd_builder.util.errors import BuilderError
 
 DATA_PACKAGE = "mkosi_initrd_builder.data"
 

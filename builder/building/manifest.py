@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import VerifyError
-from .fsutil import atomic_write
+from mkosi_initrd_builder.util.errors import VerifyError
+from mkosi_initrd_builder.util.fsutil import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
