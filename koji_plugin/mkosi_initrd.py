@@ -27,12 +27,13 @@ from typing import Any, Optional
 
 import koji
 
-from mkosi_initrd_builder.util.errors import BuilderError
-from mkosi_initrd_builder.util.fsutil import atomic_write, is_within
-from mkosi_initrd_builder.staging.download import RetryPolicy
 from mkosi_initrd_builder.plugin.config import Isolation, PluginConfig, is_true, parse_plugin_config
-from mkosi_initrd_builder.staging.stage import MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
+from mkosi_initrd_builder.staging.stage import (
+    STAGE_MANIFEST_NAME, PackageSelection, StageRequest, StageResult, stage_repository,
+)
+from mkosi_initrd_builder.util.errors import BuilderError, SettingError
+from mkosi_initrd_builder.util.fsutil import atomic_write, is_within
 
 CONFIG_FILE = "/etc/kojid/plugins/mkosi_initrd.conf"
 # Lets tests (and unusual installations) point at another file without patching this module.
@@ -118,11 +119,15 @@ def stage_buildroot(broot: Any, config: PluginConfig, package: str, srpm: str) -
     request = StageRequest(
         source=source, dest=dest,
         selection=PackageSelection(pinned=tuple(PinnedPackage.from_koji(p) for p in listing)),
-        cache_dir=config.cache_dir, jobs=config.jobs, max_bytes=config.max_size,
-        retry=RetryPolicy(attempts=config.retries),
+        cache_dir=config.cache_dir, jobs=config.jobs, max_bytes=config.max_size, retry=config.retry_policy(),
     )
     try:
         result = stage_repository(request)
+    except SettingError as e:
+        broot.expire()
+        spellings = {**config.setting_spellings(), "dest": "the staged repository in the buildroot"}
+        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {source} "
+                              f"failed: {e.spelled(spellings)} (see {CONFIG_FILE})") from None
     except BuilderError as e:
         broot.expire()
         raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {source} "
@@ -130,7 +135,7 @@ def stage_buildroot(broot: Any, config: PluginConfig, package: str, srpm: str) -
     macros = chroot_path(broot, MACROS_FILE)
     macros.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(macros, f"# written by the kojid plugin mkosi_initrd for {package}\n%{MACRO} {inside}\n")
-    broot.single_log(str(result.manifest), name=MANIFEST_NAME)
+    broot.single_log(str(result.manifest), name=STAGE_MANIFEST_NAME)
     logger.info("mkosi_initrd: %s: staged %d packages into %s: %d bytes fetched, %d bytes from cache, %.1fs",
                 package, len(result.packages), inside, result.bytes_fetched, result.bytes_from_cache,
                 result.seconds)

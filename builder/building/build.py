@@ -109,7 +109,7 @@ def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelI
     packages = repo.kernel_packages(kernel_version)
     if not packages:
         raise KernelNotFoundError(kernel_version, repo.path, repo.kernel_versions())
-    with step(f"Extracting kernel {kernel_version} from {', '.join(p.nevra for p in packages)}"):
+    with step(f"Extracting kernel {kernel_version} from {', '.join(str(p.nevra) for p in packages)}"):
         for p in packages:
             extract_rpm(repo.path / p.href, dest, [f"./usr/lib/modules/{kernel_version}/*",
                                                    f"./lib/modules/{kernel_version}/*"])
@@ -124,8 +124,8 @@ def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelI
     images = sorted(p for p in moddir.glob("vmlinuz*") if not p.name.endswith(".efi"))
     if not images:
         raise RepositoryError(repo.path, f"no package ships /usr/lib/modules/{kernel_version}/vmlinuz "
-                                         f"(kernel packages: {', '.join(p.nevra for p in packages)})")
-    return KernelInputs(kernel_version, tuple(p.nevra for p in packages), dest, images[0])
+                                         f"(kernel packages: {', '.join(str(p.nevra) for p in packages)})")
+    return KernelInputs(kernel_version, tuple(str(p.nevra) for p in packages), dest, images[0])
 
 
 def extract_stub(repo: Repository, dest: Path) -> tuple[str, Path]:
@@ -134,7 +134,7 @@ def extract_stub(repo: Repository, dest: Path) -> tuple[str, Path]:
         raise PackageMissingError([f"{STUB_PATH} (systemd-boot-unsigned)"], repo.path)
     pkg = owners[-1]
     extract_rpm(repo.path / pkg.href, dest, [f".{STUB_PATH}"])
-    return pkg.nevra, dest / STUB_PATH.lstrip("/")
+    return str(pkg.nevra), dest / STUB_PATH.lstrip("/")
 
 
 def write_sandbox_tree(root: Path, repo: Path, release: str) -> None:
@@ -347,7 +347,7 @@ def size_report(variant: VariantSpec, size: int, entries: Sequence[CpioEntry], r
     owner: dict[str, str] = {}
     for p in repo.packages:
         for f in p.files:
-            owner.setdefault(f.lstrip("/"), p.name)
+            owner.setdefault(f.lstrip("/"), p.nevra.name)
     by_package: dict[str, int] = {}
     modules: list[tuple[int, str]] = []
     for e in entries:

@@ -107,7 +107,7 @@ def kernel_from_repo(repo_path: Path, manifest: dict, dest: Path) -> Path:
     kver = manifest["kernel"]["version"]
     repo = open_repository(repo_path)
     wanted = set(manifest["kernel"]["packages"])
-    packages = [p for p in repo.packages if p.nevra in wanted]
+    packages = [p for p in repo.packages if str(p.nevra) in wanted]
     if not packages:
         raise VerifyError(f"repository {repo_path} lacks the variant's kernel package(s) {', '.join(sorted(wanted))}")
     for p in packages:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from mkosi_initrd_builder.staging.download import RetryPolicy
 from mkosi_initrd_builder.util.cliopts import parse_byte_size
 from mkosi_initrd_builder.util.errors import PluginConfigError
 
@@ -105,6 +106,9 @@ class ConfigKey:
     parse: Callable[[str], Any]
     default: Any
     help: str
+    # The StageRequest setting the key becomes, so that an error the library raises about that
+    # setting (SettingError) names this key to the release engineer.
+    request_setting: Optional[str] = None
 
 
 KEYS = (
@@ -116,11 +120,15 @@ KEYS = (
               "only when the build tag has this extra set to a true value, e.g. mkosi_initrd.enabled "
               "(empty: no check)"),
     ConfigKey("cache_dir", _cache_dir, Path("/var/cache/kojid/mkosi-initrd"),
-              "content-addressed cache of verified RPMs shared by all builds on this builder"),
+              "content-addressed cache of verified RPMs shared by all builds on this builder", "cache_dir"),
     ConfigKey("max_size", parse_byte_size, 8 * 1024 ** 3,
-              "refuse to stage more than this (K, M, G suffixes): the buildroot's disk is not endless"),
-    ConfigKey("jobs", _int_between(1, 64), 4, "parallel downloads"),
+              "refuse to stage more than this (K, M, G suffixes): the buildroot's disk is not endless", "max_bytes"),
+    ConfigKey("jobs", _int_between(1, 64), 4, "parallel downloads", "jobs"),
     ConfigKey("retries", _int_between(1, 10), 4, "tries per file before a download fails the build"),
+    ConfigKey("fetch_timeout", _int_between(1, 7 * 24 * 3600), int(RetryPolicy().file_timeout),
+              "seconds one RPM may take to download, its retries included, before it fails the build (a "
+              "server that trickles is stopped too); a build waiting for another build's download of the "
+              "same RPM waits that long and one read timeout more"),
     ConfigKey("isolation", _isolation, Isolation.NSPAWN,
               "nspawn: run allow-listed builds under mock's nspawn isolation (--new-chroot) whatever the "
               "build tag says; tag: keep the tag's mock.new_chroot and fail up front when it asks for the "
@@ -139,7 +147,16 @@ class PluginConfig:
     max_size: int
     jobs: int
     retries: int
+    fetch_timeout: int
     isolation: Isolation
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retries, file_timeout=float(self.fetch_timeout))
+
+    @staticmethod
+    def setting_spellings() -> dict[str, str]:
+        """StageRequest setting -> how the configuration names it."""
+        return {k.request_setting: f"[{SECTION}] {k.name}" for k in KEYS if k.request_setting}
 
     def skip_reason(self, package: str, tag: str, extra: Mapping[str, Any]) -> Optional[str]:
         """Why a build of `package` in `tag` gets no staged repository; None when it does."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.errors import RepositoryError
 from mkosi_initrd_builder.util.run import run
 
@@ -28,11 +29,9 @@ MODULES_DIR_RE = re.compile(r"^/(?:usr/)?lib/modules/([^/]+)/")
 
 @dataclasses.dataclass(frozen=True)
 class RepoPackage:
-    name: str
-    epoch: str
-    version: str
-    release: str
-    arch: str
+    """A package as the repository's metadata describes it: its identity and where and what its file is."""
+
+    nevra: NEVRA
     href: str
     checksum_type: str
     checksum: str
@@ -42,15 +41,6 @@ class RepoPackage:
     files: tuple[str, ...]
     # xml:base of <location>: mergerepo_c --koji points external repositories' packages elsewhere with it.
     location_base: str = ""
-
-    @property
-    def evr(self) -> str:
-        return f"{self.epoch}:{self.version}-{self.release}" if self.epoch not in ("", "0") \
-            else f"{self.version}-{self.release}"
-
-    @property
-    def nevra(self) -> str:
-        return f"{self.name}-{self.evr}.{self.arch}"
 
 
 def decompress(path: Path) -> bytes:
@@ -88,7 +78,7 @@ class Repository:
     def _provided(self) -> dict[str, list[RepoPackage]]:
         index: dict[str, list[RepoPackage]] = {}
         for p in self.packages:
-            for name in (p.name, *p.provides, *p.files):
+            for name in (p.nevra.name, *p.provides, *p.files):
                 index.setdefault(name, []).append(p)
         return index
 
@@ -105,7 +95,7 @@ class Repository:
 
     def content_digest(self) -> list[list[str]]:
         """What identifies the repository's content: each package's NEVRA and checksum, sorted."""
-        return sorted([p.nevra, f"{p.checksum_type}:{p.checksum}"] for p in self.packages)
+        return sorted([str(p.nevra), f"{p.checksum_type}:{p.checksum}"] for p in self.packages)
 
 
 def _data_location(repomd: ET.Element, kind: str) -> Optional[str]:
@@ -153,7 +143,7 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
         packages = [dataclasses.replace(p, files=files_by_pkgid.get(p.checksum, ())) for p in packages]
     if not packages:
         raise RepositoryError(path, "holds no packages")
-    return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: p.nevra)))
+    return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: str(p.nevra))))
 
 
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
@@ -180,21 +170,22 @@ def _iter_primary(path: Path, primary_xml: bytes) -> Iterator[RepoPackage]:
         provides: tuple[str, ...] = ()
         if fmt is not None:
             provides = tuple(e.get("name", "") for e in fmt.findall("rpm:provides/rpm:entry", NS))
-        yield RepoPackage(
-            name=pkg.findtext("common:name", default="", namespaces=NS),
-            epoch=v.get("epoch", "0"),
-            version=v.get("ver", ""),
-            release=v.get("rel", ""),
-            arch=pkg.findtext("common:arch", default="", namespaces=NS),
-            href=loc.get("href", ""),
-            checksum_type=csum.get("type", ""),
-            checksum=csum.text or "",
-            size=int(size.get("package", "0")) if size is not None else 0,
-            buildtime=int(time_.get("build", "0")) if time_ is not None else 0,
-            provides=provides,
-            files=(),
-            location_base=loc.get(_XML_BASE, "") or loc.get("base", ""),
-        )
+        name = pkg.findtext("common:name", default="", namespaces=NS)
+        try:
+            yield RepoPackage(
+                nevra=NEVRA.of(name, v.get("epoch", "0"), v.get("ver", ""), v.get("rel", ""),
+                               pkg.findtext("common:arch", default="", namespaces=NS)),
+                href=loc.get("href", ""),
+                checksum_type=csum.get("type", ""),
+                checksum=csum.text or "",
+                size=int(size.get("package", "0")) if size is not None else 0,
+                buildtime=int(time_.get("build", "0")) if time_ is not None else 0,
+                provides=provides,
+                files=(),
+                location_base=loc.get(_XML_BASE, "") or loc.get("base", ""),
+            )
+        except ValueError as e:  # an epoch, size or time that is no integer
+            raise RepositoryError(path, f"primary metadata entry of {name!r}: {e}") from None
         pkg.clear()
 
 

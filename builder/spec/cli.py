@@ -71,9 +71,9 @@ def cmd_spec(args: argparse.Namespace) -> int:
     variants = load_variants(args.variants_dir or product_variants_dir())
     repo = open_repository(args.repo)
     kernel = describe_kernel(repo, args.kernel_version)
-    evr = kernel.image_package.evr
+    image = kernel.image_package.nevra
     entry = ChangelogEntry(args.date or today(), args.packager or default_packager(),
-                           f"{evr.version}-{release_for(evr, 1)}", first_entry_lines(kernel, variants))
+                           f"{image.version}-{release_for(image, 1)}", first_entry_lines(kernel, variants))
     inputs = gather_inputs(repo, kernel, variants, release=args.release, build_counter=1,
                            changelog=entry.render())
     text = render_spec(inputs)
@@ -98,10 +98,10 @@ def cmd_bump(args: argparse.Namespace) -> int:
     kernel = describe_kernel(repo, args.kernel_version)
     variants = load_variants(args.variants_dir or product_variants_dir())
     bump = plan_bump(current, kernel, variants, args.message)
-    evr = kernel.image_package.evr
-    new_release = release_for(evr, bump.build_counter)
+    image = kernel.image_package.nevra
+    new_release = release_for(image, bump.build_counter)
     entry = ChangelogEntry(args.date or today(), args.packager or default_packager(),
-                           f"{evr.version}-{new_release}", bump.entry_lines)
+                           f"{image.version}-{new_release}", bump.entry_lines)
     inputs = gather_inputs(repo, kernel, variants, release=args.release, build_counter=bump.build_counter,
                            changelog=entry.render() + "\n\n" + current.changelog)
     write_spec(render_spec(inputs), args.spec, variants)

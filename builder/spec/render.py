@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, PackageMissingError, SpecError, VariantError
-from mkosi_initrd_builder.rpmmeta.evr import EVR
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.fsutil import atomic_write
 from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, render_variant
@@ -52,9 +52,7 @@ GENERATED_NOTICE = ("Rendered by `mkosi-initrd-build spec` from spec/mkosi-initr
 
 @dataclasses.dataclass(frozen=True)
 class KernelPackage:
-    name: str
-    evr: EVR
-    arch: str
+    nevra: NEVRA
     ships_image: bool  # has /usr/lib/modules/<KVER>/vmlinuz
 
 
@@ -75,11 +73,11 @@ def describe_kernel(repo: Repository, uname: str) -> KernelDescription:
     if not packages:
         raise KernelNotFoundError(uname, repo.path, repo.kernel_versions())
     image = {f"/usr/lib/modules/{uname}/vmlinuz", f"/lib/modules/{uname}/vmlinuz"}
-    described = tuple(KernelPackage(p.name, EVR.parse(p.evr), p.arch, bool(image & set(p.files)))
-                      for p in sorted(packages, key=lambda p: p.name))
+    described = tuple(KernelPackage(p.nevra, bool(image & set(p.files)))
+                      for p in sorted(packages, key=lambda p: p.nevra.name))
     shipping = [p for p in described if p.ships_image]
     if len(shipping) != 1:
-        which = ", ".join(f"{p.name}-{p.evr}" for p in (shipping or described))
+        which = ", ".join(f"{p.nevra.name}-{p.nevra.evr()}" for p in (shipping or described))
         raise SpecError(f"repository {repo.path}: expected exactly one package shipping "
                         f"/usr/lib/modules/{uname}/vmlinuz, found {len(shipping)} ({which})")
     return KernelDescription(uname, described)
@@ -115,15 +113,16 @@ class SpecInputs:
 
     @property
     def version(self) -> str:
-        return self.kernel.image_package.evr.version
+        return self.kernel.image_package.nevra.version
 
     @property
     def release(self) -> str:
-        return release_for(self.kernel.image_package.evr, self.build_counter)
+        return release_for(self.kernel.image_package.nevra, self.build_counter)
 
 
-def release_for(kernel_evr: EVR, counter: int) -> str:
-    return f"{kernel_evr.release}^{counter}"
+def release_for(kernel: NEVRA, counter: int) -> str:
+    """The images' Release for a kernel package: its release, '^', the build counter (spec/README.md)."""
+    return f"{kernel.release}^{counter}"
 
 
 def escape_percent(text: str) -> str:
@@ -184,7 +183,7 @@ def image_packages(variants: Sequence[VariantSpec], release: str) -> tuple[str, 
 
 def stub_package(repo: Repository) -> str:
     owners = repo.package_owning(STUB_PATH)
-    return owners[-1].name if owners else STUB_PACKAGE
+    return owners[-1].nevra.name if owners else STUB_PACKAGE
 
 
 def gather_inputs(repo: Repository, kernel: KernelDescription, variants: Sequence[VariantSpec], *,
@@ -215,13 +214,13 @@ def render_spec(inputs: SpecInputs, template: Optional[str] = None) -> str:
     values = {
         "GENERATED_NOTICE": GENERATED_NOTICE,
         "KERNEL_UNAME": kernel.uname,
-        "KERNEL_NAME": kernel.image_package.name,
-        "KERNEL_EVR": str(kernel.image_package.evr),
+        "KERNEL_NAME": kernel.image_package.nevra.name,
+        "KERNEL_EVR": kernel.image_package.nevra.evr(),
         "BUILD_COUNTER": str(inputs.build_counter),
         "VERSION": inputs.version,
         "RELEASE": inputs.release,
-        "ARCH": kernel.image_package.arch,
-        "KERNEL_BUILDREQUIRES": _buildrequires(f"{p.name} = {p.evr}" for p in kernel.packages),
+        "ARCH": kernel.image_package.nevra.arch,
+        "KERNEL_BUILDREQUIRES": _buildrequires(f"{p.nevra.name} = {p.nevra.evr()}" for p in kernel.packages),
         "TOOL_BUILDREQUIRES": _buildrequires(tools),
         "IMAGE_BUILDREQUIRES": _buildrequires(inputs.image_packages),
         "CHANGELOG": inputs.changelog.strip(),
@@ -232,8 +231,8 @@ def render_spec(inputs: SpecInputs, template: Optional[str] = None) -> str:
 
 def earlier_builds(inputs: SpecInputs) -> list[str]:
     """EVRs of the earlier builds for the same kernel (counter 1 .. N-1)."""
-    evr = inputs.kernel.image_package.evr
-    return [f"{evr.version}-{release_for(evr, n)}" for n in range(1, inputs.build_counter)]
+    kernel = inputs.kernel.image_package.nevra
+    return [f"{kernel.version}-{release_for(kernel, n)}" for n in range(1, inputs.build_counter)]
 
 
 def variant_values(variant: VariantSpec, index: int, inputs: SpecInputs) -> dict[str, str]:
@@ -301,8 +300,7 @@ class RenderedSpec:
 
     path: Path
     kernel_uname: str
-    kernel_name: str
-    kernel_evr: EVR
+    kernel: NEVRA  # name and EVR of the kernel package it was rendered for (no arch)
     build_counter: int
     version: str
     release: str
@@ -310,8 +308,8 @@ class RenderedSpec:
     changelog: str
 
     @property
-    def evr(self) -> EVR:
-        return EVR(0, self.version, self.release)
+    def nevra(self) -> NEVRA:
+        return NEVRA(PACKAGE_NAME, 0, self.version, self.release, "")
 
 
 def read_spec(path: Path) -> RenderedSpec:
@@ -328,14 +326,14 @@ def read_spec(path: Path) -> RenderedSpec:
                         f"(missing: {', '.join(missing) or '%changelog'})",
                         hint="render one with `mkosi-initrd-build spec --output FILE`")
     try:
-        kernel_evr = EVR.parse(globals_["kernel_evr"])
+        kernel = NEVRA.with_evr(globals_["kernel_name"], globals_["kernel_evr"])
         counter = int(globals_["build_counter"])
     except ValueError as e:
         raise SpecError(f"{path}: {e}") from None
     sums = dict((name, digest) for digest, name in
                 re.findall(r"^([0-9a-f]{64})  variants/(\S+)\.toml$", text, re.MULTILINE))
     changelog = text.split("%changelog", 1)[1].strip("\n")
-    return RenderedSpec(path, globals_["kernel_uname"], globals_["kernel_name"], kernel_evr, counter,
+    return RenderedSpec(path, globals_["kernel_uname"], kernel, counter,
                         tags["Version"], tags["Release"], sums, changelog)
 
 
@@ -349,17 +347,17 @@ def plan_bump(current: RenderedSpec, kernel: KernelDescription, variants: Sequen
               message: Optional[str] = None) -> Bump:
     """The next build counter and what the changelog entry says; refuse a bump that would not make
     the package newer, or one with nothing to say."""
-    new_kernel = kernel.image_package
-    same_kernel = new_kernel.name == current.kernel_name and new_kernel.evr == current.kernel_evr
+    new_kernel = kernel.image_package.nevra
+    same_kernel = new_kernel.name == current.kernel.name and new_kernel.compare_evr(current.kernel) == 0
     counter = current.build_counter + 1 if same_kernel else 1
-    new_evr = EVR(0, new_kernel.evr.version, release_for(new_kernel.evr, counter))
-    if new_evr.compare(current.evr) <= 0:
-        raise BumpError(f"kernel {new_kernel.name}-{new_kernel.evr} ({kernel.uname}) is older than "
-                        f"{current.kernel_name}-{current.kernel_evr} ({current.kernel_uname}) in "
-                        f"{current.path}: {PACKAGE_NAME} {new_evr} would not upgrade {current.evr}")
+    new = NEVRA(PACKAGE_NAME, 0, new_kernel.version, release_for(new_kernel, counter), "")
+    if new.compare_evr(current.nevra) <= 0:
+        raise BumpError(f"kernel {new_kernel.name}-{new_kernel.evr()} ({kernel.uname}) is older than "
+                        f"{current.kernel.name}-{current.kernel.evr()} ({current.kernel_uname}) in "
+                        f"{current.path}: {PACKAGE_NAME} {new.evr()} would not upgrade {current.nevra.evr()}")
     lines = []
     if not same_kernel:
-        lines.append(f"Kernel {new_kernel.name} {new_kernel.evr} ({kernel.uname})")
+        lines.append(f"Kernel {new_kernel.name} {new_kernel.evr()} ({kernel.uname})")
     now = {v.name: variant_sha256(v) for v in variants}
     changed = sorted(n for n in now if n in current.variant_sha256 and now[n] != current.variant_sha256[n])
     added = sorted(set(now) - set(current.variant_sha256))
@@ -377,8 +375,8 @@ def plan_bump(current: RenderedSpec, kernel: KernelDescription, variants: Sequen
 
 
 def first_entry_lines(kernel: KernelDescription, variants: Sequence[VariantSpec]) -> tuple[str, ...]:
-    k = kernel.image_package
-    return (f"Kernel {k.name} {k.evr} ({kernel.uname}); variants: {', '.join(sorted(v.name for v in variants))}",)
+    k = kernel.image_package.nevra
+    return (f"Kernel {k.name} {k.evr()} ({kernel.uname}); variants: {', '.join(sorted(v.name for v in variants))}",)
 
 
 def write_spec(text: str, path: Path, variants: Sequence[VariantSpec]) -> list[Path]:

@@ -24,15 +24,16 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from mkosi_initrd_builder.staging.download import Interrupted
 from mkosi_initrd_builder.util.errors import CacheError, StagingError
-from mkosi_initrd_builder.util.fsutil import atomic_write, normalized_absolute
+from mkosi_initrd_builder.util.fsutil import atomic_write, hash_algorithm, normalized_absolute
 
-ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 HEX_RE = re.compile(r"^[0-9a-f]{32,128}$")
 # Partial downloads of stagings that were killed outright; a live download is never this old.
 STALE_TEMP_SECONDS = 24 * 3600
@@ -42,14 +43,18 @@ MARKER_FORMAT = "mkosi-initrd-package-cache/1"
 OWN_DIRS = ("tmp", "locks")
 # What temp_path() names its files: mkstemp's ".<hint>.<8 random characters>.part".
 TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
+# Waiting for another staging's lock: first poll soon (the usual holder is a small package), then
+# back off; an interrupt is seen at once all the same, as stop.wait() wakes when stop is set.
+LOCK_POLL_FIRST = 0.01
+LOCK_POLL_MAX = 0.5
 
 
-def hash_algorithm(checksum_type: str) -> str:
-    """hashlib's name for a repodata checksum type ('sha' is yum's old spelling of sha1)."""
-    algo = "sha1" if checksum_type == "sha" else checksum_type.lower()
-    if algo not in ALGORITHMS:
-        raise StagingError(f"unsupported checksum type {checksum_type!r} in the repository metadata")
-    return algo
+def checksum_algorithm(checksum_type: str) -> str:
+    """hashlib's name for a repodata checksum type; StagingError for one the builder does not verify."""
+    try:
+        return hash_algorithm(checksum_type)
+    except ValueError as e:
+        raise StagingError(f"{e} in the repository metadata") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,7 @@ class PackageCache:
                     p.unlink()
 
     def _paths(self, checksum_type: str, checksum: str) -> tuple[Path, Path]:
-        algo = hash_algorithm(checksum_type)
+        algo = checksum_algorithm(checksum_type)
         digest = checksum.strip().lower()
         if not HEX_RE.match(digest):
             # It becomes a file name: anything but hex could name a path elsewhere.
@@ -147,13 +152,31 @@ class PackageCache:
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
 
     @contextlib.contextmanager
-    def lock(self, checksum: str) -> Iterator[None]:
+    def lock(self, checksum: str, *, stop: threading.Event, timeout: float) -> Iterator[None]:
         """Exclusive lock on the stripe of `checksum`; flock locks belong to the open file, so
-        threads of one process exclude each other too."""
+        threads of one process exclude each other too.
+
+        A blocking flock() in a worker thread would outlive an interrupt of the staging (signals reach
+        only the main thread), so the wait polls: it ends when `stop` is set (Interrupted) or after
+        `timeout` seconds (CacheError naming the entry), whatever the other holder does."""
         stripe = self.root / "locks" / checksum.strip().lower()[:2]
         fd = os.open(stripe, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            delay = LOCK_POLL_FIRST
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CacheError(self.root, f"waited {timeout:g}s for another staging to finish the entry "
+                                                f"{checksum} (lock {stripe}); giving up")
+                if stop.wait(min(delay, left)):
+                    raise Interrupted(str(stripe))
+                delay = min(delay * 2, LOCK_POLL_MAX)
             yield
         finally:
             os.close(fd)
@@ -172,9 +195,9 @@ class PackageCache:
         st = rpm.stat()
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
 
-    def discard(self, entry: CacheEntry) -> None:
+    def discard(self, entry: CacheEntry, *, stop: threading.Event, timeout: float) -> None:
         """Remove a damaged entry, unless another staging has replaced it meanwhile (takes the stripe lock)."""
-        with self.lock(entry.path.name.removesuffix(".rpm")):
+        with self.lock(entry.path.name.removesuffix(".rpm"), stop=stop, timeout=timeout):
             try:
                 st = entry.path.stat()
             except FileNotFoundError:

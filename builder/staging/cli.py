@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from mkosi_initrd_builder.util.cliopts import Command, Option, byte_size, positive_int
-from mkosi_initrd_builder.util.errors import StagingError
+from mkosi_initrd_builder.util.errors import SettingError, StagingError
 from mkosi_initrd_builder.staging.download import RetryPolicy
+from mkosi_initrd_builder.staging.sources import describe_schemes
 
 
 def define(text: str) -> tuple[str, str]:
@@ -18,7 +19,7 @@ def define(text: str) -> tuple[str, str]:
 
 
 STAGE_OPTIONS = (
-    Option(("--source",), "the repository to stage from: a directory or an http(s):// or file:// URL "
+    Option(("--source",), f"the repository to stage from: {describe_schemes()} "
            "(a koji repo <topurl>/repos/<tag>/<id>/<arch> works too)", required=True, metavar="URL|DIR"),
     Option(("--dest",), "the staged repository to write (replaced if it is one already)", type=Path,
            required=True, metavar="DIR"),
@@ -36,7 +37,16 @@ STAGE_OPTIONS = (
     Option(("--max-size",), "refuse to stage more than this many bytes (K, M, G suffixes)", type=byte_size,
            metavar="SIZE"),
     Option(("--retries",), "tries per file over HTTP before giving up", type=positive_int, default=4, metavar="N"),
+    Option(("--fetch-timeout",), "seconds one file may take over HTTP, its tries included, before staging fails "
+           "(also how long to wait for another staging fetching the same file into --cache, plus one read)",
+           type=positive_int, default=int(RetryPolicy().file_timeout), metavar="SECONDS"),
 )
+# StageRequest's names for its settings -> the flags that set them, so an error about a setting
+# (SettingError) names the flag.
+SETTING_FLAGS = {
+    "dest": "--dest", "cache_dir": "--cache", "jobs": "--jobs", "max_bytes": "--max-size", "spec": "--spec",
+    "installed_root": "--installed-root", "selection": "--packages, --spec or --installed-root",
+}
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -50,10 +60,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
         spec_defines=tuple(args.defines or ()),
         installed_root=args.installed_root,
     )
-    result = stage_repository(StageRequest(
-        source=args.source, dest=args.dest, selection=selection, cache_dir=args.cache, jobs=args.jobs,
-        max_bytes=args.max_size, retry=RetryPolicy(attempts=args.retries),
-    ))
+    try:
+        result = stage_repository(StageRequest(
+            source=args.source, dest=args.dest, selection=selection, cache_dir=args.cache, jobs=args.jobs,
+            max_bytes=args.max_size, retry=RetryPolicy(attempts=args.retries, file_timeout=args.fetch_timeout),
+        ))
+    except SettingError as e:
+        raise e.spelled(SETTING_FLAGS) from None
     print(result.summary())
     return 0
 

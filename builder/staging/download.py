@@ -1,15 +1,20 @@
-"""HTTP downloads for staging: keep-alive connections per thread, bounded retries with backoff, and
-errors that name the URL. Only GET of whole files; redirects are not followed (a repository that
-redirects elsewhere is refused, not trusted)."""
+"""HTTP downloads for staging: keep-alive connections per thread, bounded retries with backoff, a
+bound on the whole time a file may take, and errors that name the URL. Only GET of whole files;
+redirects are not followed (a repository that redirects elsewhere is refused, not trusted).
+
+Hand-written on http.client rather than requests + urllib3's Retry: measured side by side in cold
+staging (ARCHITECTURE.md, "Libraries and hand-written code"), and neither library bounds the total
+time of a body or stops a blocked read from another thread, which is most of what is here."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import io
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Optional
@@ -17,6 +22,7 @@ from urllib.parse import urlsplit
 
 from mkosi_initrd_builder import __version__
 from mkosi_initrd_builder.util.errors import FetchError
+from mkosi_initrd_builder.util.fsutil import Digests
 
 logger = logging.getLogger("mkosi_initrd_builder.staging.download")
 
@@ -31,6 +37,15 @@ class RetryPolicy:
     attempts: int = 4       # tries per file, the first one included
     backoff: float = 0.5    # seconds before the second try; doubles for each further one
     timeout: float = 60.0   # seconds for connecting and for each read
+    # seconds one file may take in all, its tries and their pauses included: a server that trickles
+    # a byte now and then never trips the per-read timeout
+    file_timeout: float = 900.0
+
+    @property
+    def lock_timeout(self) -> float:
+        """How long to wait for another staging that is fetching the same file into the cache: its
+        own bound on that file, and one more read."""
+        return self.file_timeout + self.timeout
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed try number `attempt` (1-based)."""
@@ -55,7 +70,7 @@ class _Retryable(Exception):
 
 
 class _Permanent(Exception):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: str, status: Optional[int] = None) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -85,6 +100,20 @@ class HttpClient:
         if conn is not None:
             conn.close()
 
+    def abort(self) -> None:
+        """Stop every download now, from any thread: a read blocked in another thread returns at once
+        (its socket is shut down) instead of when the server next sends or the timeout passes."""
+        self.stop.set()
+        with self._opened_lock:
+            opened = list(self._opened)
+        for conn in opened:
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected (any more)
+
     def close(self) -> None:
         """Close every connection any thread opened (call when no download is running)."""
         with self._opened_lock:
@@ -92,15 +121,19 @@ class HttpClient:
         for conn in opened:
             conn.close()
 
-    def _attempt(self, url: str, out: BinaryIO, hashers: dict[str, "hashlib._Hash"]) -> int:
+    def _attempt(self, url: str, out: BinaryIO, digests: Digests, deadline: float, max_bytes: Optional[int]) -> int:
         u = urlsplit(url)
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         conn = self._connection(u.scheme, u.netloc)
+        conn.timeout = self._read_timeout(deadline)
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
         try:
             conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             self._drop(u.scheme, u.netloc)
+            self._check_stop_and_deadline(url, deadline)
             raise _Retryable(f"connection failed: {e or type(e).__name__}") from None
         if resp.status != 200:
             self._drop(u.scheme, u.netloc)
@@ -110,51 +143,83 @@ class HttpClient:
             if 300 <= resp.status < 400:
                 reason += f" (redirect to {resp.getheader('Location')!r} not followed)"
             raise _Permanent(reason, resp.status)
-        length = resp.getheader("Content-Length")
+        try:
+            length = _content_length(resp.getheader("Content-Length"))
+            if length is not None and max_bytes is not None and length > max_bytes:
+                raise _Permanent(f"the server announces {length:,} bytes, more than the {max_bytes:,} expected")
+        except _Permanent:
+            self._drop(u.scheme, u.netloc)
+            raise
         received = 0
         try:
             while True:
-                if self.stop.is_set():
-                    self._drop(u.scheme, u.netloc)
-                    raise Interrupted(url)
-                chunk = resp.read(CHUNK)
+                self._check_stop_and_deadline(url, deadline)
+                assert conn.sock is not None
+                conn.sock.settimeout(self._read_timeout(deadline))
+                # read1: whatever has arrived (at least a byte), so a trickling server meets the
+                # deadline check above between its bytes instead of filling a whole chunk first.
+                chunk = resp.read1(CHUNK)
                 if not chunk:
                     break
-                out.write(chunk)
-                for h in hashers.values():
-                    h.update(chunk)
                 received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise _Permanent(f"the body is longer than the {max_bytes:,} bytes expected")
+                out.write(chunk)
+                digests.update(chunk)
         except (OSError, http.client.HTTPException) as e:
             self._drop(u.scheme, u.netloc)
+            self._check_stop_and_deadline(url, deadline)
             raise _Retryable(f"transfer broken after {received} bytes: {type(e).__name__}") from None
-        if length is not None and received != int(length):
+        except BaseException:
+            self._drop(u.scheme, u.netloc)
+            raise
+        if self.stop.is_set():
+            raise Interrupted(url)  # the socket was shut down under the read: what came is not the file
+        if length is not None and received != length:
             self._drop(u.scheme, u.netloc)
             raise _Retryable(f"truncated: received {received} of {length} bytes")
         if resp.will_close:
             self._drop(u.scheme, u.netloc)
+        else:
+            # read1() leaves a response whose body has been read in full open; the connection takes
+            # its next request only once the response is closed.
+            resp.close()
         return received
 
+    def _read_timeout(self, deadline: float) -> float:
+        return max(min(self.policy.timeout, deadline - time.monotonic()), 0.001)
+
+    def _check_stop_and_deadline(self, url: str, deadline: float) -> None:
+        if self.stop.is_set():
+            raise Interrupted(url)
+        if time.monotonic() >= deadline:
+            raise _Permanent(f"not complete after {self.policy.file_timeout:g}s, the limit for one file")
+
     def download(self, url: str, out: BinaryIO, *, algorithms: Iterable[str] = (),
-                 package: Optional[str] = None) -> Download:
-        """Write the body of `url` to `out` (rewound for each try); FetchError after the bounded retries.
+                 package: Optional[str] = None, max_bytes: Optional[int] = None) -> Download:
+        """Write the body of `url` to `out` (rewound for each try); FetchError after the bounded retries,
+        or once the file has taken the policy's file_timeout; Interrupted once `stop` is set.
 
         404 and other client errors are final at once: retrying cannot make a missing file appear.
+        A body longer than `max_bytes` is refused without being read to its end.
         """
+        deadline = time.monotonic() + self.policy.file_timeout
+        algorithms = list(algorithms)
         last = ""
         status: Optional[int] = None
         for attempt in range(1, self.policy.attempts + 1):
             out.seek(0)
             out.truncate()
-            hashers = {a: hashlib.new(a) for a in algorithms}
+            digests = Digests(algorithms)
             try:
-                size = self._attempt(url, out, hashers)
-                return Download(size, {a: h.hexdigest() for a, h in hashers.items()}, attempt)
+                size = self._attempt(url, out, digests, deadline, max_bytes)
+                return Download(size, digests.hexdigests(), attempt)
             except _Permanent as e:
                 raise FetchError(url, str(e), package=package, attempts=attempt, status=e.status) from None
             except _Retryable as e:
                 last, status = str(e), e.status
                 if attempt < self.policy.attempts:
-                    delay = self.policy.delay(attempt)
+                    delay = min(self.policy.delay(attempt), max(deadline - time.monotonic(), 0))
                     logger.warning("%s: %s; retrying in %.1fs (try %d of %d)", url, last, delay, attempt + 1,
                                    self.policy.attempts)
                     if self.stop.wait(delay):
@@ -162,9 +227,9 @@ class HttpClient:
         raise FetchError(url, last, package=package, attempts=self.policy.attempts, status=status)
 
     def download_file(self, url: str, path: Path, *, algorithms: Iterable[str] = (),
-                      package: Optional[str] = None) -> Download:
+                      package: Optional[str] = None, max_bytes: Optional[int] = None) -> Download:
         with open(path, "wb") as out:
-            return self.download(url, out, algorithms=algorithms, package=package)
+            return self.download(url, out, algorithms=algorithms, package=package, max_bytes=max_bytes)
 
     def get_bytes(self, url: str, *, missing_ok: bool = False) -> Optional[bytes]:
         """The body of a small file (metadata); None for a 404 when `missing_ok`."""
@@ -176,3 +241,11 @@ class HttpClient:
                 return None
             raise
         return buf.getvalue()
+
+
+def _content_length(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise _Permanent(f"the server sent a malformed Content-Length ({value!r})")
+    return int(value)

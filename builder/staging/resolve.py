@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from mkosi_initrd_builder.util.errors import CommandError, ResolveError
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
+from mkosi_initrd_builder.util.errors import CommandError, ResolveError, SettingError
 from mkosi_initrd_builder.util.fsutil import is_within
 from mkosi_initrd_builder.util.run import run
 
@@ -25,39 +26,17 @@ HEADER_QUERY = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SI
 NOT_FILES = frozenset({"gpg-pubkey", "buildsys-build"})
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class PinnedPackage:
     """One exact package, as an rpm database or koji's buildroot listing names it."""
 
-    name: str
-    epoch: int
-    version: str
-    release: str
-    arch: str
-    payloadhash: Optional[str] = dataclasses.field(default=None, compare=False)  # hex SIGMD5 of the header
-
-    @property
-    def nevra(self) -> str:
-        evr = f"{self.epoch}:{self.version}-{self.release}" if self.epoch else f"{self.version}-{self.release}"
-        return f"{self.name}-{evr}.{self.arch}"
-
-    @property
-    def nvra(self) -> str:
-        return f"{self.name}-{self.version}-{self.release}.{self.arch}"
-
-    @property
-    def key(self) -> tuple[str, int, str, str, str]:
-        return (self.name, self.epoch, self.version, self.release, self.arch)
+    nevra: NEVRA
+    payloadhash: Optional[str] = None  # hex SIGMD5 of the header, when the lister knows it
 
     @classmethod
     def from_koji(cls, info: Mapping[str, Any]) -> "PinnedPackage":
-        """From an entry of kojid's BuildRoot.getPackageList() (epoch None when unset)."""
-        return cls(str(info["name"]), int(info.get("epoch") or 0), str(info["version"]), str(info["release"]),
-                   str(info["arch"]), (str(info["payloadhash"]).lower() if info.get("payloadhash") else None))
-
-
-def package_key(name: str, epoch: Any, version: str, release: str, arch: str) -> tuple[str, int, str, str, str]:
-    return (name, int(epoch or 0), version, release, arch)
+        """From an entry of kojid's BuildRoot.getPackageList()."""
+        return cls(NEVRA.from_koji(info), str(info["payloadhash"]).lower() if info.get("payloadhash") else None)
 
 
 def _host_dbpath() -> Optional[str]:
@@ -89,7 +68,7 @@ def find_rpmdb(root: Path) -> Path:
 def installed_packages(root: Path) -> tuple[PinnedPackage, ...]:
     """Every package installed in the root's rpm database, with the payload hash of its header."""
     if not root.is_dir():
-        raise ResolveError(f"--installed-root {root}: not a directory")
+        raise SettingError("installed_root", f"{root} is not a directory")
     db = find_rpmdb(root)
     out = run(["rpm", "--dbpath", db, "-qa", "--qf", HEADER_QUERY], capture=True).stdout.decode()
     packages = []
@@ -100,17 +79,17 @@ def installed_packages(root: Path) -> tuple[PinnedPackage, ...]:
         name, epoch, version, release, arch, sigmd5 = fields
         if name in NOT_FILES or arch == "(none)":
             continue
-        packages.append(PinnedPackage(name, int(epoch), version, release, arch,
+        packages.append(PinnedPackage(NEVRA.of(name, epoch, version, release, arch),
                                       sigmd5.lower() if sigmd5 != "(none)" else None))
     if not packages:
         raise ResolveError(f"the rpm database {db} lists no packages")
-    return tuple(sorted(packages))
+    return tuple(sorted(packages, key=lambda p: p.nevra))
 
 
 def spec_buildrequires(spec: Path, defines: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
     """The BuildRequires of a spec file, as rpmspec parses them (macros expanded, conditionals applied)."""
     if not spec.is_file():
-        raise ResolveError(f"--spec {spec}: no such file")
+        raise SettingError("spec", f"{spec}: no such file")
     argv: list[Any] = ["rpmspec", "-q", "--buildrequires"]
     for name, value in defines:
         argv += ["--define", f"{name} {value}"]
@@ -118,14 +97,14 @@ def spec_buildrequires(spec: Path, defines: Sequence[tuple[str, str]] = ()) -> t
     try:
         out = run(argv, capture=True).stdout.decode()
     except CommandError as e:
-        raise ResolveError(f"--spec {spec}: rpmspec cannot read it: {e.key_line()}") from None
+        raise SettingError("spec", f"{spec}: rpmspec cannot read it: {e.key_line()}") from None
     requires = tuple(line.strip() for line in out.splitlines() if line.strip())
     if not requires:
-        raise ResolveError(f"--spec {spec} has no BuildRequires: nothing to stage")
+        raise SettingError("spec", f"{spec} has no BuildRequires: nothing to stage")
     return requires
 
 
-def depsolve(metadata_dir: Path, specs: Sequence[str], work: Path) -> list[tuple[str, int, str, str, str]]:
+def depsolve(metadata_dir: Path, specs: Sequence[str], work: Path) -> list[NEVRA]:
     """What `dnf install SPECS` into an empty root would install from the repository whose
     metadata is in `metadata_dir`: dnf's own depsolver, nothing from the host's configuration
     (no dnf.conf, no repos.d, no installed packages), weak dependencies off as in koji's buildroots."""
@@ -164,7 +143,7 @@ def depsolve(metadata_dir: Path, specs: Sequence[str], work: Path) -> list[tuple
             base.resolve()
         except dnf.exceptions.DepsolveError as e:
             raise ResolveError(f"dnf cannot resolve {', '.join(specs)}: {e}") from None
-        chosen = [package_key(p.name, p.epoch, p.version, p.release, p.arch) for p in base.transaction.install_set]
+        chosen = [NEVRA.of(p.name, p.epoch, p.version, p.release, p.arch) for p in base.transaction.install_set]
     finally:
         base.close()
     logger.info("dnf resolved %s to %d packages", ", ".join(specs), len(chosen))

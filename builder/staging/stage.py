@@ -18,27 +18,33 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import unquote, urlsplit
+
+import rpm
 
 from mkosi_initrd_builder import __version__
-from mkosi_initrd_builder.util.errors import CommandError, ResolveError, StagingError, VerificationError
-from mkosi_initrd_builder.util.fsutil import atomic_write, hash_file, is_within, private_copy, replace_dir
-from mkosi_initrd_builder.staging.download import HttpClient, Interrupted, RetryPolicy
-from mkosi_initrd_builder.util.log import step
-from mkosi_initrd_builder.staging.cache import CacheEntry, PackageCache, hash_algorithm
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage
+from mkosi_initrd_builder.staging.cache import CacheEntry, PackageCache, checksum_algorithm
+from mkosi_initrd_builder.staging.download import HttpClient, Interrupted, RetryPolicy
+from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, installed_packages, spec_buildrequires
+from mkosi_initrd_builder.staging.sources import Source, SourceMetadata, Via, parse_source
+from mkosi_initrd_builder.staging.sources.base import Fetched, PackageLocation
+from mkosi_initrd_builder.util.errors import ResolveError, SettingError, StagingError, VerificationError
+from mkosi_initrd_builder.util.fsutil import atomic_write, private_copy, replace_dir
+from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.run import run
-from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, installed_packages, package_key, spec_buildrequires
-from mkosi_initrd_builder.staging.sources import (
-    Source, SourceKind, SourceMetadata, load_metadata, package_path, package_relpath, package_url, parse_source,
-)
+
+__all__ = ["STAGE_MANIFEST_NAME", "PackageSelection", "StageRequest", "StageResult", "StagedPackage", "Via",
+           "stage_repository"]
 
 logger = logging.getLogger("mkosi_initrd_builder.staging.stage")
 
-MANIFEST_NAME = "stage-manifest.json"
-MANIFEST_FORMAT = "mkosi-initrd-stage/1"
+# The staging's own manifest (the contract with the spec and koji's logs), not the image manifest
+# building/manifest.py writes.
+STAGE_MANIFEST_NAME = "stage-manifest.json"
+STAGE_MANIFEST_FORMAT = "mkosi-initrd-stage/1"
 RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
 
 
@@ -47,13 +53,6 @@ class SelectionMode(str, enum.Enum):
     spec = "spec"                      # a spec's BuildRequires, resolved by dnf
     installed_root = "installed-root"  # what a root's rpm database lists, exactly
     pinned = "pinned"                  # an exact list handed over (the kojid plugin: kojid's buildroot listing)
-
-
-class Via(str, enum.Enum):
-    http = "http"
-    link = "link"    # hard link to the source's file
-    copy = "copy"    # copy of the source's file (another file system)
-    cache = "cache"  # served from the cache: nothing fetched (a private copy of the entry, checked again)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +75,9 @@ class PackageSelection:
         }
         chosen = [mode for mode, on in given.items() if on]
         if len(chosen) != 1:
-            raise StagingError("choose exactly one of --packages, --spec and --installed-root"
-                               + (f" (got {', '.join(m.value for m in chosen)})" if chosen else ""))
+            raise SettingError("selection", "give exactly one" + (f" (got {', '.join(m.value for m in chosen)})"
+                                                                    if chosen else ""),
+                               spelling=", ".join(m.value for m in SelectionMode))
         return chosen[0]
 
     def describe(self) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class PackageSelection:
         elif mode is SelectionMode.installed_root:
             requested = [str(self.installed_root)]
         else:
-            requested = [p.nevra for p in self.pinned]
+            requested = [str(p.nevra) for p in self.pinned]
         return {"mode": mode.value, "requested": requested}
 
 
@@ -107,12 +107,7 @@ class StageRequest:
 
 @dataclasses.dataclass(frozen=True)
 class StagedPackage:
-    nevra: str
-    name: str
-    epoch: int
-    version: str
-    release: str
-    arch: str
+    nevra: NEVRA
     file: str            # name in the staged repository
     size: int
     sha256: str
@@ -122,8 +117,9 @@ class StagedPackage:
     via: Via
 
     def to_dict(self) -> dict[str, Any]:
+        """Its entry in the stage manifest (the NEVRA also spelled out field by field)."""
         d = dataclasses.asdict(self)
-        d["via"] = self.via.value
+        d.update(dataclasses.asdict(self.nevra), nevra=str(self.nevra), via=self.via.value)
         return d
 
 
@@ -150,46 +146,46 @@ class StageResult:
 @dataclasses.dataclass(frozen=True)
 class _Job:
     package: RepoPackage
-    file: str
-    origin: str
-    local: Optional[Path]                            # directory sources: the checked file
+    location: PackageLocation
     expected_payloadhashes: tuple[tuple[str, str], ...]  # (who says so, hex)
+
+    @property
+    def origin(self) -> str:
+        return self.location.origin
 
 
 @dataclasses.dataclass(frozen=True)
 class HeaderFacts:
-    nevra: str
-    payloadhash: str
+    """What a package file's own header says it is."""
+
+    nevra: NEVRA
+    payloadhash: str  # SIGMD5, hex
 
 
-def read_header(path: Path, package: str, origin: str) -> HeaderFacts:
-    """NEVRA and payload hash from the file's own header, read by rpm."""
-    with open(path, "rb") as f:
-        if f.read(4) != RPM_LEAD_MAGIC:
-            # rpm -qp reads a text file as a list of packages to query: never hand it one.
-            raise VerificationError(package, origin, "not an RPM file (no RPM lead)")
-    fmt = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SIGMD5}"
+# Reading a header needs neither the signature nor the digests checked here: the file's checksum was
+# compared with the repository's before, and signatures are the repository owner's concern.
+_HEADER_VSFLAGS = rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS
+_header_readers = threading.local()
+
+
+def read_header(path: Path, package: NEVRA, origin: str) -> HeaderFacts:
+    """NEVRA and payload hash from the file's own header, read by rpm's bindings (one transaction
+    set per thread: rpm's objects are not shared between threads)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        out = run(["rpm", "-qp", "--nosignature", "--nodigest", "--qf", fmt, path], capture=True).stdout.decode()
-    except CommandError as e:
-        raise VerificationError(package, origin, f"rpm cannot read its header: {e.key_line()}") from None
-    fields = out.split("\t")
-    if len(fields) != 6:
-        raise VerificationError(package, origin, f"unexpected rpm -qp output {out!r}")
-    name, epoch, version, release, arch, sigmd5 = fields
-    nevra = PinnedPackage(name, int(epoch), version, release, arch).nevra
-    return HeaderFacts(nevra, sigmd5.strip().lower())
-
-
-def _place(src: Path, dst: Path) -> Via:
-    """Hard link when the file system allows it, else copy (the copy becomes read-only)."""
-    try:
-        os.link(src, dst)
-        return Via.link
-    except OSError:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, 0o444)
-        return Via.copy
+        if os.pread(fd, len(RPM_LEAD_MAGIC), 0) != RPM_LEAD_MAGIC:
+            raise VerificationError(str(package), origin, "not an RPM file (no RPM lead)")
+        ts = getattr(_header_readers, "ts", None)
+        if ts is None:
+            ts = _header_readers.ts = rpm.TransactionSet("/", _HEADER_VSFLAGS)
+        try:
+            header = ts.hdrFromFdno(fd)
+        except rpm.error as e:
+            raise VerificationError(str(package), origin, f"rpm cannot read its header: {e}") from None
+    finally:
+        os.close(fd)
+    sigmd5 = header[rpm.RPMTAG_SIGMD5]
+    return HeaderFacts(NEVRA.from_header(header), sigmd5.hex() if sigmd5 else "")
 
 
 class _Stager:
@@ -202,48 +198,44 @@ class _Stager:
         self.http = http
         self.cache = cache
 
-    def _obtain(self, job: _Job, target: Path, algorithms: Sequence[str]) -> tuple[Via, int, dict[str, str]]:
-        if job.local is not None:
-            via = _place(job.local, target)
-            return via, target.stat().st_size, hash_file(target, algorithms)
-        got = self.http.download_file(job.origin, target, algorithms=algorithms, package=job.package.nevra)
-        os.chmod(target, 0o444)
-        return Via.http, got.size, got.digests
+    def _obtain(self, job: _Job, target: Path, algorithms: Sequence[str]) -> Fetched:
+        return self.metadata.source.fetch(job.location, target, algorithms, self.http, job.package.nevra)
 
     def _verify(self, job: _Job, path: Path, size: int, digests: dict[str, str]) -> dict[str, Any]:
         """Check a fetched file against the repository and its own header; returns the facts established."""
         pkg = job.package
-        algo = hash_algorithm(pkg.checksum_type)
+        algo = checksum_algorithm(pkg.checksum_type)
         if pkg.size and size != pkg.size:
-            raise VerificationError(pkg.nevra, job.origin, f"{size} bytes, the repository says {pkg.size}")
+            raise VerificationError(str(pkg.nevra), job.origin, f"{size} bytes, the repository says {pkg.size}")
         if digests[algo] != pkg.checksum.strip().lower():
-            raise VerificationError(pkg.nevra, job.origin, f"{algo} is {digests[algo]}, the repository says "
-                                                           f"{pkg.checksum}")
+            raise VerificationError(str(pkg.nevra), job.origin, f"{algo} is {digests[algo]}, the repository says "
+                                                                f"{pkg.checksum}")
         header = read_header(path, pkg.nevra, job.origin)
         if header.nevra != pkg.nevra:
-            raise VerificationError(pkg.nevra, job.origin, f"its header says it is {header.nevra}")
-        return {"nevra": header.nevra, "payloadhash": header.payloadhash, "sha256": digests["sha256"], "size": size}
+            raise VerificationError(str(pkg.nevra), job.origin, f"its header says it is {header.nevra}")
+        return {"nevra": str(header.nevra), "payloadhash": header.payloadhash, "sha256": digests["sha256"],
+                "size": size}
 
     def _check_payloadhash(self, job: _Job, payloadhash: str) -> None:
         for who, expected in job.expected_payloadhashes:
             if payloadhash != expected:
-                raise VerificationError(job.package.nevra, job.origin,
+                raise VerificationError(str(job.package.nevra), job.origin,
                                         f"payload hash {payloadhash} does not match {expected} from {who}")
 
     def stage_one(self, job: _Job, out_dir: Path) -> StagedPackage:
         pkg = job.package
-        algorithms = sorted({hash_algorithm(pkg.checksum_type), "sha256"})
-        dest = out_dir / job.file
+        algorithms = sorted({checksum_algorithm(pkg.checksum_type), "sha256"})
+        dest = out_dir / job.location.name
         if self.cache is None:
-            part = out_dir / f".{job.file}.part"
+            part = out_dir / f".{job.location.name}.part"
             try:
-                via, size, digests = self._obtain(job, part, algorithms)
-                facts = self._verify(job, part, size, digests)
+                got = self._obtain(job, part, algorithms)
+                facts = self._verify(job, part, got.size, got.digests)
                 self._check_payloadhash(job, facts["payloadhash"])
                 os.rename(part, dest)
             finally:
                 part.unlink(missing_ok=True)
-            return self._staged(job, facts, via)
+            return self._staged(job, facts, got.via)
 
         return self._stage_from_cache(job, dest, algorithms)
 
@@ -252,17 +244,17 @@ class _Stager:
         there while this one waited for the lock."""
         pkg = job.package
         assert self.cache is not None
-        with self.cache.lock(pkg.checksum):
+        with self.cache.lock(pkg.checksum, stop=self.http.stop, timeout=self.request.retry.lock_timeout):
             entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
             if entry is not None:
                 return entry, Via.cache
-            temp = self.cache.temp_path(job.file)
+            temp = self.cache.temp_path(job.location.name)
             try:
                 temp.unlink()
-                via, size, digests = self._obtain(job, temp, algorithms)
-                facts = self._verify(job, temp, size, digests)
+                got = self._obtain(job, temp, algorithms)
+                facts = self._verify(job, temp, got.size, got.digests)
                 self._check_payloadhash(job, facts["payloadhash"])
-                return self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts), via
+                return self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts), got.via
             finally:
                 temp.unlink(missing_ok=True)
 
@@ -274,7 +266,7 @@ class _Stager:
         shares an inode with the entry, so damage done later cannot reach this repository."""
         pkg = job.package
         assert self.cache is not None
-        algo = hash_algorithm(pkg.checksum_type)
+        algo = checksum_algorithm(pkg.checksum_type)
         part = dest.with_name(f".{dest.name}.part")
         for attempt in (1, 2):
             entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
@@ -300,8 +292,8 @@ class _Stager:
             if attempt == 1:
                 logger.warning("cache entry %s of %s is damaged (%s): discarding it and fetching the package "
                                "again", entry.path, pkg.nevra, problem)
-                self.cache.discard(entry)
-        raise VerificationError(pkg.nevra, str(entry.path), f"the cache entry is damaged again right after it "
+                self.cache.discard(entry, stop=self.http.stop, timeout=self.request.retry.lock_timeout)
+        raise VerificationError(str(pkg.nevra), str(entry.path), f"the cache entry is damaged again right after it "
                                                             f"was fetched anew ({problem})")
 
     @staticmethod
@@ -311,23 +303,22 @@ class _Stager:
         if pkg.size and size != pkg.size:
             return f"{size} bytes, the repository says {pkg.size}"
         if digest != pkg.checksum.strip().lower():
-            return f"{hash_algorithm(pkg.checksum_type)} is {digest}, the repository says {pkg.checksum}"
+            return f"{checksum_algorithm(pkg.checksum_type)} is {digest}, the repository says {pkg.checksum}"
         if sha256 != entry.facts.get("sha256") or size != entry.facts.get("size"):
             return "its bytes no longer match what the cache recorded when it verified them"
         return None
 
     def _check_cached(self, job: _Job, entry: CacheEntry) -> None:
         """A cache entry was verified when it was added; its recorded facts must still fit this package."""
-        if entry.facts.get("nevra") != job.package.nevra:
-            raise VerificationError(job.package.nevra, str(entry.path),
+        if entry.facts.get("nevra") != str(job.package.nevra):
+            raise VerificationError(str(job.package.nevra), str(entry.path),
                                     f"the cache holds {entry.facts.get('nevra')} under the same checksum")
         self._check_payloadhash(job, str(entry.facts.get("payloadhash")))
 
     def _staged(self, job: _Job, facts: dict[str, Any], via: Via) -> StagedPackage:
         p = job.package
         return StagedPackage(
-            nevra=p.nevra, name=p.name, epoch=int(p.epoch or 0), version=p.version, release=p.release, arch=p.arch,
-            file=job.file, size=int(facts["size"]), sha256=facts["sha256"],
+            nevra=p.nevra, file=job.location.name, size=int(facts["size"]), sha256=facts["sha256"],
             checksum=f"{p.checksum_type}:{p.checksum}", payloadhash=facts["payloadhash"], origin=job.origin, via=via,
         )
 
@@ -342,7 +333,7 @@ class _Stager:
             for future in concurrent.futures.as_completed(futures):
                 results.append(future.result())
         except BaseException:
-            self.http.stop.set()
+            self.http.abort()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -357,82 +348,74 @@ class _Stager:
 
 def _select(request: StageRequest, metadata: SourceMetadata, work: Path) -> tuple[list[RepoPackage], dict]:
     """The repository packages to stage and, per NEVRA, payload hashes they must have."""
-    by_key = {package_key(p.name, p.epoch, p.version, p.release, p.arch): p for p in metadata.packages}
+    by_nevra = {p.nevra: p for p in metadata.packages}
     selection = request.selection
     mode = selection.mode
-    expected: dict[str, list[tuple[str, str]]] = {}
+    expected: dict[NEVRA, list[tuple[str, str]]] = {}
     if mode in (SelectionMode.packages, SelectionMode.spec):
         specs = selection.packages if mode is SelectionMode.packages else \
             spec_buildrequires(selection.spec, selection.spec_defines)  # type: ignore[arg-type]
         with step(f"Resolving {', '.join(specs)} with dnf"):
-            keys = depsolve(metadata.directory, specs, work / "dnf")
-        return [by_key[k] for k in keys], expected
+            chosen = depsolve(metadata.directory, specs, work / "dnf")
+        return [by_nevra[n] for n in chosen], expected
     pinned = selection.pinned if mode is SelectionMode.pinned else \
         installed_packages(selection.installed_root)  # type: ignore[arg-type]
-    chosen, missing = [], []
+    found_packages, missing = [], []
     for p in pinned:
-        if (found := by_key.get(p.key)) is None:
-            missing.append(p.nevra)
+        if (found := by_nevra.get(p.nevra)) is None:
+            missing.append(str(p.nevra))
             continue
-        chosen.append(found)
+        found_packages.append(found)
         if p.payloadhash:
             who = "the buildroot's package list" if mode is SelectionMode.pinned else "the installed rpm database"
             expected.setdefault(found.nevra, []).append((who, p.payloadhash))
     if missing:
         raise ResolveError(f"{len(missing)} installed package(s) are not in the source {metadata.source}: "
                            f"{', '.join(missing)}")
-    return chosen, expected
+    return found_packages, expected
 
 
 def _jobs(packages: Sequence[RepoPackage], metadata: SourceMetadata,
-          expected: dict[str, list[tuple[str, str]]]) -> list[_Job]:
+          expected: dict[NEVRA, list[tuple[str, str]]]) -> list[_Job]:
     """Check every location before anything is fetched; a bad one fails the staging at once."""
-    source = metadata.source
     jobs, files = [], {}
     for pkg in packages:
-        if source.kind is SourceKind.http:
-            origin, local = package_url(source, pkg.href, pkg.location_base), None
-            name = PurePosixPath(unquote(urlsplit(origin).path)).name
-        else:
-            local = package_path(source, pkg.href, pkg.location_base)
-            origin, name = str(source.directory / pkg.href), package_relpath(pkg.href).name
-        if not name.endswith(".rpm") or name.startswith("."):
-            name = f"{pkg.nevra}.rpm"
-        if name in files:
-            raise StagingError(f"{files[name]} and {pkg.nevra} would both be staged as {name}")
-        files[name] = pkg.nevra
+        location = metadata.source.locate(pkg)
+        if not location.name.endswith(".rpm") or location.name.startswith("."):
+            location = dataclasses.replace(location, name=pkg.nevra.file_name())
+        if location.name in files:
+            raise StagingError(f"{files[location.name]} and {pkg.nevra} would both be staged as {location.name}")
+        files[location.name] = pkg.nevra
         hashes = list(expected.get(pkg.nevra, []))
-        if (koji := metadata.payloadhashes.get(f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}")):
+        if (koji := metadata.payloadhashes.get(pkg.nevra)):
             hashes.append(("koji's rpmlist.jsonl", koji))
-        jobs.append(_Job(pkg, name, origin, local, tuple(hashes)))
+        jobs.append(_Job(pkg, location, tuple(hashes)))
     return jobs
 
 
 def _check_request(request: StageRequest, source: Source) -> None:
     request.selection.mode  # noqa: B018 - raises when not exactly one is chosen
     if request.jobs < 1:
-        raise StagingError(f"--jobs must be at least 1 (got {request.jobs})")
+        raise SettingError("jobs", f"must be at least 1 (got {request.jobs})")
     if request.max_bytes is not None and request.max_bytes <= 0:
-        raise StagingError(f"the size limit must be positive (got {request.max_bytes})")
+        raise SettingError("max_bytes", f"the size limit must be positive (got {request.max_bytes})")
     dest = request.dest.absolute()
-    if source.kind is SourceKind.directory:
-        assert source.directory is not None
-        if not source.directory.is_dir():
-            raise StagingError(f"source {source.directory}: not a directory")
-        if is_within(dest, source.directory) or is_within(source.directory, dest):
-            raise StagingError(f"--dest {dest} and the source {source.directory} must not contain each other")
+    try:
+        source.check_destination(dest)
+    except StagingError as e:
+        raise SettingError("dest", str(e)) from None
     if dest.exists():
         if not dest.is_dir():
-            raise StagingError(f"--dest {dest} exists and is not a directory")
-        if any(dest.iterdir()) and not (dest / MANIFEST_NAME).is_file():
-            raise StagingError(f"--dest {dest} is not empty and is no staged repository (no {MANIFEST_NAME}): "
-                               "refusing to replace it")
+            raise SettingError("dest", f"{dest} exists and is not a directory")
+        if any(dest.iterdir()) and not (dest / STAGE_MANIFEST_NAME).is_file():
+            raise SettingError("dest", f"{dest} is not empty and is no staged repository (no {STAGE_MANIFEST_NAME}): "
+                                       "refusing to replace it")
 
 
-def write_manifest(path: Path, metadata: SourceMetadata, request: StageRequest,
-                   staged: Sequence[StagedPackage], fetched: int, from_cache: int, seconds: float) -> dict:
+def write_stage_manifest(path: Path, metadata: SourceMetadata, request: StageRequest,
+                         staged: Sequence[StagedPackage], fetched: int, from_cache: int, seconds: float) -> dict:
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": STAGE_MANIFEST_FORMAT,
         "builder-version": __version__,
         "source": metadata.identity(),
         "selection": request.selection.describe(),
@@ -467,8 +450,8 @@ def stage_repository(request: StageRequest) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-stage-") as tmp:
         work = Path(tmp)
         with step(f"Reading the metadata of {source}"):
-            metadata = load_metadata(source, http, work, filelists=request.selection.mode in
-                                     (SelectionMode.packages, SelectionMode.spec))
+            metadata = source.load_metadata(http, work, filelists=request.selection.mode in
+                                            (SelectionMode.packages, SelectionMode.spec))
         packages, expected = _select(request, metadata, work)
         total = sum(p.size for p in packages)
         if request.max_bytes is not None and total > request.max_bytes:
@@ -485,14 +468,14 @@ def stage_repository(request: StageRequest) -> StageResult:
             fetched = sum(p.size for p in staged if p.via is not Via.cache)
             from_cache = sum(p.size for p in staged if p.via is Via.cache)
             seconds = time.monotonic() - started
-            write_manifest(out / MANIFEST_NAME, metadata, request, staged, fetched, from_cache, seconds)
+            write_stage_manifest(out / STAGE_MANIFEST_NAME, metadata, request, staged, fetched, from_cache, seconds)
             for d in (out, out / "repodata"):
                 os.chmod(d, 0o755)
             replace_dir(out, dest)
         finally:
             stop.set()
             shutil.rmtree(out, ignore_errors=True)
-    result = StageResult(dest=dest, manifest=dest / MANIFEST_NAME, source=metadata.identity(), packages=tuple(staged),
+    result = StageResult(dest=dest, manifest=dest / STAGE_MANIFEST_NAME, source=metadata.identity(), packages=tuple(staged),
                          bytes_fetched=fetched, bytes_from_cache=from_cache, seconds=seconds)
     logger.info("%s", result.summary())
     return result

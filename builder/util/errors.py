@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -140,6 +140,21 @@ class SpecError(BuilderError):
 
 class BumpError(BuilderError):
     """A bump would not produce a newer package, or would change nothing."""
+
+
+class SettingError(StagingError):
+    """A setting of a staging request has a value staging cannot use. `setting` is the request's own
+    name for it; the library's message uses that name, and each front end that catches the error
+    respells it the way its users write it (a CLI flag, a plugin configuration key)."""
+
+    def __init__(self, setting: str, reason: str, *, spelling: Optional[str] = None) -> None:
+        self.setting = setting
+        self.reason = reason
+        super().__init__(f"{spelling or setting.replace('_', ' ')}: {reason}")
+
+    def spelled(self, spellings: Mapping[str, str]) -> "SettingError":
+        """The same error, naming the setting as `spellings` (setting -> spelling) does."""
+        return SettingError(self.setting, self.reason, spelling=spellings.get(self.setting))
 
 
 class UnsafeHrefError(StagingError):

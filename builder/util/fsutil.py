@@ -1,4 +1,5 @@
-"""File-system helpers: temp-then-rename writes, directory swaps, hashing, path containment."""
+"""File-system helpers: temp-then-rename writes, directory swaps, hashing, linking or copying, path
+containment."""
 
 from __future__ import annotations
 
@@ -15,22 +16,56 @@ FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), a copy-on-write clone of
 CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+# yum's old name for sha1 in repodata; everything else is hashlib's name already.
+CHECKSUM_TYPE_ALIASES = {"sha": "sha1"}
+HASH_ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
+
+
+def hash_algorithm(checksum_type: str) -> str:
+    """hashlib's name for a repodata checksum type; ValueError for one this builder does not verify."""
+    algo = CHECKSUM_TYPE_ALIASES.get(checksum_type.lower(), checksum_type.lower())
+    if algo not in HASH_ALGORITHMS:
+        raise ValueError(f"unsupported checksum type {checksum_type!r}")
+    return algo
+
+
+class Digests:
+    """Several hashes of one stream, fed chunk by chunk: every file this builder hashes goes through
+    here (downloads, copies, files on disk, bytes in memory)."""
+
+    def __init__(self, algorithms: Iterable[str]) -> None:
+        self._hashers = {a: hashlib.new(a) for a in algorithms}
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        for h in self._hashers.values():
             h.update(chunk)
-    return h.hexdigest()
+
+    def hexdigests(self) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in self._hashers.items()}
 
 
 def hash_file(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
     """hashlib name -> hex digest of the file, in one pass."""
-    hashers = {a: hashlib.new(a) for a in algorithms}
+    digests = Digests(algorithms)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            for h in hashers.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hashers.items()}
+            digests.update(chunk)
+    return digests.hexdigests()
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(path, ("sha256",))["sha256"]
+
+
+def matches_checksum(data: bytes, checksum_type: str, expected: str) -> bool:
+    """Whether `data` has the repodata checksum `expected` (False for an unknown checksum type)."""
+    try:
+        algo = hash_algorithm(checksum_type)
+    except ValueError:
+        return False
+    digests = Digests((algo,))
+    digests.update(data)
+    return digests.hexdigests()[algo] == expected.strip().lower()
 
 
 def private_copy(src: Path, dst: Path, algorithms: Iterable[str]) -> tuple[int, dict[str, str], bool]:
@@ -48,17 +83,29 @@ def private_copy(src: Path, dst: Path, algorithms: Iterable[str]) -> tuple[int, 
                 raise
             cloned = False
         if not cloned:
-            hashers = {a: hashlib.new(a) for a in algorithms}
+            digests = Digests(algorithms)
             size = 0
             buffer = bytearray(CHUNK)
             view = memoryview(buffer)
             while n := fin.readinto(buffer):
-                for h in hashers.values():
-                    h.update(view[:n])
+                digests.update(view[:n])
                 fout.write(view[:n])
                 size += n
-            return size, {a: h.hexdigest() for a, h in hashers.items()}, False
+            return size, digests.hexdigests(), False
     return dst.stat().st_size, hash_file(dst, algorithms), True
+
+
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """Hard-link `src` to `dst` where the file system allows it, else copy it (with its times);
+    True when it was linked."""
+    try:
+        os.link(src, dst)
+        return True
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copy2(src, dst)
+        return False
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -108,9 +155,4 @@ def is_within(path: PurePosixPath | Path, root: PurePosixPath | Path) -> bool:
 
 def link_or_copy_tree(src: Path, dest: Path) -> None:
     """Copy a tree, hard-linking files where the file system allows it."""
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-    shutil.copytree(src, dest, symlinks=True, copy_function=link)
+    shutil.copytree(src, dest, symlinks=True, copy_function=lambda s, d: link_or_copy(Path(s), Path(d)))

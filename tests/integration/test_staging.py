@@ -19,7 +19,10 @@ import pytest
 from mkosi_initrd_builder.util.errors import FetchError, ResolveError, StagingError, UnsafeHrefError, VerificationError
 from mkosi_initrd_builder.staging.download import RetryPolicy
 from mkosi_initrd_builder.rpmmeta.repo import open_repository
-from mkosi_initrd_builder.staging.stage import MANIFEST_NAME, PackageSelection, StageRequest, Via, stage_repository
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
+from mkosi_initrd_builder.staging.stage import (
+    STAGE_MANIFEST_NAME, PackageSelection, StageRequest, Via, stage_repository,
+)
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.cli import run_cli
@@ -38,7 +41,7 @@ def stage(source, dest, *, packages=(), cache=None, retry=FAST_RETRY, **kw):
 
 
 def names(result) -> set[str]:
-    return {p.name for p in result.packages}
+    return {p.nevra.name for p in result.packages}
 
 
 def koji_url(server, tree) -> str:
@@ -51,7 +54,7 @@ def package_urlpath(tree, name: str) -> str:
 
 
 def read_manifest(dest: Path) -> dict:
-    return json.loads((dest / MANIFEST_NAME).read_text())
+    return json.loads((dest / STAGE_MANIFEST_NAME).read_text())
 
 
 def cache_entry(cache: Path, package) -> Path:
@@ -82,13 +85,13 @@ def test_stage_from_directory_hard_links_the_dnf_closure(fixture_repo, tmp_path)
     assert names(result) == {"initrd-init", "busybox", "filesystem"}  # dnf pulled in the Requires
     assert {p.via for p in result.packages} == {Via.link}
     for p in result.packages:
-        staged, source = dest / p.file, fixture_repo.rpms[p.name]
+        staged, source = dest / p.file, fixture_repo.rpms[p.nevra.name]
         assert os.path.samefile(staged, source)
         assert p.sha256 == hashlib.sha256(staged.read_bytes()).hexdigest()
     # the destination is a repository of exactly those files, and nothing else
-    expected = [MANIFEST_NAME, "repodata", *(p.file for p in result.packages)]
+    expected = [STAGE_MANIFEST_NAME, "repodata", *(p.file for p in result.packages)]
     assert sorted(p.name for p in dest.iterdir()) == sorted(expected)
-    assert {p.name for p in open_repository(dest).packages} == names(result)
+    assert {p.nevra.name for p in open_repository(dest).packages} == names(result)
     manifest = read_manifest(dest)
     assert manifest["format"] == "mkosi-initrd-stage/1"
     assert manifest["selection"] == {"mode": "packages", "requested": ["initrd-init"]}
@@ -108,10 +111,10 @@ def test_stage_over_http_from_koji_repo_goes_through_toplink(koji_tree, tree_ser
     assert names(result) == {"kernel-core", "initrd-init", "busybox", "filesystem"}
     assert {p.via for p in result.packages} == {Via.http}
     for p in result.packages:
-        assert f"/{koji_tree.repo_relpath}/toplink/packages/{p.name}/" in p.origin
-        assert tree_server.requests_for(package_urlpath(koji_tree, p.name)) == 1
+        assert f"/{koji_tree.repo_relpath}/toplink/packages/{p.nevra.name}/" in p.origin
+        assert tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1
         # the payload hash in the header is the one koji's rpmlist.jsonl records
-        assert p.payloadhash == koji_tree.rpminfo[f"{p.name}-{p.version}-{p.release}.{p.arch}"]["payloadhash"]
+        assert p.payloadhash == koji_tree.rpminfo[p.nevra.nvra()]["payloadhash"]
     source = read_manifest(dest)["source"]
     assert source["koji"] == {"tag": koji_tree.tag, "repo_id": koji_tree.repo_id, "arch": koji_tree.arch}
     assert source["rpmlist"] is True and source["kind"] == "http"
@@ -125,7 +128,7 @@ def test_stage_over_http_from_koji_repo_goes_through_toplink(koji_tree, tree_ser
 def test_stage_from_koji_directory_links_through_toplink(koji_tree, tmp_path):
     result = stage(koji_tree.repo_dir, tmp_path / "staged", packages=["initrd-init"])
     assert names(result) == {"initrd-init", "busybox", "filesystem"}
-    init = next(p for p in result.packages if p.name == "initrd-init")
+    init = next(p for p in result.packages if p.nevra.name == "initrd-init")
     assert "/toplink/packages/initrd-init/" in init.origin and init.via is Via.link
     assert os.path.samefile(tmp_path / "staged" / init.file, koji_tree.package_path("initrd-init"))
 
@@ -176,7 +179,7 @@ def test_installed_root_stages_exactly_the_rpmdb(installed_root, koji_tree, tmp_
 
 
 def test_installed_package_missing_from_source_is_named(koji_tree, tmp_path):
-    ghost = PinnedPackage("ghost", 0, "1", "1", "noarch")
+    ghost = PinnedPackage(NEVRA("ghost", 0, "1", "1", "noarch"))
     with pytest.raises(ResolveError, match="not in the source .*: ghost-1-1.noarch"):
         stage_repository(StageRequest(source=str(koji_tree.repo_dir), dest=tmp_path / "d",
                                       selection=PackageSelection(pinned=(ghost,))))
@@ -209,7 +212,7 @@ def test_verification_catches_a_corrupted_rpm_and_names_it(small_tree, tmp_path)
 
 def test_verification_reads_the_header_nevra(small_tree, tmp_path):
     # The repository's checksum matches the file, but the entry claims another version.
-    claimed = PinnedPackage("initrd-init", 0, "2", "1.fixture", "noarch")
+    claimed = PinnedPackage(NEVRA("initrd-init", 0, "2", "1.fixture", "noarch"))
     primary = next((small_tree.repo_dir / "repodata").glob("*primary.xml.gz"))
     import gzip
     xml = gzip.decompress(primary.read_bytes()).replace(b'ver="1" rel="1.fixture"', b'ver="2" rel="1.fixture"')
@@ -290,7 +293,7 @@ def test_second_staging_is_served_from_cache(koji_tree, tree_server, tmp_path):
     assert {p.via for p in warm.packages} == {Via.cache}
     assert read_manifest(tmp_path / "two")["totals"]["bytes-from-cache"] == cold.total_bytes
     for p in warm.packages:  # each package was downloaded once, by the cold run
-        assert tree_server.requests_for(package_urlpath(koji_tree, p.name)) == 1
+        assert tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1
         # a private copy: a later write to the cache (or to another staging) cannot reach it
         assert not os.path.samefile(tmp_path / "one" / p.file, tmp_path / "two" / p.file)
         assert not os.path.samefile(cache_entry(cache, p), tmp_path / "two" / p.file)
@@ -304,14 +307,14 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     cache = tmp_path / "cache"
     source = koji_url(tree_server, koji_tree)
     first = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
-    init = next(p for p in first.packages if p.name == "initrd-init")
+    init = next(p for p in first.packages if p.nevra.name == "initrd-init")
     entry = cache_entry(cache, init)
     flip_byte(entry)
     # the repository staged before the damage keeps its own, intact file
     assert sha256_of(tmp_path / "one" / init.file) == init.sha256
     with caplog.at_level("WARNING", logger="mkosi_initrd_builder.staging.stage"):
         second = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
-    again = next(p for p in second.packages if p.name == "initrd-init")
+    again = next(p for p in second.packages if p.nevra.name == "initrd-init")
     assert again.via is Via.http and again.sha256 == init.sha256
     assert tree_server.requests_for(package_urlpath(koji_tree, "initrd-init")) == 2
     assert f"cache entry {entry} of {init.nevra} is damaged" in caplog.text
@@ -319,7 +322,7 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     recorded = {p["name"]: p for p in read_manifest(tmp_path / "two")["packages"]}
     assert sha256_of(staged) == init.sha256 == recorded["initrd-init"]["sha256"]
     subprocess.run(["rpm", "-K", "--nosignature", str(staged)], check=True, capture_output=True)
-    described = {p.name: p for p in open_repository(tmp_path / "two", with_files=False).packages}
+    described = {p.nevra.name: p for p in open_repository(tmp_path / "two", with_files=False).packages}
     assert described["initrd-init"].checksum == init.sha256
     assert sha256_of(entry) == init.sha256  # the cache holds the good file again
     assert list((cache / "tmp").iterdir()) == [] and leftovers(tmp_path) == []
@@ -330,11 +333,11 @@ def test_damaged_cache_entry_of_a_damaged_source_fails_verification(small_tree, 
     # other, fetching again gets the same bytes, and the staging must fail, naming the source's file.
     cache = tmp_path / "cache"
     first = stage(small_tree.repo_dir, tmp_path / "one", packages=["initrd-init"], cache=cache)
-    init = next(p for p in first.packages if p.name == "initrd-init")
+    init = next(p for p in first.packages if p.nevra.name == "initrd-init")
     flip_byte(cache_entry(cache, init))
     with pytest.raises(VerificationError) as e:
         stage(small_tree.repo_dir, tmp_path / "two", packages=["initrd-init"], cache=cache)
-    assert init.nevra in str(e.value) and "toplink/packages/initrd-init/" in str(e.value) and "sha256" in str(e.value)
+    assert str(init.nevra) in str(e.value) and "toplink/packages/initrd-init/" in str(e.value) and "sha256" in str(e.value)
     assert not (tmp_path / "two").exists() and leftovers(tmp_path) == []
     assert sha256_of(tmp_path / "one" / init.file) == init.sha256
 
@@ -463,7 +466,7 @@ def test_destination_that_is_not_a_staged_repository_is_refused(fixture_repo, tm
     assert "is not empty and is no staged repository" in r.stderr
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
     r = run_cli(["stage", "--source", fixture_repo.path, "--dest", tmp_path / "x"])
-    assert r.returncode == 1 and "choose exactly one of --packages, --spec and --installed-root" in r.stderr
+    assert r.returncode == 1 and "error: --packages, --spec or --installed-root: give exactly one\n" in r.stderr
 
 
 def test_builder_builds_an_image_from_a_staged_repository(koji_tree, tree_server, fixture_repo, tmp_path):
@@ -478,3 +481,55 @@ def test_builder_builds_an_image_from_a_staged_repository(koji_tree, tree_server
     manifest = json.loads((out / "minimal" / "manifest.json").read_text())
     assert {p.rsplit("-", 2)[0] for p in manifest["packages"]} >= {"initrd-init", "kmod", "busybox"}
     assert (out / "minimal" / "initrd.cpio.zst").stat().st_size > 0
+
+
+def test_a_trickling_server_fails_the_file_within_its_time_limit(koji_tree, tree_server, tmp_path):
+    """One byte every 2 s never trips a per-read timeout; the bound on the whole file does, and the
+    error names the URL. The staging runs in a process of its own so a hang fails the test instead of
+    holding it."""
+    path = package_urlpath(koji_tree, "initrd-init")
+    tree_server.faults[path] = Fault("trickle", seconds=2.0)
+    proc = subprocess.Popen([sys.executable, "-m", "mkosi_initrd_builder", "stage", "--source",
+                             koji_url(tree_server, koji_tree), "--dest", str(tmp_path / "d"), "--packages",
+                             "initrd-init", "--fetch-timeout", "3", "--retries", "2"],
+                            cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert f"{tree_server.url}{path}" in err and "not complete after 3s, the limit for one file" in err, err
+    assert tree_server.requests_for(path) == 1  # the limit is for the file: no second try after it
+    assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+
+
+def test_sigterm_stops_a_staging_waiting_for_another_stagings_cache_lock(koji_tree, tree_server, tmp_path):
+    """Another staging holds every lock stripe of the cache (as while it fetches): the waiting staging
+    neither fetches nor hangs, and a SIGTERM ends it at once."""
+    import fcntl
+
+    from mkosi_initrd_builder.staging.cache import PackageCache
+
+    cache = PackageCache(tmp_path / "cache")
+    held = []
+    for i in range(256):
+        fd = os.open(cache.root / "locks" / f"{i:02x}", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mkosi_initrd_builder", "stage", "--source",
+                                 koji_url(tree_server, koji_tree), "--dest", str(tmp_path / "d"), "--cache",
+                                 str(cache.root), "--packages", "initrd-init"],
+                                cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        # the staging directory appears once the packages are chosen, right before the first lock
+        while not list(tmp_path.glob(".d.staging-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert tree_server.requests_for(package_urlpath(koji_tree, "initrd-init")) == 0
+    assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []

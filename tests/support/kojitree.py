@@ -112,11 +112,11 @@ def build_koji_tree(topdir: Path, rpms: Iterable[Path], *, tag: str = "fixture-b
 
 @dataclasses.dataclass
 class Fault:
-    kind: str                      # "status", "truncate", "tamper" or "delay"
+    kind: str                      # "status", "truncate", "tamper", "delay" or "trickle"
     status: int = 500
     times: Optional[int] = None    # None: every request
     user_agent: str = ""           # only requests whose User-Agent contains this
-    seconds: float = 0.0           # for "delay"
+    seconds: float = 0.0           # for "delay"; for "trickle", between two bytes
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -161,6 +161,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         elif fault.kind == "tamper":
             middle = len(body) // 2
             self.wfile.write(body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:])
+        elif fault.kind == "trickle":
+            # one byte now and then, never slow enough for a per-read timeout, until the client leaves
+            self.close_connection = True
+            for i in range(len(body)):
+                try:
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return None
+                time.sleep(fault.seconds)
         return None
 
 

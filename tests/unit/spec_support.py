@@ -7,6 +7,7 @@ import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import Repository, RepoPackage
 from mkosi_initrd_builder.spec.render import ChangelogEntry, SpecInputs, describe_kernel, gather_inputs, release_for
 from mkosi_initrd_builder.building.variants import VariantSpec
@@ -17,10 +18,7 @@ DATE = datetime.date(2023, 11, 14)
 
 
 def package(name: str, evr: str, arch: str = "x86_64", files: Sequence[str] = ()) -> RepoPackage:
-    epoch, _, vr = evr.rpartition(":")
-    version, _, release = vr.rpartition("-")
-    return RepoPackage(name=name, epoch=epoch or "0", version=version, release=release, arch=arch,
-                       href=f"{name}.rpm", checksum_type="sha256", checksum="0" * 64, size=1, buildtime=1,
+    return RepoPackage(nevra=NEVRA.with_evr(name, evr, arch), href=f"{name}.rpm", checksum_type="sha256", checksum="0" * 64, size=1, buildtime=1,
                        provides=(name,), files=tuple(files))
 
 
@@ -41,6 +39,6 @@ def first_inputs(repo: Repository, variants: Sequence[VariantSpec], uname: str =
     from mkosi_initrd_builder.spec.render import first_entry_lines
 
     kernel = describe_kernel(repo, uname)
-    evr = kernel.image_package.evr
-    entry = ChangelogEntry(DATE, PACKAGER, f"{evr.version}-{release_for(evr, 1)}", first_entry_lines(kernel, variants))
+    image = kernel.image_package.nevra
+    entry = ChangelogEntry(DATE, PACKAGER, f"{image.version}-{release_for(image, 1)}", first_entry_lines(kernel, variants))
     return gather_inputs(repo, kernel, variants, release="rawhide", build_counter=1, changelog=entry.render())

@@ -115,3 +115,47 @@ def test_a_file_is_no_cache(tmp_path):
         PackageCache(tmp_path / "f")
     with pytest.raises(CacheError, match="not a directory|cannot create"):
         PackageCache(tmp_path / "f" / "c")
+
+
+def _hold_stripe(cache: PackageCache, checksum: str) -> int:
+    import fcntl
+
+    fd = os.open(cache.root / "locks" / checksum[:2], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_waiting_for_a_held_entry_gives_up_after_its_bound_and_names_the_entry(tmp_path):
+    import threading
+
+    cache = PackageCache(tmp_path / "cache")
+    checksum = "ab" * 32
+    fd = _hold_stripe(cache, checksum)
+    try:
+        with pytest.raises(CacheError, match=f"waited 0.2s for another staging to finish the entry {checksum}"):
+            with cache.lock(checksum, stop=threading.Event(), timeout=0.2):
+                pass
+    finally:
+        os.close(fd)
+    with cache.lock(checksum, stop=threading.Event(), timeout=0.2):
+        pass  # free again: taken at once
+
+
+def test_waiting_for_a_held_entry_ends_when_the_staging_is_stopped(tmp_path):
+    import threading
+
+    from mkosi_initrd_builder.staging.download import Interrupted
+
+    cache = PackageCache(tmp_path / "cache")
+    checksum = "cd" * 32
+    fd = _hold_stripe(cache, checksum)
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            with cache.lock(checksum, stop=stop, timeout=3600):
+                pass
+    finally:
+        timer.cancel()
+        os.close(fd)

@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, SpecError
-from mkosi_initrd_builder.rpmmeta.evr import EVR
 from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec,
                                        release_for, render_spec, write_spec)
 from mkosi_initrd_builder.building.variants import load_variants
@@ -37,8 +36,8 @@ def bump(spec, repo, variants_dir, uname, message=None):
     kernel = describe_kernel(repo, uname)
     variants = load_variants(variants_dir)
     b = plan_bump(current, kernel, variants, message)
-    evr = kernel.image_package.evr
-    entry = ChangelogEntry(DATE, PACKAGER, f"{evr.version}-{release_for(evr, b.build_counter)}", b.entry_lines)
+    image = kernel.image_package.nevra
+    entry = ChangelogEntry(DATE, PACKAGER, f"{image.version}-{release_for(image, b.build_counter)}", b.entry_lines)
     inputs = gather_inputs(repo, kernel, variants, release="rawhide", build_counter=b.build_counter,
                            changelog=entry.render() + "\n\n" + current.changelog)
     write_spec(render_spec(inputs), spec, variants)
@@ -144,7 +143,6 @@ def test_version_grows_monotonically_over_a_series_of_bumps(tmp_path, variants_d
         rendered = render_first(spec, repo, variants_dir) if i == 0 else bump(spec, repo, variants_dir, uname, message)
         if seen:
             assert rpm.labelCompare(label(rendered), seen[-1]) == 1, (label(rendered), seen[-1])
-            assert EVR(0, rendered.version, rendered.release).compare(EVR(0, seen[-1][1], seen[-1][2])) == 1
         seen.append(label(rendered))
     assert [f"{v}-{r}" for _, v, r in seen] == [
         "6.1.192-2^1", "6.1.192-2^2", "6.1.192-2.1^1", "6.1.192-3^1", "6.1.192-3^2", "6.1.192-3^3",

@@ -67,7 +67,7 @@ def test_spec_refuses_a_kernel_the_repository_lacks():
 
 def test_spec_refuses_image_packages_the_repository_lacks():
     repo = fake_repo()
-    repo = type(repo)(repo.path, repo.revision, tuple(p for p in repo.packages if p.name != "initrd-init"))
+    repo = type(repo)(repo.path, repo.revision, tuple(p for p in repo.packages if p.nevra.name != "initrd-init"))
     with pytest.raises(PackageMissingError, match="initrd-init"):
         first_inputs(repo, fixture_variants())
 
@@ -113,7 +113,7 @@ def test_written_spec_reads_back_and_carries_its_sources(tmp_path):
         "minimal.toml", "storage.toml", "mkosi-initrd-initrd.spec"])
     assert os.access(spec.parent / "52-mkosi-initrd-prebuilt.install", os.X_OK)
     back = read_spec(spec)
-    assert (back.kernel_uname, back.kernel_name, str(back.kernel_evr), back.build_counter) == \
+    assert (back.kernel_uname, back.kernel.name, back.kernel.evr(), back.build_counter) == \
         (UNAME, "kernel-core", "6.1.192-2", 1)
     assert (back.version, back.release) == ("6.1.192", "2^1")
     assert set(back.variant_sha256) == {"minimal", "storage"}

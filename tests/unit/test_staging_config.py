@@ -40,12 +40,15 @@ cache_dir = /srv/cache
 max_size = 1.5G
 jobs = 8
 retries = 2
+fetch_timeout = 60
 isolation = tag
 """)
     assert config == PluginConfig(packages=frozenset({"mkosi-initrd-initrd", "other-initrd", "third"}),
                                   tags=frozenset({"f42-build", "f43-build"}), tag_extra="mkosi_initrd.enabled",
                                   cache_dir=Path("/srv/cache"), max_size=int(1.5 * 1024 ** 3), jobs=8, retries=2,
-                                  isolation=Isolation.TAG)
+                                  fetch_timeout=60, isolation=Isolation.TAG)
+    assert config.retry_policy().file_timeout == 60
+    assert config.setting_spellings()["max_bytes"] == "[mkosi_initrd] max_size"
 
 
 def test_defaults_come_from_the_key_table():

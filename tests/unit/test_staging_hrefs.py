@@ -10,9 +10,10 @@ import pytest
 from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError
 from mkosi_initrd_builder.staging.stage import PackageSelection
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
-from mkosi_initrd_builder.staging.sources import (
-    SourceKind, package_path, package_relpath, package_url, parse_rpmlist, parse_source,
-)
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
+from mkosi_initrd_builder.staging.sources import DirectorySource, HttpSource, parse_source
+from mkosi_initrd_builder.staging.sources.base import parse_rpmlist
+from mkosi_initrd_builder.staging.sources.hrefs import package_relpath
 
 HTTP = parse_source("http://127.0.0.1:8080/kojifiles/repos/f42-build/7/x86_64")
 
@@ -52,7 +53,7 @@ def test_stage_refuses_href_outside_repo(href, reason):
 
 
 def test_http_href_becomes_url_below_the_source():
-    url = package_url(HTTP, "toplink/packages/busybox/1.35.0/4+deb12u1/x86_64/busybox-1.35.0-4+deb12u1.x86_64.rpm")
+    url = HTTP.url_of("toplink/packages/busybox/1.35.0/4+deb12u1/x86_64/busybox-1.35.0-4+deb12u1.x86_64.rpm")
     assert url == ("http://127.0.0.1:8080/kojifiles/repos/f42-build/7/x86_64/toplink/packages/busybox/1.35.0/"
                    "4+deb12u1/x86_64/busybox-1.35.0-4+deb12u1.x86_64.rpm")
 
@@ -64,13 +65,13 @@ def test_http_href_becomes_url_below_the_source():
 ])
 def test_http_source_refuses_url_to_another_host(href):
     with pytest.raises(UnsafeHrefError, match="another host") as e:
-        package_url(HTTP, href)
+        HTTP.url_of(href)
     assert href in str(e.value)
 
 
 def test_http_source_accepts_same_host_url_below_it():
     href = "http://127.0.0.1:8080/kojifiles/repos/f42-build/7/x86_64/Packages/kmod.rpm"
-    assert package_url(HTTP, href) == href
+    assert HTTP.url_of(href) == href
 
 
 @pytest.mark.parametrize("href", [
@@ -81,13 +82,13 @@ def test_http_source_accepts_same_host_url_below_it():
 ])
 def test_http_source_refuses_same_host_url_outside_it(href):
     with pytest.raises(UnsafeHrefError):
-        package_url(HTTP, href)
+        HTTP.url_of(href)
 
 
 def test_xml_base_pointing_elsewhere_is_refused():
     # mergerepo_c --koji marks external repositories' packages with xml:base
     with pytest.raises(UnsafeHrefError, match="another host"):
-        package_url(HTTP, "Packages/k/kmod.rpm", "https://mirror.example/fedora/42/")
+        HTTP.url_of("Packages/k/kmod.rpm", "https://mirror.example/fedora/42/")
 
 
 def _repo_with(tmp_path: Path) -> tuple[Path, Path]:
@@ -104,8 +105,8 @@ def test_symlink_inside_the_repository_is_followed(tmp_path):
     repo, _ = _repo_with(tmp_path)
     (repo / "alias.rpm").symlink_to("good.rpm")
     source = parse_source(str(repo))
-    assert source.kind is SourceKind.directory
-    assert package_path(source, "alias.rpm") == (repo / "good.rpm").resolve()
+    assert isinstance(source, DirectorySource)
+    assert source.path_of("alias.rpm") == (repo / "good.rpm").resolve()
 
 
 def test_stage_refuses_symlink_escaping_the_repository(tmp_path):
@@ -115,7 +116,7 @@ def test_stage_refuses_symlink_escaping_the_repository(tmp_path):
     source = parse_source(str(repo))
     for href in ("evil.rpm", "sub/kmod.rpm"):
         with pytest.raises(UnsafeHrefError, match="outside the repository") as e:
-            package_path(source, href)
+            source.path_of(href)
         # repo-evil starts with the repository's path as a string; whole components tell them apart
         assert str(outside / "kmod.rpm") in str(e.value)
         assert repr(href) in str(e.value)
@@ -133,13 +134,13 @@ def test_koji_toplink_reaches_the_package_trees_only(tmp_path):
     os.symlink("../../../..", arch / "toplink")
     source = parse_source(str(arch))
     assert source.koji is not None and (source.koji.tag, source.koji.repo_id) == ("f42-build", 7)
-    assert package_path(source, "toplink/packages/kmod/30/1/noarch/kmod-30-1.noarch.rpm") == pkg.resolve()
+    assert source.path_of("toplink/packages/kmod/30/1/noarch/kmod-30-1.noarch.rpm") == pkg.resolve()
     with pytest.raises(UnsafeHrefError, match="toplink"):
-        package_path(source, "toplink/work/secret.rpm")
+        source.path_of("toplink/work/secret.rpm")
     # a package tree entry that is itself a symlink out of packages/ is caught after resolving
     (topdir / "packages/evil.rpm").symlink_to("../work/secret.rpm")
     with pytest.raises(UnsafeHrefError, match="toplink"):
-        package_path(source, "toplink/packages/evil.rpm")
+        source.path_of("toplink/packages/evil.rpm")
 
 
 def test_toplink_not_pointing_above_the_repository_is_refused(tmp_path):
@@ -148,14 +149,14 @@ def test_toplink_not_pointing_above_the_repository_is_refused(tmp_path):
     (outside / "packages/k/kmod.rpm").write_bytes(b"x")
     os.symlink(outside, repo / "toplink")
     with pytest.raises(UnsafeHrefError, match="does not hold the repository"):
-        package_path(parse_source(str(repo)), "toplink/packages/k/kmod.rpm")
+        parse_source(str(repo)).path_of("toplink/packages/k/kmod.rpm")
 
 
 def test_parse_source_accepts_directories_and_http_urls(tmp_path):
     assert parse_source(str(tmp_path)).directory == tmp_path
     assert parse_source(tmp_path.as_uri()).directory == tmp_path
     src = parse_source("https://koji.example/kojifiles/repos/f42-build/latest/x86_64/")
-    assert src.kind is SourceKind.http and src.url.endswith("/x86_64/")
+    assert isinstance(src, HttpSource) and src.url.endswith("/x86_64/")
     assert src.koji is None  # "latest" is a moving symlink, not a repo id
     for bad in ("ftp://koji.example/repo", "http:///no-host", "http://koji.example/repo?x=1",
                 "file://otherhost/srv/repo"):
@@ -163,16 +164,16 @@ def test_parse_source_accepts_directories_and_http_urls(tmp_path):
             parse_source(bad)
 
 
-def test_rpmlist_lines_map_nvra_to_payloadhash():
+def test_rpmlist_lines_map_nevra_to_payloadhash():
     text = ('{"name": "kmod", "version": "30", "release": "1", "epoch": null, "arch": "noarch", '
             '"payloadhash": "93710B6C4B6050DBC3E78DD7ADE3AB40"}\n\n')
-    assert parse_rpmlist(text, "rpmlist.jsonl") == {"kmod-30-1.noarch": "93710b6c4b6050dbc3e78dd7ade3ab40"}
+    assert parse_rpmlist(text, "rpmlist.jsonl") == {NEVRA("kmod", 0, "30", "1", "noarch"): "93710b6c4b6050dbc3e78dd7ade3ab40"}
     with pytest.raises(StagingError, match="rpmlist.jsonl: line 3 is not a koji rpminfo record"):
         parse_rpmlist(text + "{oops\n", "rpmlist.jsonl")
 
 
 def test_selection_needs_exactly_one_mode():
-    with pytest.raises(StagingError, match="exactly one of --packages, --spec and --installed-root"):
+    with pytest.raises(StagingError, match="^packages, spec, installed-root, pinned: give exactly one$"):
         PackageSelection().mode  # noqa: B018
     with pytest.raises(StagingError, match="got packages, spec"):
         PackageSelection(packages=("kmod",), spec=Path("x.spec")).mode  # noqa: B018
@@ -182,6 +183,6 @@ def test_selection_needs_exactly_one_mode():
 def test_pinned_package_from_kojid_listing():
     p = PinnedPackage.from_koji({"name": "kernel-core", "epoch": None, "version": "6.1", "release": "2",
                                  "arch": "x86_64", "payloadhash": "ABC"})
-    assert (p.nevra, p.nvra, p.payloadhash) == ("kernel-core-6.1-2.x86_64", "kernel-core-6.1-2.x86_64", "abc")
-    assert PinnedPackage.from_koji({"name": "a", "epoch": 2, "version": "1", "release": "1",
-                                    "arch": "noarch"}).nevra == "a-2:1-1.noarch"
+    assert (p.nevra, p.payloadhash) == (NEVRA("kernel-core", 0, "6.1", "2", "x86_64"), "abc")
+    assert str(PinnedPackage.from_koji({"name": "a", "epoch": 2, "version": "1", "release": "1",
+                                        "arch": "noarch"}).nevra) == "a-2:1-1.noarch"

@@ -1,0 +1,33 @@
+"""Where staged packages come from: one module per kind of source, each a class implementing
+base.Source. Adding a kind is a new module plus its line in SOURCE_TYPES."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from mkosi_initrd_builder.staging.sources.base import Source, SourceMetadata, Via
+from mkosi_initrd_builder.staging.sources.directory import DirectorySource
+from mkosi_initrd_builder.staging.sources.http import HttpSource
+from mkosi_initrd_builder.util.errors import StagingError
+
+# Asked in this order; the directory source comes last, as it takes any text without a scheme.
+SOURCE_TYPES: tuple[type[Source], ...] = (
+    HttpSource,
+    DirectorySource,
+)
+
+__all__ = ["SOURCE_TYPES", "Source", "SourceMetadata", "Via", "describe_schemes", "parse_source"]
+
+
+def describe_schemes() -> str:
+    return ", ".join(s for t in SOURCE_TYPES for s in t.schemes)
+
+
+def parse_source(text: str) -> Source:
+    """The source `text` names: the first registered kind that recognises it."""
+    for kind in SOURCE_TYPES:
+        source = kind.parse(text)
+        if source is not None:
+            return source
+    raise StagingError(f"source {text!r}: unsupported URL scheme {urlsplit(text).scheme!r} "
+                       f"(use {describe_schemes()})")

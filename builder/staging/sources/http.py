@@ -1,0 +1,138 @@
+"""A repository served over http(s):// (koji's topurl). Its metadata is copied into the staging's work
+directory after each file is checked against repomd.xml, and every package URL must stay on the
+source's host and below its path."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Optional
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
+from mkosi_initrd_builder.rpmmeta.repo import NS, RepoPackage, open_repository
+from mkosi_initrd_builder.staging.download import HttpClient
+from mkosi_initrd_builder.staging.sources.base import (
+    METADATA_TYPES, RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist, sha256_hex,
+)
+from mkosi_initrd_builder.staging.sources.hrefs import check_toplink, metadata_relpath, package_relpath
+from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError, VerificationError
+from mkosi_initrd_builder.util.fsutil import atomic_write, is_within, matches_checksum
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _port(scheme: str, port: Optional[int]) -> Optional[int]:
+    return port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSource(Source):
+    kind = "http"
+    schemes = ("http", "https")
+
+    location: str
+    url: str  # always ending in "/"
+
+    @classmethod
+    def parse(cls, text: str) -> Optional["HttpSource"]:
+        parts = urlsplit(text)
+        if parts.scheme not in cls.schemes:
+            return None
+        if not parts.hostname:
+            raise StagingError(f"source {text!r}: the URL names no host")
+        if parts.query or parts.fragment:
+            raise StagingError(f"source {text!r}: a repository URL takes no query or fragment")
+        path = parts.path.rstrip("/") + "/"
+        return cls(text, urlunsplit((parts.scheme, parts.netloc, path, "", "")))
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def koji_path(self) -> str:
+        return urlsplit(self.url).path
+
+    def url_of(self, href: str, location_base: str = "") -> str:
+        """The URL of a package. A location given as a URL (or with xml:base) must stay on the source's
+        host and below its path; anything else must be a safe relative path."""
+        full = urljoin(location_base, href) if location_base else href
+        parts = urlsplit(full)
+        if parts.scheme or parts.netloc:
+            base = urlsplit(self.url)
+            if (parts.scheme, parts.hostname, _port(parts.scheme, parts.port)) != \
+                    (base.scheme, base.hostname, _port(base.scheme, base.port)):
+                raise UnsafeHrefError(full, f"points to another host ({parts.scheme}://{parts.netloc})")
+            if parts.query or parts.fragment:
+                raise UnsafeHrefError(full, "contains '?' or '#'")
+            if ".." in parts.path.split("/") or ".." in unquote(parts.path).split("/"):
+                raise UnsafeHrefError(full, "contains a '..' component")
+            path, root = PurePosixPath(unquote(parts.path)), PurePosixPath(unquote(base.path))
+            if not is_within(path, root) or path == root:
+                raise UnsafeHrefError(full, f"is outside the repository ({self.url})")
+            rel = path.relative_to(root)
+            check_toplink(full, rel)
+        else:
+            rel = package_relpath(full)
+        return self.url + quote(rel.as_posix(), safe="/+~:@!$&'()*,;=")
+
+    def locate(self, package: RepoPackage) -> PackageLocation:
+        url = self.url_of(package.href, package.location_base)
+        return PackageLocation(url, url, PurePosixPath(unquote(urlsplit(url).path)).name)
+
+    def fetch(self, location: PackageLocation, target: Path, algorithms: Sequence[str], http: HttpClient,
+              package: NEVRA) -> Fetched:
+        got = http.download_file(location.address, target, algorithms=algorithms, package=str(package))
+        os.chmod(target, 0o444)
+        return Fetched(Via.http, got.size, got.digests)
+
+    def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:
+        directory = work / "metadata"
+        repomd = self._mirror_metadata(http, directory, METADATA_TYPES if filelists else METADATA_TYPES[:1])
+        repo = open_repository(directory, with_files=False)
+        where = self.url + RPMLIST
+        rpmlist = read_rpmlist(http.get_bytes(where, missing_ok=True), where)
+        return SourceMetadata(self, directory, sha256_hex(repomd), repo.revision, repo.packages, rpmlist or {},
+                              rpmlist is not None)
+
+    def _mirror_metadata(self, http: HttpClient, dest: Path, types: tuple[str, ...]) -> bytes:
+        """Copy repomd.xml and the metadata files of `types` into dest/repodata, each checked against
+        repomd.xml. The local repomd.xml lists only those files, so dnf and open_repository() read
+        exactly what was verified. Returns the original repomd.xml."""
+        repomd_url = self.url + "repodata/repomd.xml"
+        raw = http.get_bytes(repomd_url)
+        assert raw is not None
+        try:
+            repomd = ET.fromstring(raw)
+        except ET.ParseError as e:
+            raise StagingError(f"{repomd_url}: not a repomd.xml ({e})") from None
+        (dest / "repodata").mkdir(parents=True, exist_ok=True)
+        found = set()
+        for data in list(repomd.findall("repo:data", NS)):
+            kind = data.get("type")
+            if kind not in types:
+                repomd.remove(data)
+                continue
+            loc = data.find("repo:location", NS)
+            csum = data.find("repo:checksum", NS)
+            if loc is None or csum is None or not loc.get("href"):
+                raise StagingError(f"{repomd_url}: the {kind} entry has no location or checksum")
+            rel = metadata_relpath(loc.get("href", ""))
+            url = self.url + quote(rel.as_posix())
+            body = http.get_bytes(url)
+            assert body is not None
+            if not matches_checksum(body, csum.get("type", ""), csum.text or ""):
+                raise VerificationError(f"{kind} metadata", url, f"its checksum does not match repomd.xml's "
+                                                                 f"{csum.get('type')} {csum.text}")
+            atomic_write(dest.joinpath(*rel.parts), body)
+            found.add(kind)
+        missing = [t for t in types if t not in found]
+        if missing:
+            raise StagingError(f"{repomd_url} lists no {', '.join(missing)} metadata")
+        for prefix, uri in (("", NS["repo"]), ("rpm", NS["rpm"])):
+            ET.register_namespace(prefix, uri)
+        atomic_write(dest / "repodata" / "repomd.xml", ET.tostring(repomd, xml_declaration=True, encoding="UTF-8"))
+        return raw
