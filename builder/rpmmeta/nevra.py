@@ -11,10 +11,10 @@ from typing import Any
 
 import rpm
 
-# What rpmbuild accepts in a Name: tag (rpm's build/parsePreamble.c: alphanumerics and these, not
-# starting with one of the punctuation marks). A name is also a file name and a word of dnf's
-# command line, so nothing else (no space, comma, slash or quote) may reach them.
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+%{}-]*$")
+# What rpmbuild accepts in a Name: tag once macros are expanded (rpm's build/parsePreamble.c:
+# alphanumerics and "._+-", not starting with punctuation other than "_"). A name is also a file
+# name and a word of dnf's and mkosi's command lines: no space, comma, slash, quote or "%".
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
 
 
 @functools.total_ordering

@@ -1,21 +1,34 @@
-"""Read a local RPM repository's metadata (repomd, primary, filelists) without dnf: packages, files, kernels."""
+"""Read a local RPM repository's metadata (repomd, primary, filelists) without dnf: packages, files,
+kernels. createrepo_c's bindings parse it (measured against the hand-written parser this replaced:
+ARCHITECTURE.md, "Libraries and hand-written code").
+
+Memory and disk stay bounded whatever the metadata claims: each file is decompressed as a stream
+into a temporary file that stops at the size repomd.xml promises for it (open-size) and at
+MAX_METADATA_BYTES, and createrepo_c parses that file as a stream. What is kept grows with the
+number of packages (about 2 KB each), and a single element can be no larger than the cap.
+Entities are never expanded: createrepo_c's parser leaves a DTD's entities undefined, and
+repomd.xml is read by expat, which refuses entity amplification.
+"""
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
 import functools
-import gzip
-import io
-import lzma
+import os
 import re
+import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import createrepo_c
+
+from mkosi_initrd_builder.rpmmeta.hrefs import metadata_relpath
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
-from mkosi_initrd_builder.util.errors import RepositoryError
+from mkosi_initrd_builder.util.compression import DECOMPRESSION_ERRORS, ExpansionLimitError, decompress_to
+from mkosi_initrd_builder.util.errors import RepositoryError, UnsafeHrefError
+from mkosi_initrd_builder.util.fsutil import is_within
 from mkosi_initrd_builder.util.run import run
 
 NS = {
@@ -25,6 +38,9 @@ NS = {
     "filelists": "http://linux.duke.edu/metadata/filelists",
 }
 MODULES_DIR_RE = re.compile(r"^/(?:usr/)?lib/modules/([^/]+)/")
+# Fedora's largest (Everything) primary.xml is a few hundred MB uncompressed, its filelists about a GB.
+MAX_METADATA_BYTES = 2 << 30
+MAX_REPOMD_BYTES = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,21 +57,6 @@ class RepoPackage:
     files: tuple[str, ...]
     # xml:base of <location>: mergerepo_c --koji points external repositories' packages elsewhere with it.
     location_base: str = ""
-
-
-def decompress(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    if path.suffix == ".bz2":
-        return bz2.decompress(data)
-    if path.suffix in (".zst", ".zck"):
-        if path.suffix == ".zck":
-            raise RepositoryError(path.parent.parent, f"{path.name}: zchunk metadata is not supported")
-        return run(["zstd", "-dc", path], capture=True).stdout
-    return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +99,92 @@ class Repository:
         return sorted([str(p.nevra), f"{p.checksum_type}:{p.checksum}"] for p in self.packages)
 
 
-def _data_location(repomd: ET.Element, kind: str) -> Optional[str]:
+@dataclasses.dataclass(frozen=True)
+class MetadataFile:
+    """One <data> entry of repomd.xml."""
+
+    kind: str
+    href: str
+    open_size: Optional[int]  # the uncompressed size repomd.xml promises, when it says
+
+
+def read_repomd(path: Path) -> tuple[str, dict[str, MetadataFile]]:
+    """The revision and the metadata files repomd.xml lists, by type."""
+    repomd_path = path / "repodata" / "repomd.xml"
+    with open(repomd_path, "rb") as f:
+        raw = f.read(MAX_REPOMD_BYTES + 1)
+    if len(raw) > MAX_REPOMD_BYTES:
+        raise RepositoryError(path, f"repomd.xml is larger than {MAX_REPOMD_BYTES:,} bytes")
+    repomd = ET.fromstring(raw)
+    files = {}
     for data in repomd.findall("repo:data", NS):
-        if data.get("type") == kind:
-            loc = data.find("repo:location", NS)
-            if loc is not None:
-                return loc.get("href")
-    return None
+        loc = data.find("repo:location", NS)
+        if loc is None or not loc.get("href"):
+            continue
+        open_size = (data.findtext("repo:open-size", default="", namespaces=NS) or "").strip()
+        kind = data.get("type", "")
+        files[kind] = MetadataFile(kind, loc.get("href", ""), int(open_size) if open_size.isdigit() else None)
+    return (repomd.findtext("repo:revision", default="", namespaces=NS) or "").strip(), files
+
+
+def _metadata_path(repo: Path, entry: MetadataFile) -> Path:
+    """The file of a repomd.xml entry: directly in repodata/, and no symlink leading elsewhere."""
+    try:
+        rel = metadata_relpath(entry.href)
+    except UnsafeHrefError as e:
+        raise RepositoryError(repo, f"repomd.xml's {entry.kind} entry: {e}") from None
+    real = Path(os.path.realpath(repo.joinpath(*rel.parts)))
+    if not is_within(real, Path(os.path.realpath(repo / "repodata"))):
+        raise RepositoryError(repo, f"repomd.xml's {entry.kind} entry {entry.href} resolves to {real}, "
+                                    "outside repodata/")
+    return real
+
+
+def _parse(repo: Path, entry: MetadataFile, work: Path,
+           parser: Callable[[str], Any]) -> None:
+    """Decompress one metadata file within its bounds, then hand it to a createrepo_c parser."""
+    src = _metadata_path(repo, entry)
+    limit = min(entry.open_size, MAX_METADATA_BYTES) if entry.open_size is not None else MAX_METADATA_BYTES
+    if src.suffix == ".zck":
+        # zchunk is read by createrepo_c itself (Python has no stream decoder for it), so only its
+        # compressed size is bounded. repomd.xml names zchunk files as extra entries (primary_zck);
+        # a repository whose primary itself is zchunk is rare.
+        if not createrepo_c.HAS_ZCK:
+            raise RepositoryError(repo, f"{src.name}: this createrepo_c cannot read zchunk metadata")
+        if src.stat().st_size > MAX_METADATA_BYTES:
+            raise RepositoryError(repo, f"{src.name} is larger than the limit for metadata, "
+                                        f"{MAX_METADATA_BYTES:,} bytes")
+        parser(str(src))
+        return
+    plain = work / f"{entry.kind}.xml"
+    try:
+        with open(plain, "wb") as out:
+            decompress_to(src, out, limit)
+    except ExpansionLimitError as e:
+        said = f"repomd.xml's open-size for it, {entry.open_size:,}" if limit == entry.open_size else \
+            f"the limit for metadata, {MAX_METADATA_BYTES:,}"
+        raise RepositoryError(repo, f"{e.path.name} expands to more than {said} bytes") from None
+    except DECOMPRESSION_ERRORS as e:
+        raise RepositoryError(repo, f"{src.name}: cannot decompress it ({e})") from None
+    parser(str(plain))
+    plain.unlink()
+
+
+def _repo_package(repo: Path, p: "createrepo_c.Package") -> RepoPackage:
+    try:
+        return RepoPackage(
+            nevra=NEVRA.of(p.name or "", p.epoch, p.version or "", p.release or "", p.arch or ""),
+            href=p.location_href or "",
+            checksum_type=p.checksum_type or "",
+            checksum=p.pkgId or "",
+            size=int(p.size_package or 0),
+            buildtime=int(p.time_build or 0),
+            provides=tuple(entry[0] for entry in p.provides),
+            files=(),
+            location_base=p.location_base or "",
+        )
+    except ValueError as e:  # an epoch that is no integer
+        raise RepositoryError(repo, f"primary metadata entry of {p.name!r}: {e}") from None
 
 
 def open_repository(path: Path, *, with_files: bool = True) -> Repository:
@@ -118,75 +198,40 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
         raise RepositoryError(path, "does not exist")
     if not path.is_dir():
         raise RepositoryError(path, "is not a directory")
-    repomd_path = path / "repodata" / "repomd.xml"
-    if not repomd_path.is_file():
+    if not (path / "repodata" / "repomd.xml").is_file():
         hint = "run createrepo_c on it" if any(path.glob("*.rpm")) else "it holds no RPMs either"
         raise RepositoryError(path, f"no repodata/repomd.xml ({hint})")
+    packages: list[RepoPackage] = []
+    files_by_pkgid: dict[str, tuple[str, ...]] = {}
+
+    def primary(p: "createrepo_c.Package") -> bool:
+        if not p.location_href or not p.pkgId:
+            raise RepositoryError(path, f"primary metadata entry without checksum or location ({p.name})")
+        packages.append(_repo_package(path, p))
+        return True
+
+    def filelist(p: "createrepo_c.Package") -> bool:
+        files_by_pkgid[p.pkgId] = tuple(directory + name for _, directory, name in p.files)
+        return True
+
     try:
-        repomd = ET.parse(repomd_path).getroot()
-        primary_href = _data_location(repomd, "primary")
-        filelists_href = _data_location(repomd, "filelists") if with_files else None
-        if not primary_href or (with_files and not filelists_href):
+        revision, entries = read_repomd(path)
+        if "primary" not in entries or (with_files and "filelists" not in entries):
             raise RepositoryError(path, "repomd.xml lists no primary or filelists metadata")
-        revision = (repomd.findtext("repo:revision", default="", namespaces=NS) or "").strip()
-        packages = list(_iter_primary(path, decompress(path / primary_href)))
-        files_by_pkgid: dict[str, tuple[str, ...]] = {}
-        if filelists_href:
-            filelists = ET.fromstring(decompress(path / filelists_href))
-            for pkg in filelists.findall("filelists:package", NS):
-                files_by_pkgid[pkg.get("pkgid", "")] = tuple(
-                    (f.text or "") for f in pkg.findall("filelists:file", NS)
-                )
-    except (ET.ParseError, OSError, EOFError, lzma.LZMAError) as e:
+        with tempfile.TemporaryDirectory(prefix="mkosi-initrd-repodata-") as tmp:
+            _parse(path, entries["primary"], Path(tmp),
+                   lambda f: createrepo_c.xml_parse_primary(f, pkgcb=primary, do_files=False))
+            if with_files:
+                _parse(path, entries["filelists"], Path(tmp),
+                       lambda f: createrepo_c.xml_parse_filelists(
+                           f, newpkgcb=lambda pkgid, name, arch: createrepo_c.Package(), pkgcb=filelist))
+    except (ET.ParseError, OSError, createrepo_c.CreaterepoCError) as e:
         raise RepositoryError(path, f"unreadable repodata: {e}") from None
     if files_by_pkgid:
         packages = [dataclasses.replace(p, files=files_by_pkgid.get(p.checksum, ())) for p in packages]
     if not packages:
         raise RepositoryError(path, "holds no packages")
     return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: str(p.nevra))))
-
-
-_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
-
-
-def _iter_primary(path: Path, primary_xml: bytes) -> Iterator[RepoPackage]:
-    """The rpm entries of primary.xml, parsed one <package> at a time so memory stays bounded."""
-    package_tag = f"{{{NS['common']}}}package"
-    for _, pkg in ET.iterparse(io.BytesIO(primary_xml), events=("end",)):
-        if pkg.tag != package_tag:
-            continue
-        if pkg.get("type") != "rpm":
-            pkg.clear()
-            continue
-        v = pkg.find("common:version", NS)
-        csum = pkg.find("common:checksum", NS)
-        loc = pkg.find("common:location", NS)
-        size = pkg.find("common:size", NS)
-        time_ = pkg.find("common:time", NS)
-        fmt = pkg.find("common:format", NS)
-        if v is None or csum is None or loc is None:
-            raise RepositoryError(path, f"primary metadata entry without version, checksum or location "
-                                        f"({pkg.findtext('common:name', namespaces=NS)})")
-        provides: tuple[str, ...] = ()
-        if fmt is not None:
-            provides = tuple(e.get("name", "") for e in fmt.findall("rpm:provides/rpm:entry", NS))
-        name = pkg.findtext("common:name", default="", namespaces=NS)
-        try:
-            yield RepoPackage(
-                nevra=NEVRA.of(name, v.get("epoch", "0"), v.get("ver", ""), v.get("rel", ""),
-                               pkg.findtext("common:arch", default="", namespaces=NS)),
-                href=loc.get("href", ""),
-                checksum_type=csum.get("type", ""),
-                checksum=csum.text or "",
-                size=int(size.get("package", "0")) if size is not None else 0,
-                buildtime=int(time_.get("build", "0")) if time_ is not None else 0,
-                provides=provides,
-                files=(),
-                location_base=loc.get(_XML_BASE, "") or loc.get("base", ""),
-            )
-        except ValueError as e:  # an epoch, size or time that is no integer
-            raise RepositoryError(path, f"primary metadata entry of {name!r}: {e}") from None
-        pkg.clear()
 
 
 def extract_rpm(rpm: Path, dest: Path, patterns: Sequence[str] = ()) -> None:

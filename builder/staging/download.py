@@ -231,11 +231,11 @@ class HttpClient:
         with open(path, "wb") as out:
             return self.download(url, out, algorithms=algorithms, package=package, max_bytes=max_bytes)
 
-    def get_bytes(self, url: str, *, missing_ok: bool = False) -> Optional[bytes]:
-        """The body of a small file (metadata); None for a 404 when `missing_ok`."""
+    def get_bytes(self, url: str, *, max_bytes: int, missing_ok: bool = False) -> Optional[bytes]:
+        """The body of a small file (metadata), refused past `max_bytes`; None for a 404 when `missing_ok`."""
         buf = io.BytesIO()
         try:
-            self.download(url, buf)
+            self.download(url, buf, max_bytes=max_bytes)
         except FetchError as e:
             if missing_ok and e.status == 404:
                 return None

@@ -118,9 +118,10 @@ class StagedPackage:
 
     def to_dict(self) -> dict[str, Any]:
         """Its entry in the stage manifest (the NEVRA also spelled out field by field)."""
-        d = dataclasses.asdict(self)
-        d.update(dataclasses.asdict(self.nevra), nevra=str(self.nevra), via=self.via.value)
-        return d
+        n = self.nevra
+        return {"nevra": str(n), "name": n.name, "epoch": n.epoch, "version": n.version, "release": n.release,
+                "arch": n.arch, "file": self.file, "size": self.size, "sha256": self.sha256, "checksum": self.checksum,
+                "payloadhash": self.payloadhash, "origin": self.origin, "via": self.via.value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +200,7 @@ class _Stager:
         self.cache = cache
 
     def _obtain(self, job: _Job, target: Path, algorithms: Sequence[str]) -> Fetched:
-        return self.metadata.source.fetch(job.location, target, algorithms, self.http, job.package.nevra)
+        return self.metadata.source.fetch(job.location, target, algorithms, self.http, job.package)
 
     def _verify(self, job: _Job, path: Path, size: int, digests: dict[str, str]) -> dict[str, Any]:
         """Check a fetched file against the repository and its own header; returns the facts established."""

@@ -533,3 +533,13 @@ def test_sigterm_stops_a_staging_waiting_for_another_stagings_cache_lock(koji_tr
     assert "interrupted" in err
     assert tree_server.requests_for(package_urlpath(koji_tree, "initrd-init")) == 0
     assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+
+
+def test_a_body_larger_than_the_package_is_refused_before_it_is_written(koji_tree, tree_server, tmp_path):
+    path = package_urlpath(koji_tree, "initrd-init")
+    tree_server.faults[path] = Fault("oversize")
+    with pytest.raises(FetchError, match=r"initrd-init.*announces [\d,]+ bytes, more than the [\d,]+ expected") as e:
+        stage(koji_url(tree_server, koji_tree), tmp_path / "d", packages=["initrd-init"])
+    assert f"{tree_server.url}{path}" in str(e.value)
+    assert tree_server.requests_for(path) == 1  # not worth another try
+    assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []

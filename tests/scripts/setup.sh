@@ -17,10 +17,12 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 # apt-get, dpkg-deb and Debian's archive keyring: the buildroot's RPMs (and the fixtures' kmod,
 # taken from them) are Debian trixie packages fetched through a private apt configuration
 # (tests/realcontent/apt.py). chroot, unshare and setpriv: the buildroot tests run in a chroot.
-DEBIAN_PKGS=(rpm createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-venv busybox-static
+DEBIAN_PKGS=(rpm createrepo-c python3-createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
+             python3-venv busybox-static
              cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
              ca-certificates dpkg-dev file apt debian-archive-keyring coreutils)
-FEDORA_PKGS=(rpm-build createrepo_c dnf python3-dnf python3-rpm python3-pefile busybox cpio zstd
+FEDORA_PKGS=(rpm-build createrepo_c python3-createrepo_c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
+             busybox cpio zstd
              binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg apt debian-keyring
              coreutils)
 NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb apt-get
@@ -31,7 +33,7 @@ missing_cmds() {
     for c in "${NEEDED_CMDS[@]}"; do command -v "$c" >/dev/null || { echo "$c"; return; }; done
     [[ -e /usr/share/ovmf/OVMF.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.fd ]] || echo ovmf
     [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || echo debian-archive-keyring
-    /usr/bin/python3 -c 'import dnf, rpm, pefile' 2>/dev/null || echo python3-modules
+    /usr/bin/python3 -c 'import dnf, rpm, pefile, createrepo_c, zstandard' 2>/dev/null || echo python3-modules
 }
 
 if [[ -n "$(missing_cmds)" ]]; then

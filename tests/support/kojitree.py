@@ -112,7 +112,7 @@ def build_koji_tree(topdir: Path, rpms: Iterable[Path], *, tag: str = "fixture-b
 
 @dataclasses.dataclass
 class Fault:
-    kind: str                      # "status", "truncate", "tamper", "delay" or "trickle"
+    kind: str                      # "status", "truncate", "tamper", "delay", "trickle" or "oversize"
     status: int = 500
     times: Optional[int] = None    # None: every request
     user_agent: str = ""           # only requests whose User-Agent contains this
@@ -151,6 +151,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_error(fault.status)
             return None
         body = Path(self.translate_path(self.path)).read_bytes()
+        if fault.kind == "oversize":
+            body += bytes(64 << 20)  # the file, then far more than the repository says it has
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
@@ -161,6 +163,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         elif fault.kind == "tamper":
             middle = len(body) // 2
             self.wfile.write(body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:])
+        elif fault.kind == "oversize":
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass  # the client stopped reading, as it should
         elif fault.kind == "trickle":
             # one byte now and then, never slow enough for a per-read timeout, until the client leaves
             self.close_connection = True

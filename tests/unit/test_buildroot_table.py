@@ -126,4 +126,5 @@ def test_buildroot_table_makes_the_build_group_and_the_image_tools():
     for wanted in ("bash", "coreutils", "util-linux", "rpm", "rpm-build", "cpio", "zstd", "glibc-common"):
         assert wanted in group
     assert set(IMAGE_TOOLS) <= names
-    assert {"python3", "python3-dnf", "dnf", "python3-rpm", "python3-pefile", "createrepo_c"} <= names
+    assert {"python3", "python3-dnf", "dnf", "python3-rpm", "python3-pefile", "createrepo_c", "python3-createrepo_c",
+            "python3-zstandard"} <= names

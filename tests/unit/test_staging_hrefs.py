@@ -13,7 +13,7 @@ from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.staging.sources import DirectorySource, HttpSource, parse_source
 from mkosi_initrd_builder.staging.sources.base import parse_rpmlist
-from mkosi_initrd_builder.staging.sources.hrefs import package_relpath
+from mkosi_initrd_builder.rpmmeta.hrefs import package_relpath
 
 HTTP = parse_source("http://127.0.0.1:8080/kojifiles/repos/f42-build/7/x86_64")
 

@@ -123,8 +123,9 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def fetch(self, location: PackageLocation, target: Path, algorithms: Sequence[str], http: HttpClient,
-              package: NEVRA) -> Fetched:
-        """Create `target` (read-only) with the package's bytes, hashed with `algorithms` on the way."""
+              package: RepoPackage) -> Fetched:
+        """Create `target` (read-only) with the package's bytes, hashed with `algorithms` on the way;
+        a source that can tell stops early at more bytes than the metadata says the package has."""
 
 
 def parse_rpmlist(text: str, where: str) -> dict[NEVRA, str]:

@@ -10,13 +10,12 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, open_repository
 from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.sources.base import (
     RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist, sha256_hex,
 )
-from mkosi_initrd_builder.staging.sources.hrefs import TOPLINK, check_toplink, package_relpath
+from mkosi_initrd_builder.rpmmeta.hrefs import TOPLINK, check_toplink, package_relpath
 from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError
 from mkosi_initrd_builder.util.fsutil import hash_file, is_within, link_or_copy
 
@@ -90,11 +89,11 @@ class DirectorySource(Source):
         return PackageLocation(str(self.directory / package.href), str(real), package_relpath(package.href).name)
 
     def fetch(self, location: PackageLocation, target: Path, algorithms: Sequence[str], http: HttpClient,
-              package: NEVRA) -> Fetched:
+              package: RepoPackage) -> Fetched:
         try:
             linked = link_or_copy(Path(location.address), target)
         except FileNotFoundError:
-            raise StagingError(f"{package}: the repository names {location.origin}, which does not exist") from None
+            raise StagingError(f"{package.nevra}: the repository names {location.origin}, which does not exist") from None
         if not linked:
             os.chmod(target, 0o444)
         return Fetched(Via.link if linked else Via.copy, target.stat().st_size, hash_file(target, algorithms))

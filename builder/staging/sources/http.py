@@ -12,17 +12,18 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
-from mkosi_initrd_builder.rpmmeta.repo import NS, RepoPackage, open_repository
+from mkosi_initrd_builder.rpmmeta.repo import MAX_METADATA_BYTES, MAX_REPOMD_BYTES, NS, RepoPackage, open_repository
 from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.sources.base import (
     METADATA_TYPES, RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist, sha256_hex,
 )
-from mkosi_initrd_builder.staging.sources.hrefs import check_toplink, metadata_relpath, package_relpath
+from mkosi_initrd_builder.rpmmeta.hrefs import check_toplink, metadata_relpath, package_relpath
 from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError, VerificationError
 from mkosi_initrd_builder.util.fsutil import atomic_write, is_within, matches_checksum
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# koji's rpmlist.jsonl has one line of about 300 bytes per package of the tag.
+MAX_RPMLIST_BYTES = 256 << 20
 
 
 def _port(scheme: str, port: Optional[int]) -> Optional[int]:
@@ -84,8 +85,9 @@ class HttpSource(Source):
         return PackageLocation(url, url, PurePosixPath(unquote(urlsplit(url).path)).name)
 
     def fetch(self, location: PackageLocation, target: Path, algorithms: Sequence[str], http: HttpClient,
-              package: NEVRA) -> Fetched:
-        got = http.download_file(location.address, target, algorithms=algorithms, package=str(package))
+              package: RepoPackage) -> Fetched:
+        got = http.download_file(location.address, target, algorithms=algorithms, package=str(package.nevra),
+                                 max_bytes=package.size or None)
         os.chmod(target, 0o444)
         return Fetched(Via.http, got.size, got.digests)
 
@@ -94,7 +96,7 @@ class HttpSource(Source):
         repomd = self._mirror_metadata(http, directory, METADATA_TYPES if filelists else METADATA_TYPES[:1])
         repo = open_repository(directory, with_files=False)
         where = self.url + RPMLIST
-        rpmlist = read_rpmlist(http.get_bytes(where, missing_ok=True), where)
+        rpmlist = read_rpmlist(http.get_bytes(where, max_bytes=MAX_RPMLIST_BYTES, missing_ok=True), where)
         return SourceMetadata(self, directory, sha256_hex(repomd), repo.revision, repo.packages, rpmlist or {},
                               rpmlist is not None)
 
@@ -103,7 +105,7 @@ class HttpSource(Source):
         repomd.xml. The local repomd.xml lists only those files, so dnf and open_repository() read
         exactly what was verified. Returns the original repomd.xml."""
         repomd_url = self.url + "repodata/repomd.xml"
-        raw = http.get_bytes(repomd_url)
+        raw = http.get_bytes(repomd_url, max_bytes=MAX_REPOMD_BYTES)
         assert raw is not None
         try:
             repomd = ET.fromstring(raw)
@@ -122,7 +124,9 @@ class HttpSource(Source):
                 raise StagingError(f"{repomd_url}: the {kind} entry has no location or checksum")
             rel = metadata_relpath(loc.get("href", ""))
             url = self.url + quote(rel.as_posix())
-            body = http.get_bytes(url)
+            size = (data.findtext("repo:size", default="", namespaces=NS) or "").strip()
+            body = http.get_bytes(url, max_bytes=min(int(size), MAX_METADATA_BYTES) if size.isdigit()
+                                  else MAX_METADATA_BYTES)
             assert body is not None
             if not matches_checksum(body, csum.get("type", ""), csum.text or ""):
                 raise VerificationError(f"{kind} metadata", url, f"its checksum does not match repomd.xml's "

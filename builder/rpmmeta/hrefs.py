@@ -1,5 +1,5 @@
-"""The rules that keep a package or metadata location inside its repository, shared by every kind of
-source: nothing trusts an href until it has passed here."""
+"""The rules that keep a package or metadata location inside its repository, shared by the repodata
+reader and every kind of staging source: nothing trusts an href until it has passed here."""
 
 from __future__ import annotations
 
