@@ -33,7 +33,11 @@ class OutputFormat(str, enum.Enum):
 
 VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+]*$")
 # rpm package names allow more, but a variant name ends up in a subpackage name and a file name.
-PACKAGE_NAME_RE = re.compile(r"^[A-Za-z0-9_.+()/:-][A-Za-z0-9_.+()/:<>=, -]*$")
+# A package: an rpm name (rpmmeta.nevra.NAME_RE), or a provide, which adds "(x86-64)",
+# "perl(Foo::Bar)" and file paths. Never whitespace, a comma, a comparison or a macro: mkosi splits
+# Packages= on whitespace and commas, rpm reads "<>=" as a version constraint, and the spec expands
+# "%" in BuildRequires.
+PACKAGE_NAME_RE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_.+()/:-]*$")
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 
 # mkosi sections a [mkosi] pass-through table may name (mkosi 25 spelling).

@@ -173,3 +173,20 @@ def test_product_variants_golden():
 def test_product_variants_cover_virt_and_generic():
     names = {v.name for v in load_variants(PRODUCT_VARIANTS)}
     assert {"virt", "generic"} <= names
+
+
+@pytest.mark.parametrize("package", ["kmod", "libstdc++", "kernel-core(x86-64)", "perl(Foo::Bar)", "/usr/bin/busybox",
+                                     "python3.13-libs", "_private"])
+def test_package_names_and_provides_are_accepted(tmp_path, package):
+    assert load_variant(write(tmp_path, "ok", MINIMAL.replace('packages = ["a"]', f'packages = ["{package}"]'))) \
+        .packages == (package,)
+
+
+@pytest.mark.parametrize("package", ["kmod, lvm2", "kmod lvm2", "kmod >= 30", "kmod>=30", "%{_bindir}/sh", "-kmod",
+                                     ".hidden", "kmod\\tlvm2", "k'mod"])
+def test_what_is_no_rpm_name_or_provide_is_refused(tmp_path, package):
+    """mkosi splits Packages= on whitespace and commas: one value must not become two packages."""
+    path = write(tmp_path, "bad", MINIMAL.replace('packages = ["a"]', f'packages = ["{package}"]'))
+    with pytest.raises(VariantError, match="is not a valid package name or provide") as e:
+        load_variant(path)
+    assert e.value.key == "packages"
