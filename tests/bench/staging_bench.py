@@ -10,6 +10,7 @@ warm: stage_repository() again with the cache filled, against a plain hard-link 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from mkosi_initrd_builder.staging.stage import PackageSelection, StageRequest, stage_repository
+from tests.bench.requests_client import RequestsHttpClient
 
 SOURCE_DATE_EPOCH = 1700000000
 LARGE_EVERY = 10            # one package in ten is large
@@ -111,6 +113,12 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
                                                  selection=PackageSelection(packages=names)))
 
         cold_result, cold = timed(lambda: stage("cold"))
+        # The same cold staging with requests + urllib3's Retry in place of the hand-written client
+        # (ARCHITECTURE.md, "Libraries and hand-written code"): a fresh cache, the same server.
+        with client(RequestsHttpClient):
+            _, cold_requests = timed(lambda: stage_repository(StageRequest(
+                source=source, dest=work / "cold-requests", cache_dir=work / "cache-requests", jobs=4,
+                selection=PackageSelection(packages=names))))
         urls = [f"{server.url}/{tree.repo_relpath}/{href}" for href in
                 (tree.repo_dir / "pkglist").read_text().split()]
         (work / "curl").mkdir()
@@ -130,6 +138,8 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         rows += [
             (f"{label}: cold staging over HTTP (4 jobs)", f"{cold:.2f}s",
              f"{cold_result.bytes_fetched / 1e6:.0f} MB fetched"),
+            ("  the same with requests + urllib3 Retry", f"{cold_requests:.2f}s",
+             f"ratio hand-written / requests {cold / cold_requests:.2f}"),
             ("  sequential curl, one process", f"{curl_one:.2f}s", ""),
             ("  sequential curl, one process per file", f"{curl_each:.2f}s", ""),
             ("  ratio cold / curl (one process)", f"{cold / curl_one:.2f}", "goal <= 0.50"),
@@ -145,6 +155,19 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def client(cls):
+    """stage_repository() with another HTTP client class for the duration (restored after)."""
+    from mkosi_initrd_builder.staging import stage as stage_module
+
+    saved = stage_module.HttpClient
+    stage_module.HttpClient = cls
+    try:
+        yield
+    finally:
+        stage_module.HttpClient = saved
 
 
 def serve(root: str, port: int, latency: float) -> None:
