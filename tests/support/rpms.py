@@ -1,4 +1,4 @@
-"""mkosi-initrd-initrd built the way `make rpm` builds it (tests/scripts/make-rpm.sh: render, SRPM,
+"""mkosi-initrd-initrd built the way `make rpm` builds it (tools/make-rpm.sh: render, SRPM,
 RPMs rebuilt from the SRPM, rpmlint), once per test session, from the session's fixture repository."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 # the Python package and the test dependencies.
 set -euo pipefail
 
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
+TOP=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=${TOOLS:-$TOP/.tools}
 VENV=${VENV:-$TOP/.venv}
 mkdir -p "$TOOLS"
