@@ -22,7 +22,7 @@ from tests.support.fixtures import CacheKey, FixtureRepo, publish_entry
 log = logging.getLogger("tests.kojicontent")
 
 TOP = Path(__file__).resolve().parents[2]
-MAKE_BUILDER_RPM = TOP / "tests" / "scripts" / "make-builder-rpm.sh"
+MAKE_BUILDER_RPM = TOP / "tools" / "make-builder-rpm.sh"
 DEFAULT_CACHE = Path(os.environ.get("MKOSI_INITRD_BUILDER_RPM_CACHE", TOP / "build" / "builder-rpm-cache"))
 CACHE_FORMAT = "builder-rpms/1"
 # The Python the buildroot's packages run: Debian's python3 searches dist-packages.

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parent.parent.parent
-MAKE_RPM = TOP / "tests" / "scripts" / "make-rpm.sh"
+MAKE_RPM = TOP / "tools" / "make-rpm.sh"
 PACKAGER = "Fixture Packager <fixture@example.org>"
 
 
