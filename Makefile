@@ -36,6 +36,7 @@ unit: setup
 
 bench: setup
 	$(PY) -m tests.bench.bench
+	$(PY) -m tests.bench.library_bench
 
 clean:
 	rm -rf out build .pytest_cache
