@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 OUT    ?= out/run
 PYTEST_ARGS ?=
 # The builder finds its tools on PATH; this puts the mkosi and ukify that `make setup` extracts
-# into .tools/ first, for every target (an installed builder needs nothing of the kind).
-export MKOSI_INITRD_TOOLS ?= $(CURDIR)/.tools
+# into .tools/bin first, for every target (an installed builder needs nothing of the kind).
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup run test unit bench clean
 
@@ -36,6 +36,7 @@ unit: setup
 
 bench: setup
 	$(PY) -m tests.bench.bench
+	$(PY) -m tests.bench.library_bench
 
 clean:
 	rm -rf out build .pytest_cache

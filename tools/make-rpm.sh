@@ -17,7 +17,7 @@ TOP=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "${1:-$TOP/out/rpm}")
 PY=${PY:-$TOP/.venv/bin/python}
 # The builder finds mkosi and ukify on PATH; those `make setup` extracted go first.
-export MKOSI_INITRD_TOOLS=${MKOSI_INITRD_TOOLS:-$TOP/.tools}
+case ":$PATH:" in *":$TOP/.tools/bin:"*) ;; *) export PATH="$TOP/.tools/bin:$PATH" ;; esac
 PACKAGER=${MKOSI_INITRD_PACKAGER:-mkosi-initrd developers <mkosi-initrd@localhost>}
 
 log() { printf '[rpm %(%H:%M:%S)T] %s\n' -1 "$*"; }
