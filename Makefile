@@ -5,16 +5,16 @@ PY     := $(VENV)/bin/python
 OUT    ?= out/run
 PYTEST_ARGS ?=
 # The builder finds its tools on PATH; this puts the mkosi and ukify that `make setup` extracts
-# into .tools/ first, for every target (an installed builder needs nothing of the kind).
-export MKOSI_INITRD_TOOLS ?= $(CURDIR)/.tools
+# into .tools/bin first, for every target (an installed builder needs nothing of the kind).
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup run test unit bench clean
 
 setup:
-	@bash tests/scripts/setup.sh
+	@bash tools/setup.sh
 
 run: setup
-	$(PY) -m tests.support.main_job --output $(OUT)
+	$(PY) -m tests.e2e.main_job --output $(OUT)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -36,20 +36,21 @@ unit: setup
 
 bench: setup
 	$(PY) -m tests.bench.bench
+	$(PY) -m tests.bench.library_bench
 
 clean:
 	rm -rf out build .pytest_cache
 
 # The SRPM and RPMs of mkosi-initrd-initrd, built locally from the fixture repository with the
-# fixture variants; everything under $(RPM_OUT) (see tests/scripts/make-rpm.sh).
+# fixture variants; everything under $(RPM_OUT) (see tools/make-rpm.sh).
 RPM_OUT ?= out/rpm
 .PHONY: rpm
 rpm: setup rpm-builder
-	@bash tests/scripts/make-rpm.sh $(RPM_OUT)
+	@bash tools/make-rpm.sh $(RPM_OUT)
 
 # The SRPM and RPMs of the builder itself (spec/mkosi-initrd-builder.spec): python3-mkosi-initrd-builder
-# and koji-builder-plugin-mkosi-initrd, under $(RPM_BUILDER_OUT) (see tests/scripts/make-builder-rpm.sh).
+# and koji-builder-plugin-mkosi-initrd, under $(RPM_BUILDER_OUT) (see tools/make-builder-rpm.sh).
 RPM_BUILDER_OUT ?= out/rpm-builder
 .PHONY: rpm-builder
 rpm-builder: setup
-	@bash tests/scripts/make-builder-rpm.sh $(RPM_BUILDER_OUT)
+	@bash tools/make-builder-rpm.sh $(RPM_BUILDER_OUT)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.checking.qemu import DEFAULT_SETTLE, DEFAULT_TIMEOUT
 from mkosi_initrd_builder.util.cliopts import Command, Option, epoch, positive_int
 from mkosi_initrd_builder.util.errors import BuilderError
 from mkosi_initrd_builder.util.log import setup_logging
@@ -40,7 +41,7 @@ BUILD_OPTIONS = (
            "else the newest package build time in the repository)", type=epoch, metavar="N"),
     Option(("--release",), "Fedora release mkosi is told (names its GPG key file and $releasever only)",
            default="rawhide", metavar="RELEASE"),
-    Option(("--cache-dir",), "package cache shared by the variants and kept between builds", type=Path,
+    Option(("--cache-dir",), "mkosi's package caches (one subdirectory per variant), kept between builds", type=Path,
            metavar="DIR"),
 )
 INSPECT_OPTIONS = (
@@ -53,8 +54,11 @@ VERIFY_OPTIONS = (
     Option(("--kernel",), "kernel image for the initrd boot", type=Path, metavar="FILE"),
     Option(("--repo",), "take the kernel for the initrd boot from the manifest's kernel package in this "
            "repository (default: the UKI's .linux section)", type=Path, metavar="DIR"),
-    Option(("--expect",), "regex the console must print (default: the fixture init's marker)", metavar="REGEX"),
-    Option(("--timeout",), "seconds to wait for each boot", type=float, default=180.0, metavar="S"),
+    Option(("--expect",), "regex a console line must match for a boot to pass (default: the kernel started "
+           "/init and the machine ran on without a panic for --settle seconds)", metavar="REGEX"),
+    Option(("--settle",), "seconds /init must run without a panic when no --expect is given", type=float,
+           default=DEFAULT_SETTLE, metavar="S"),
+    Option(("--timeout",), "seconds to wait for each boot", type=float, default=DEFAULT_TIMEOUT, metavar="S"),
 )
 
 
@@ -70,11 +74,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
         cache_dir=args.cache_dir,
     ))
-    print(f"{'variant':16} {'initrd':>12} {'uki':>12} {'seconds':>8}")
+    from mkosi_initrd_builder.building.formats import FORMATS
+
+    print(f"{'variant':16}" + "".join(f" {k.value:>12}" for k in FORMATS) + f" {'seconds':>8}")
     for r in results:
         outs = r.manifest["outputs"]
-        uki = f"{outs['uki.efi']['size']:,}" if "uki.efi" in outs else "-"
-        print(f"{r.variant:16} {outs['initrd.cpio.zst']['size']:>12,} {uki:>12} {r.seconds:>8.1f}")
+        sizes = [f"{outs[f.file_name]['size']:,}" if f.file_name in outs else "-" for f in FORMATS.values()]
+        print(f"{r.variant:16}" + "".join(f" {s:>12}" for s in sizes) + f" {r.seconds:>8.1f}")
     return 0
 
 
@@ -87,9 +93,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from mkosi_initrd_builder.checking.qemu import BootProbe
     from mkosi_initrd_builder.checking.verify import verify_variant
 
-    checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, expect=args.expect,
+    probe = BootProbe(expect=args.expect, settle=args.settle)
+    checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, probe=probe,
                             timeout=args.timeout)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail and (not c.ok or args.boot) else ""))
@@ -100,7 +108,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("build", "build the initrd (and UKI) of each variant, offline", BUILD_OPTIONS, cmd_build),
+    Command("build", "build each variant's outputs (initrd, UKI...), offline", BUILD_OPTIONS, cmd_build),
     Command("inspect", "show what is inside a built variant", INSPECT_OPTIONS, cmd_inspect),
     Command("verify", "check a built variant against its manifest (and boot it)", VERIFY_OPTIONS, cmd_verify),
     *spec_cli.COMMANDS,

@@ -8,30 +8,32 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from mkosi_initrd_builder import __version__
-from mkosi_initrd_builder.checking.cpio import CpioEntry, read_cpio, resolve
+from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
+from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
+from mkosi_initrd_builder.building.formats.initrd import INITRD
+from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
+from mkosi_initrd_builder.building.manifest import MANIFEST_VERSION, inputs_hash, write_manifest
+from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
+from mkosi_initrd_builder.building.variants import VariantSpec
+from mkosi_initrd_builder.checking.cpio import read_cpio
+from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
 from mkosi_initrd_builder.util.errors import (
-    BuilderError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
-    SizeBudgetError, VariantBuildError,
+    BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
+    VariantBuildError,
 )
 from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, replace_dir, sha256_file
-from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
-from mkosi_initrd_builder.util.log import step
-from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_VERSION, UKI_NAME, inputs_hash, write_manifest
-from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
-from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
-from mkosi_initrd_builder.util.run import run, terminate_children
+from mkosi_initrd_builder.util.log import Stopwatch, step
 from mkosi_initrd_builder.util.namespaces import check_sandbox
-from mkosi_initrd_builder.util.tools import find_tool, tool_path, tool_version
-from mkosi_initrd_builder.building.uki import STUB_PATH, UkiInputs, build_uki
-from mkosi_initrd_builder.building.variants import OutputFormat, VariantSpec
+from mkosi_initrd_builder.util.run import run, terminate_children
+from mkosi_initrd_builder.util.tools import find_tool, tool_version
 
 logger = logging.getLogger("mkosi_initrd_builder.building.build")
 
@@ -47,7 +49,7 @@ class BuildRequest:
     jobs: int = 1
     source_date_epoch: Optional[int] = None
     release: str = DEFAULT_RELEASE
-    cache_dir: Optional[Path] = None  # mkosi's package cache, shared by all variants; temporary when None
+    cache_dir: Optional[Path] = None  # mkosi's package caches, one subdirectory per variant; temporary when None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +74,15 @@ class BuildContext:
     request: BuildRequest
     repo: Repository
     kernel: KernelInputs
-    stub: Optional[tuple[str, Path]]  # (NEVRA, file) of the EFI stub, when a variant wants a UKI
+    inputs: BuildInputs                     # what the formats' build steps share
+    prepared: Mapping[OutputFormat, Any]    # each wanted format's prepare() result
     source_date_epoch: int
     work: Path
     sandbox_tree: Path
     package_cache: Path
     tools: dict[str, str]
+    logs: Path                              # OUTPUT/.logs: mkosi's full output of the variants that failed
+    failed_logs: dict[Path, Path] = dataclasses.field(default_factory=dict)  # work copy -> kept copy
 
 
 def resolve_source_date_epoch(requested: Optional[int], repo: Repository) -> int:
@@ -128,15 +133,6 @@ def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelI
     return KernelInputs(kernel_version, tuple(str(p.nevra) for p in packages), dest, images[0])
 
 
-def extract_stub(repo: Repository, dest: Path) -> tuple[str, Path]:
-    owners = repo.package_owning(STUB_PATH)
-    if not owners:
-        raise PackageMissingError([f"{STUB_PATH} (systemd-boot-unsigned)"], repo.path)
-    pkg = owners[-1]
-    extract_rpm(repo.path / pkg.href, dest, [f".{STUB_PATH}"])
-    return str(pkg.nevra), dest / STUB_PATH.lstrip("/")
-
-
 def write_sandbox_tree(root: Path, repo: Path, release: str) -> None:
     """The tree mkosi overlays on its package-manager sandbox.
 
@@ -170,16 +166,16 @@ def mkosi_initrd_default_modules(release: str) -> tuple[str, ...]:
 def _kernel_modules_include_of(mkosi: str, release: str) -> tuple[str, ...]:
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-modules-") as tmp:
         out = run([mkosi, f"--directory={tmp}", "--distribution=fedora", f"--release={release}",
-                   "--include=mkosi-initrd", "--json", "summary"], capture=True, env={"PATH": tool_path()}).stdout
+                   "--include=mkosi-initrd", "--json", "summary"], capture=True).stdout
     return kernel_modules_include(out)
 
 
 def build(request: BuildRequest) -> list[VariantResult]:
     """Build every requested variant; raise VariantBuildError naming those that failed."""
-    for tool in ("mkosi", "rpm2cpio", "cpio", "zstd"):
+    wanted = [k for k in FORMATS if any(k in v.formats for v in request.variants)]
+    # mkosi compresses with zstd; extract_rpm runs rpm2cpio and cpio.
+    for tool in ("mkosi", "rpm2cpio", "cpio", "zstd", *(t for k in wanted for t in FORMATS[k].tools)):
         find_tool(tool)
-    if any(OutputFormat.uki in v.formats for v in request.variants):
-        find_tool("ukify")
     check_sandbox()
     # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
     request = dataclasses.replace(request, output=request.output.absolute())
@@ -189,19 +185,18 @@ def build(request: BuildRequest) -> list[VariantResult]:
         logger.info("  %d packages, kernels: %s", len(repo.packages), ", ".join(repo.kernel_versions()) or "none")
     sde = resolve_source_date_epoch(request.source_date_epoch, repo)
     tools = {"mkosi": tool_version("mkosi"), "builder": __version__}
-    if any(OutputFormat.uki in v.formats for v in request.variants):
-        tools["ukify"] = tool_version("ukify")
+    tools.update({t: tool_version(t) for k in wanted for t in FORMATS[k].tools})
 
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
     try:
         kernel = extract_kernel(repo, request.kernel_version, work / "kernel")
-        stub = None
-        if any(OutputFormat.uki in v.formats for v in request.variants):
-            stub = extract_stub(repo, work / "stub")
+        inputs = BuildInputs(repo, kernel.version, kernel.image, work)
+        prepared = {k: FORMATS[k].prepare(inputs) for k in wanted}
         write_sandbox_tree(work / "sandbox", repo.path, request.release)
         cache = request.cache_dir or work / "pkgcache"
         cache.mkdir(parents=True, exist_ok=True)
-        ctx = BuildContext(request, repo, kernel, stub, sde, work, work / "sandbox", cache, tools)
+        ctx = BuildContext(request, repo, kernel, inputs, prepared, sde, work, work / "sandbox", cache, tools,
+                           logs=request.output / ".logs")
         logger.info("SOURCE_DATE_EPOCH=%d, %d variant(s), %d job(s)", sde, len(request.variants), request.jobs)
 
         results: list[VariantResult] = []
@@ -226,6 +221,10 @@ def build(request: BuildRequest) -> list[VariantResult]:
             raise
         finally:
             pool.shutdown(wait=True)
+        # Kept only when the build ran to its end: an interrupted build leaves nothing in OUTPUT.
+        for src, dest in ctx.failed_logs.items():
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(src, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failures:
@@ -235,7 +234,7 @@ def build(request: BuildRequest) -> list[VariantResult]:
 
 
 def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
-    start = time.monotonic()
+    watch = Stopwatch()
     req = ctx.request
     missing = ctx.repo.missing(variant.packages)
     if missing:
@@ -256,9 +255,16 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         for m in selection.missing_dependencies:
             logger.warning("  [%s] module dependency %s is not shipped by the kernel packages", variant.name, m)
 
+    # One package cache per variant. mkosi locks the cache's metadata directories only when they
+    # already exist, so two variants starting on a fresh shared cache (every %build starts with
+    # one) ran dnf's metadata sync into the same directory at once: the intermittent mkosi exit 1
+    # under --jobs 2. The repository is local and used in place, so the cache holds metadata
+    # only (tens of KB): sharing saved nothing.
+    package_cache = ctx.package_cache / variant.name
+    package_cache.mkdir(exist_ok=True)
     paths = MkosiPaths(
         repo=ctx.repo.path.resolve(), kernel_tree=kernel_tree, sandbox_tree=ctx.sandbox_tree,
-        package_cache=ctx.package_cache, workspace=vwork / "workspace", output_dir=vwork / "out",
+        package_cache=package_cache, workspace=vwork / "workspace", output_dir=vwork / "out",
         config_dir=vwork / "config",
     )
     for d in (paths.workspace, paths.output_dir, paths.config_dir):
@@ -266,36 +272,18 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     rendered = render_variant(variant, release=req.release, source_date_epoch=ctx.source_date_epoch, paths=paths)
     rendered.write(paths.config_dir)
 
-    mkosi_start = time.monotonic()
-    with step(f"[{variant.name}] Building the image with mkosi"):
-        run([find_tool("mkosi"), *rendered.argv, "build"],
-            env={"PATH": tool_path(), "SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)},
-            log_output=vwork / "mkosi.log")
-    mkosi_seconds = time.monotonic() - mkosi_start
+    with step(f"[{variant.name}] Building the image with mkosi") as mkosi_watch:
+        run_mkosi(ctx, variant, rendered.argv, vwork / "mkosi.log")
 
-    initrd = paths.output_dir / INITRD_NAME
+    initrd = paths.output_dir / INITRD.file_name
     if not initrd.exists():
-        raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD_NAME}")
-    entries = read_cpio(initrd)
-    if variant.size_budget and initrd.stat().st_size > variant.size_budget:
-        raise SizeBudgetError(size_report(variant, initrd.stat().st_size, entries, ctx.repo))
-
+        raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD.file_name}")
     final = vwork / "final"
     final.mkdir()
-    os.replace(initrd, final / INITRD_NAME)
-    outputs = [INITRD_NAME]
-    if OutputFormat.uki in variant.formats:
-        assert ctx.stub is not None
-        with step(f"[{variant.name}] Assembling the UKI with ukify"):
-            by_name = {e.name: e for e in entries}
-            osrel = resolve(by_name, "usr/lib/os-release") or resolve(by_name, "etc/os-release")
-            if osrel is None or not osrel.is_file:
-                raise BuilderError(f"[{variant.name}] the image has no /usr/lib/os-release for the UKI's .osrel")
-            (vwork / "os-release").write_bytes(osrel.data)
-            build_uki(UkiInputs(kernel=ctx.kernel.image, initrd=final / INITRD_NAME, stub=ctx.stub[1],
-                                os_release=vwork / "os-release", uname=ctx.kernel.version,
-                                cmdline=variant.kernel_command_line), final / UKI_NAME)
-        outputs.append(UKI_NAME)
+    image = VariantImage(variant, initrd, {e.name: e for e in read_cpio(initrd)}, final, vwork)
+    chosen = [k for k in FORMATS if k in variant.formats]
+    for kind in chosen:
+        FORMATS[kind].build(image, ctx.inputs, ctx.prepared[kind])
 
     image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
     inputs = {
@@ -306,18 +294,22 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "release": req.release,
         "tools": ctx.tools,
     }
+    outputs = {}
+    for kind in chosen:
+        fmt = FORMATS[kind]
+        path = final / fmt.file_name
+        outputs[fmt.file_name] = {"sha256": sha256_file(path), "size": path.stat().st_size,
+                                  **fmt.manifest_entry(ctx.prepared[kind])}
     manifest = {
         "manifest-version": MANIFEST_VERSION,
         "variant": variant.name,
         "summary": variant.summary,
         "kernel": {"version": ctx.kernel.version, "packages": list(ctx.kernel.packages)},
-        "stub": ctx.stub[0] if ctx.stub and OutputFormat.uki in variant.formats else None,
         "packages": image_packages,
         "kernel-modules": list(selection.kept),
         "firmware-wanted": list(selection.firmware),
         "kernel-command-line": variant.kernel_command_line,
-        "outputs": {name: {"sha256": sha256_file(final / name), "size": (final / name).stat().st_size}
-                    for name in outputs},
+        "outputs": outputs,
         "size-budget": variant.size_budget,
         "source-date-epoch": ctx.source_date_epoch,
         "inputs-hash": inputs_hash(inputs),
@@ -326,10 +318,39 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     write_manifest(final, manifest)
     dest = req.output / variant.name
     replace_dir(final, dest)
-    seconds = time.monotonic() - start
+    seconds = watch.stop()
     logger.info("[%s] done in %.1fs: %s", variant.name, seconds,
-                ", ".join(f"{n} {manifest['outputs'][n]['size']:,} B" for n in outputs))
-    return VariantResult(variant.name, dest, manifest, seconds, mkosi_seconds)
+                ", ".join(f"{n} {o['size']:,} B" for n, o in outputs.items()))
+    return VariantResult(variant.name, dest, manifest, seconds, mkosi_watch.seconds)
+
+
+def run_mkosi(ctx: BuildContext, variant: VariantSpec, argv: Sequence[str], log: Path) -> None:
+    """mkosi build, its whole output in `log`; when it fails, the log is kept under OUTPUT/.logs/ and
+    the error shows mkosi's error lines as well as its last lines (the last ones alone are often a
+    package manager's harmless chatter)."""
+    try:
+        run([find_tool("mkosi"), *argv, "build"], env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)},
+            log_output=log)
+    except CommandError as e:
+        kept = ctx.logs / f"{variant.name}-mkosi.log"
+        ctx.failed_logs[log] = kept
+        raise CommandError(e.argv, e.returncode, e.output_tail, log=kept, errors=error_lines(log)) from None
+
+
+ERROR_LINE = re.compile(r"(?i)\b(error|failed|failure|cannot|can't|no such|not found|denied|traceback)\b")
+
+
+def error_lines(log: Path, limit: int = 10) -> tuple[str, ...]:
+    """The first lines of `log` that look like errors."""
+    found = []
+    with open(log, "rb") as f:
+        for raw in f:
+            line = raw.decode(errors="replace").rstrip()
+            if ERROR_LINE.search(line):
+                found.append(line)
+                if len(found) == limit:
+                    break
+    return tuple(found)
 
 
 def mkosi_packages(path: Path) -> list[str]:
@@ -340,30 +361,3 @@ def mkosi_packages(path: Path) -> list[str]:
         raise BuilderError(f"cannot read mkosi's package manifest {path}: {e}") from None
     return sorted(f"{p['name']}-{p['version']}.{p['architecture']}" if p.get("architecture")
                   else f"{p['name']}-{p['version']}" for p in data.get("packages", []))
-
-
-def size_report(variant: VariantSpec, size: int, entries: Sequence[CpioEntry], repo: Repository) -> str:
-    """Why an image is over budget: the largest packages and kernel modules, by uncompressed bytes."""
-    owner: dict[str, str] = {}
-    for p in repo.packages:
-        for f in p.files:
-            owner.setdefault(f.lstrip("/"), p.nevra.name)
-    by_package: dict[str, int] = {}
-    modules: list[tuple[int, str]] = []
-    for e in entries:
-        if not e.is_file:
-            continue
-        if "/modules/" in e.name and ".ko" in e.name:
-            modules.append((e.size, e.name.rsplit("/", 1)[-1]))
-            by_package["(kernel modules)"] = by_package.get("(kernel modules)", 0) + e.size
-            continue
-        key = owner.get(e.name, "(not from a package)")
-        by_package[key] = by_package.get(key, 0) + e.size
-    top_pkgs = sorted(by_package.items(), key=lambda kv: -kv[1])[:8]
-    top_mods = sorted(modules, reverse=True)[:8]
-    lines = [f"variant {variant.name!r}: {INITRD_NAME} is {size:,} B, over its size-budget of "
-             f"{variant.size_budget:,} B ({variant.path})",
-             "  largest packages (uncompressed): " + ", ".join(f"{n} {s:,} B" for n, s in top_pkgs)]
-    if top_mods:
-        lines.append("  largest modules: " + ", ".join(f"{n} {s:,} B" for s, n in top_mods))
-    return "\n".join(lines)

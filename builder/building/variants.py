@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
 from mkosi_initrd_builder.util.errors import VariantError
 
 if sys.version_info >= (3, 11):
@@ -24,11 +25,6 @@ class Base(str, enum.Enum):
 
     mkosi_initrd = "mkosi-initrd"  # mkosi's built-in initrd configuration (Include=mkosi-initrd)
     none = "none"                  # only the variant's package list
-
-
-class OutputFormat(str, enum.Enum):
-    initrd = "initrd"  # OUTPUT/<variant>/initrd.cpio.zst
-    uki = "uki"        # OUTPUT/<variant>/uki.efi
 
 
 VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+]*$")
@@ -165,7 +161,7 @@ def parse_formats(path: Path, key: str, value: Any) -> tuple[OutputFormat, ...]:
             raise _fail(path, key, f"unknown format {n!r} (allowed: {allowed})") from None
     if OutputFormat.initrd not in formats:
         raise _fail(path, key, "must include 'initrd' (every variant builds its initrd; a UKI embeds it)")
-    return tuple(sorted(set(formats), key=list(OutputFormat).index))
+    return tuple(k for k in FORMATS if k in formats)
 
 
 def parse_base(path: Path, key: str, value: Any) -> Base:
@@ -278,7 +274,8 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "Regexes of modules to leave out even when included; dependencies of kept modules stay."),
     VariantField("kernel-command-line", parse_kernel_command_line, "",
                  "The UKI's .cmdline section: one line, not starting with '@'."),
-    VariantField("formats", parse_formats, (OutputFormat.initrd,), "Outputs to build: 'initrd', 'uki'."),
+    VariantField("formats", parse_formats, (OutputFormat.initrd,),
+                 "Outputs to build: " + ", ".join(f"'{k.value}' ({f.file_name})" for k, f in FORMATS.items()) + "."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("mkosi", parse_mkosi, (), "[mkosi.<Section>] tables passed through to mkosi verbatim."),
 )
@@ -302,21 +299,17 @@ class VariantSpec:
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able form (for manifests, input hashes and golden tests); no file system paths."""
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "description": self.description,
-            "base": self.base.value,
-            "profiles": list(self.profiles),
-            "packages": list(self.packages),
-            "kernel-modules-include": list(self.kernel_modules_include),
-            "kernel-modules-exclude": list(self.kernel_modules_exclude),
-            "kernel-command-line": self.kernel_command_line,
-            "formats": [f.value for f in self.formats],
-            "size-budget": self.size_budget,
-            "mkosi": [[s, k, list(v)] for s, k, v in self.mkosi],
-        }
+        """A JSON-able form (for manifests, input hashes and golden tests), keyed as in the variant
+        file and derived from VARIANT_FIELDS; no file system paths."""
+        return {"name": self.name, **{f.key: _jsonable(getattr(self, f.attr)) for f in VARIANT_FIELDS}}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def load_variant(path: Path) -> VariantSpec:
@@ -364,21 +357,3 @@ def load_variants(directory: Path, names: Sequence[str] = ()) -> list[VariantSpe
             raise VariantError(directory, "no variant files (*.toml) found")
         chosen = available
     return [load_variant(directory / f"{n}.toml") for n in chosen]
-
-
-def variant_help() -> str:
-    """The variant file format, derived from VARIANT_FIELDS (used by --help and the README check)."""
-    lines = []
-    for f in VARIANT_FIELDS:
-        req = "required" if f.required else f"default: {_show_default(f.default)}"
-        lines.append(f"  {f.key:24} {f.help} ({req})")
-    return "\n".join(lines)
-
-
-def _show_default(value: Any) -> str:
-    if isinstance(value, enum.Enum):
-        return repr(value.value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(repr(v.value if isinstance(v, enum.Enum) else v) for v in value) + "]"
-    return repr(value)
-

@@ -26,7 +26,7 @@ import createrepo_c
 
 from mkosi_initrd_builder.rpmmeta.hrefs import metadata_relpath
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
-from mkosi_initrd_builder.util.compression import DECOMPRESSION_ERRORS, ExpansionLimitError, decompress_to
+from mkosi_initrd_builder.util.compress import DecompressError, ExpansionLimitError, decompress_to
 from mkosi_initrd_builder.util.errors import RepositoryError, UnsafeHrefError
 from mkosi_initrd_builder.util.fsutil import is_within
 from mkosi_initrd_builder.util.run import run
@@ -160,12 +160,12 @@ def _parse(repo: Path, entry: MetadataFile, work: Path,
     try:
         with open(plain, "wb") as out:
             decompress_to(src, out, limit)
-    except ExpansionLimitError as e:
+    except ExpansionLimitError:
         said = f"repomd.xml's open-size for it, {entry.open_size:,}" if limit == entry.open_size else \
             f"the limit for metadata, {MAX_METADATA_BYTES:,}"
-        raise RepositoryError(repo, f"{e.path.name} expands to more than {said} bytes") from None
-    except DECOMPRESSION_ERRORS as e:
-        raise RepositoryError(repo, f"{src.name}: cannot decompress it ({e})") from None
+        raise RepositoryError(repo, f"{src.name} expands to more than {said} bytes") from None
+    except DecompressError as e:
+        raise RepositoryError(repo, str(e)) from None
     parser(str(plain))
     plain.unlink()
 

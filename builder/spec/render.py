@@ -17,14 +17,14 @@ from typing import Optional
 from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, PackageMissingError, SpecError, VariantError
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.fsutil import atomic_write
-from mkosi_initrd_builder.building.manifest import INITRD_NAME, MANIFEST_NAME, UKI_NAME
+from mkosi_initrd_builder.building.formats import formats_of
+from mkosi_initrd_builder.building.manifest import MANIFEST_NAME
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, render_variant
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.resources import kernel_install_dir, spec_template
 from mkosi_initrd_builder.util.run import run
-from mkosi_initrd_builder.util.tools import find_tool, tool_path
-from mkosi_initrd_builder.building.uki import STUB_PATH
-from mkosi_initrd_builder.building.variants import Base, OutputFormat, VariantSpec
+from mkosi_initrd_builder.util.tools import find_tool
+from mkosi_initrd_builder.building.variants import Base, VariantSpec
 
 PACKAGE_NAME = "mkosi-initrd-initrd"
 # Sources 1-3, in the template's order; the variant files follow from VARIANT_SOURCE_BASE on.
@@ -37,8 +37,6 @@ RESERVED_VARIANT_NAMES = frozenset({"common"})
 # Build tools, by their Fedora package names.
 BUILDER_PACKAGE = "mkosi-initrd-builder"
 MKOSI_PACKAGE = "mkosi"
-UKIFY_PACKAGE = "systemd-ukify"
-STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who ships the stub
 # What mkosi installs into every Fedora image whatever the configuration says
 # (mkosi/distributions/fedora.py, Installer.install()); it is not in `mkosi summary`.
 MKOSI_IMPLICIT_PACKAGES = ("basesystem",)
@@ -107,7 +105,7 @@ class SpecInputs:
     kernel: KernelDescription
     variants: tuple[VariantSpec, ...]
     image_packages: tuple[str, ...]  # sorted union of what goes into the images
-    stub_package: Optional[str]      # the EFI stub's package, when a variant builds a UKI
+    format_packages: tuple[str, ...]  # what the variants' output formats need (ukify, the EFI stub...)
     build_counter: int
     changelog: str                   # the %changelog body, newest entry first
 
@@ -164,7 +162,7 @@ def base_packages(variant: VariantSpec, release: str) -> tuple[str, ...]:
         rendered = render_variant(variant, release=release, source_date_epoch=0, paths=paths)
         rendered.write(paths.config_dir)
         out = run([find_tool("mkosi"), *rendered.argv, "--json", "summary"], capture=True,
-                  env={"PATH": tool_path()}).stdout
+).stdout
     try:
         images = json.loads(out)["Images"]
         packages = [p for image in images for p in image.get("Packages", [])]
@@ -181,22 +179,20 @@ def image_packages(variants: Sequence[VariantSpec], release: str) -> tuple[str, 
     return tuple(sorted(names))
 
 
-def stub_package(repo: Repository) -> str:
-    owners = repo.package_owning(STUB_PATH)
-    return owners[-1].nevra.name if owners else STUB_PACKAGE
-
-
 def gather_inputs(repo: Repository, kernel: KernelDescription, variants: Sequence[VariantSpec], *,
                   release: str, build_counter: int, changelog: str) -> SpecInputs:
     """Read what the spec needs from the repository and mkosi; refuse packages the repository lacks."""
     check_variants(variants)
     packages = image_packages(variants, release)
-    wants_uki = any(OutputFormat.uki in v.formats for v in variants)
-    stub = stub_package(repo) if wants_uki else None
-    missing = repo.missing([*packages, *([stub] if stub else [])])
+    wanted = formats_of(k for v in variants for k in v.formats)
+    inputs = tuple(dict.fromkeys(p for f in wanted for p in f.spec_packages(repo)))
+    # The formats' tools are BuildRequires like mkosi, not necessarily in the repository the images
+    # are made from; their inputs (the EFI stub) must be.
+    format_packages = tuple(dict.fromkeys([*(p for f in wanted for p in f.tool_packages), *inputs]))
+    missing = repo.missing([*packages, *inputs])
     if missing:
         raise PackageMissingError(missing, repo.path)
-    return SpecInputs(kernel, tuple(variants), packages, stub, build_counter, changelog)
+    return SpecInputs(kernel, tuple(variants), packages, format_packages, build_counter, changelog)
 
 
 def _buildrequires(names: Iterable[str]) -> str:
@@ -208,9 +204,7 @@ def render_spec(inputs: SpecInputs, template: Optional[str] = None) -> str:
     variants = sorted(inputs.variants, key=lambda v: v.name)
     check_variants(variants)
     kernel = inputs.kernel
-    tools = [MKOSI_PACKAGE, BUILDER_PACKAGE]
-    if inputs.stub_package:
-        tools += [UKIFY_PACKAGE, inputs.stub_package]
+    tools = [MKOSI_PACKAGE, BUILDER_PACKAGE, *inputs.format_packages]
     values = {
         "GENERATED_NOTICE": GENERATED_NOTICE,
         "KERNEL_UNAME": kernel.uname,
@@ -236,7 +230,7 @@ def earlier_builds(inputs: SpecInputs) -> list[str]:
 
 
 def variant_values(variant: VariantSpec, index: int, inputs: SpecInputs) -> dict[str, str]:
-    outputs = [INITRD_NAME, MANIFEST_NAME] + ([UKI_NAME] if OutputFormat.uki in variant.formats else [])
+    outputs = [f.file_name for f in formats_of(variant.formats)] + [MANIFEST_NAME]
     obsoletes = ""
     if earlier := earlier_builds(inputs):
         # Install-only packages of the same kernel would be installed side by side and their files

@@ -73,22 +73,33 @@ class SandboxUnavailableError(BuilderError):
 
 
 class CommandError(BuilderError):
-    """An external command failed; carries its argv and the tail of its output."""
+    """An external command failed; carries its argv, the tail of its output and, for long-running
+    commands whose output is logged (mkosi), the first error-looking lines and the full log's path."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, output_tail: str = "") -> None:
+    def __init__(self, argv: Sequence[str], returncode: int, output_tail: str = "", *,
+                 log: Optional[Path] = None, errors: Sequence[str] = ()) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.output_tail = output_tail
+        self.log = log
+        self.errors = tuple(errors)
         msg = f"{Path(self.argv[0]).name} failed with exit status {returncode}"
         if key := self.key_line():
             msg += f": {key}"
         msg += "\n  command: " + " ".join(self.argv)
+        if self.errors:
+            msg += "\n  first error lines:\n" + "\n".join(f"    {line}" for line in self.errors)
         if output_tail:
             msg += "\n  output (last lines):\n" + "\n".join(f"    {line}" for line in output_tail.splitlines())
+        if log is not None:
+            msg += f"\n  full output: {log}"
         super().__init__(msg)
 
     def key_line(self) -> str:
-        """The line of output most likely to say what went wrong: the last one mentioning an error."""
+        """The line of output most likely to say what went wrong: the first error line when they were
+        collected, else the last line of the tail mentioning an error."""
+        if self.errors:
+            return self.errors[0].strip()
         lines = [line.strip() for line in self.output_tail.splitlines() if line.strip()]
         for line in reversed(lines):
             if "error" in line.lower() or "not found" in line.lower() or "no match" in line.lower():

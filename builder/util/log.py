@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Iterator
+from typing import Optional
 
 logger = logging.getLogger("mkosi_initrd_builder")
 
@@ -21,14 +23,31 @@ def setup_logging(*, debug: bool = False, quiet: bool = False) -> None:
     root.propagate = False
 
 
+@dataclasses.dataclass
+class Stopwatch:
+    """The one step timer: started on creation, `seconds` is the time so far, or the step's duration
+    once stop() was called."""
+
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    stopped: Optional[float] = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.stopped if self.stopped is not None else time.monotonic()) - self.started
+
+    def stop(self) -> float:
+        self.stopped = time.monotonic()
+        return self.seconds
+
+
 @contextlib.contextmanager
-def step(title: str) -> Iterator[None]:
+def step(title: str) -> Iterator[Stopwatch]:
     """Log `title` when the step starts and again with the elapsed time when it ends."""
     logger.info("‣ %s", title)
-    start = time.monotonic()
+    watch = Stopwatch()
     try:
-        yield
+        yield watch
     except BaseException:
-        logger.info("‣ %s failed after %.1fs", title, time.monotonic() - start)
+        logger.info("‣ %s failed after %.1fs", title, watch.stop())
         raise
-    logger.info("‣ %s done in %.1fs", title, time.monotonic() - start)
+    logger.info("‣ %s done in %.1fs", title, watch.stop())

@@ -74,7 +74,7 @@ def bench_main_job(work: Path, rows: list[tuple[str, str, str]]) -> None:
 
     out = work / "run"
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "tests.support.main_job", "--output", str(out)], cwd=TOP,
+    r = subprocess.run([sys.executable, "-m", "tests.e2e.main_job", "--output", str(out)], cwd=TOP,
                        capture_output=True, text=True)
     total = time.monotonic() - start
     if r.returncode != 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.checking.cpio import read_cpio
-from mkosi_initrd_builder.building.uki import uki_sections
+from mkosi_initrd_builder.building.formats.uki import uki_sections
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
+from tests.support.bootmarker import BOOT_MARKER, fixture_marker
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_uki_carries_kernel_initrd_stub_sections(built, fixture_repo):
     assert sections[".cmdline"].rstrip(b"\0").decode() == "console=ttyS0 panic=-1"
     assert b"IMAGE_ID=minimal" in sections[".osrel"] or b'IMAGE_ID="minimal"' in sections[".osrel"]
     # the real inspector agrees
-    r = subprocess.run([shutil.which("ukify", path=f"{TOP}/.tools/bin:{os.environ['PATH']}"), "inspect",
+    r = subprocess.run([shutil.which("ukify"), "inspect",
                         built / "minimal/uki.efi"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for s in (".linux", ".initrd", ".cmdline", ".osrel", ".uname"):
@@ -140,13 +141,52 @@ def test_source_date_epoch_changes_the_output(fixture_repo, built, tmp_path):
 
 
 @pytest.mark.boot
-def test_verify_boot_reaches_marker_with_initrd_and_uki(built):
+def test_verify_boot_reaches_marker_with_initrd_and_uki(built, fixture_repo):
     require_tools("qemu-system-x86_64")
-    r = run_cli(["verify", "--boot", built / "minimal"], timeout=600)
+    r = run_cli(["verify", "--boot", "--expect", fixture_marker("minimal", fixture_repo.kernel_version),
+                 built / "minimal"], timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   boots (kernel + initrd)" in r.stdout
     assert "ok   boots (UKI under OVMF)" in r.stdout
     assert "MKOSI-INITRD-BOOT-OK variant=minimal" in r.stdout
+
+
+def with_init(initrd: Path, script: str, dest: Path) -> Path:
+    """`initrd` with an archive appended whose /init replaces the image's: the kernel unpacks
+    concatenated archives in order, a later entry overwriting an earlier one."""
+    root = dest.parent / f"{dest.name}.root"
+    root.mkdir()
+    (root / "init").write_text(script)
+    (root / "init").chmod(0o755)
+    extra = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=b"init\n",
+                           capture_output=True, check=True).stdout
+    dest.write_bytes(initrd.read_bytes() + extra)
+    return dest
+
+
+@pytest.mark.boot
+def test_default_boot_probe_needs_an_init_that_keeps_running(built, tmp_path):
+    """Without --expect, a boot passes when /init started and ran on without a panic: an init that
+    stays up passes, one that exits (the kernel panics) or powers off at once (the fixture init,
+    having printed its marker) does not. The probe never looks for what a particular init prints."""
+    require_tools("qemu-system-x86_64", "cpio")
+    from mkosi_initrd_builder.building.formats.uki import uki_sections
+    from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(uki_sections(built / "minimal/uki.efi")[".linux"])
+    initrd = built / "minimal/initrd.cpio.zst"
+    probe = BootProbe(settle=5)
+    append = "console=ttyS0 panic=-1"
+    stays = with_init(initrd, "#!/usr/bin/busybox sh\nexec /usr/bin/busybox sleep 600\n", tmp_path / "stays")
+    r = boot(kernel=kernel, initrd=stays, append=append, probe=probe, timeout=240)
+    assert r.ok and "without a panic" in r.marker_line, r.console_tail
+    dies = with_init(initrd, "#!/usr/bin/busybox sh\nexit 3\n", tmp_path / "dies")
+    r = boot(kernel=kernel, initrd=dies, append=append, probe=probe, timeout=240)
+    assert not r.ok and "Kernel panic" in r.marker_line, r.console_tail
+    r = boot(kernel=kernel, initrd=initrd, append=append, probe=probe, timeout=240)
+    assert not r.ok and BOOT_MARKER in r.console_tail, r.console_tail
+    assert "stopped before /init had run long enough" in r.console_tail
 
 
 def write_variant(directory: Path, name: str, text: str) -> None:
@@ -180,6 +220,12 @@ def test_dnf_failure_is_reported_with_its_cause(fixture_repo, tmp_path):
                 + ["--variants-dir", variants])
     assert r.returncode == 1
     assert "deep: mkosi failed with exit status 1" in r.stderr
+    # mkosi's whole output is kept, and the error quotes its error lines, not only its last lines
+    # (dnf's closing chatter about plugin patterns says nothing of the cause).
+    log = Path(re.search(r"full output: (\S+)", r.stderr).group(1))
+    assert log == tmp_path / "out" / ".logs" / "deep-mkosi.log" and "kernel-core" in log.read_text()
+    errors = r.stderr.split("first error lines:", 1)[1].split("output (last lines):", 1)[0]
+    assert "kernel-core" in errors, r.stderr
 
 
 def test_size_budget_exceeded_lists_largest_contributors(fixture_repo, tmp_path):
@@ -233,7 +279,8 @@ def test_verify_boot_takes_kernel_from_repository_for_initrd_only_variant(built,
     r = run_cli(["verify", "--boot", built / "storage"], timeout=600)
     assert r.returncode == 1
     assert "no kernel to boot with: pass --kernel or --repo" in r.stdout
-    r = run_cli(["verify", "--boot", "--repo", fixture_repo.path, built / "storage"], timeout=600)
+    r = run_cli(["verify", "--boot", "--repo", fixture_repo.path, "--expect", BOOT_MARKER, built / "storage"],
+                timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "MKOSI-INITRD-BOOT-OK variant=storage" in r.stdout
 

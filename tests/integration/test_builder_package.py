@@ -17,7 +17,7 @@ from tests.conftest import FIXTURE_VARIANTS, TOOLS, TOP, require_root, require_t
 
 pytestmark = pytest.mark.integration
 
-MAKE_BUILDER_RPM = TOP / "tests" / "scripts" / "make-builder-rpm.sh"
+MAKE_BUILDER_RPM = TOP / "tools" / "make-builder-rpm.sh"
 SYSTEM_PYTHON = "/usr/bin/python3"
 # Where Debian's python3 looks, and what make-builder-rpm.sh defines %python3_sitelib as here.
 DEBIAN_SITELIB = "/usr/lib/python3/dist-packages"

@@ -25,7 +25,7 @@ DNF = Path("/usr/bin/dnf")
 def require_tools(*names: str) -> None:
     missing = [n for n in names if shutil.which(n, path=SBIN_PATH) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (run tests/scripts/setup.sh)")
+        pytest.skip(f"needs {', '.join(missing)} (run tools/setup.sh)")
 
 
 def require_fixture_inputs() -> fixtures.FixtureInputs:
@@ -151,7 +151,7 @@ def test_busybox_is_the_binary_and_its_applets_a_subpackage_without_rpm_dpkg_and
 
 def test_dnf_installs_an_initrd_root_from_the_repo(fresh_repo, tmp_path):
     if not DNF.exists():
-        pytest.skip("needs /usr/bin/dnf (run tests/scripts/setup.sh)")
+        pytest.skip("needs /usr/bin/dnf (run tools/setup.sh)")
     if os.geteuid() != 0:
         pytest.skip("needs root: dnf --installroot and chroot")
     root = tmp_path / "root"

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from mkosi_initrd_builder.checking.qemu import boot
-from mkosi_initrd_builder.checking.verify import default_marker
+from tests.support.bootmarker import fixture_probe
 from tests.conftest import require_root, require_tools
 from tests.support.kernel_install import (UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
                                           kernel_install, make_root, rpm_root)
@@ -105,7 +105,7 @@ def test_bls_entry_boots_to_the_marker(bls_boot):
     require_tools("qemu-system-x86_64")
     b = bls_boot
     result = boot(kernel=b.entry_dir / "linux", initrd=b.entry_dir / "initrd", append=b.entry_fields()["options"][0],
-                  expect=default_marker("minimal", b.kernel_version), timeout=BOOT_TIMEOUT)
+                  probe=fixture_probe("minimal", b.kernel_version), timeout=BOOT_TIMEOUT)
     assert result.ok, result.console_tail
     print(f"bls boot: {result.seconds:.1f}s: {result.marker_line}")
 
@@ -119,7 +119,7 @@ def test_uki_layout_gets_the_prebuilt_uki(uki_boot):
 @pytest.mark.boot
 def test_uki_boots_to_the_marker_under_ovmf(uki_boot):
     require_tools("qemu-system-x86_64")
-    result = boot(kernel=uki_boot.uki, uefi=True, expect=default_marker("minimal", uki_boot.kernel_version),
+    result = boot(kernel=uki_boot.uki, uefi=True, probe=fixture_probe("minimal", uki_boot.kernel_version),
                   timeout=BOOT_TIMEOUT)
     assert result.ok, result.console_tail
     print(f"uki boot: {result.seconds:.1f}s: {result.marker_line}")

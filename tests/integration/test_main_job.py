@@ -25,7 +25,7 @@ def test_main_job_builds_in_koji_installs_and_boots_every_variant(fixture_repo):
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-run-") as tmp:
         assert os.stat(tmp).st_mode & 0o777 == 0o700
         out = Path(tmp) / "run"
-        r = subprocess.run([sys.executable, "-m", "tests.support.main_job", "--output", str(out)], cwd=TOP,
+        r = subprocess.run([sys.executable, "-m", "tests.e2e.main_job", "--output", str(out)], cwd=TOP,
                            capture_output=True, text=True, timeout=1200)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         summary = json.loads((out / "summary.json").read_text())

@@ -29,7 +29,7 @@ from typing import Optional
 
 from mkosi_initrd_builder.util.fsutil import sha256_file
 from mkosi_initrd_builder.building.kmod import select_modules
-from mkosi_initrd_builder.checking.qemu import boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 
 from tests.support.fixtures import CacheKey, publish_entry
 
@@ -281,7 +281,7 @@ def build_disks(repo: RealRepo, builder: DistributionBuilder, *, timeout: float 
                 f.truncate(size << 20)
             drives += ["-drive", f"file={image},format=raw,if=virtio"]
         result = boot(kernel=repo.vmlinuz, initrd=initrd, append="console=ttyS0 panic=-1 quiet",
-                      expect=PROVISION_MARKER, timeout=timeout, memory="1024", extra_args=drives,
+                      probe=BootProbe(expect=PROVISION_MARKER), timeout=timeout, memory="1024", extra_args=drives,
                       console_log=Path(tmp) / "console.log")
         if not result.ok:
             raise RuntimeError(f"the provisioning VM did not make the disks ({result.seconds:.0f}s); "

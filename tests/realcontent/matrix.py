@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from mkosi_initrd_builder.checking.qemu import boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 
 from .disks import CASES, ROOT_MARKER, RootDisks
 
@@ -50,7 +50,7 @@ def boot_case(case_name: str, disks: RootDisks, *, kernel: Path, initrd: Optiona
     with tempfile.TemporaryDirectory(prefix="realcontent-boot-") as tmp:
         log = console_log or Path(tmp) / "console.log"
         result = boot(kernel=kernel, initrd=initrd, append=case.append(), uefi=uefi,
-                      expect=f"{ROOT_MARKER} case={case_name} ", timeout=timeout, memory=BOOT_MEMORY,
+                      probe=BootProbe(expect=f"{ROOT_MARKER} case={case_name} "), timeout=timeout, memory=BOOT_MEMORY,
                       extra_args=disks.drive_args(case), console_log=log)
         console = log.read_bytes().decode(errors="replace")
     failed = failed_units(console)

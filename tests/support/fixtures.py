@@ -131,7 +131,7 @@ def split_debian_version(debian_version: str) -> DebianVersion:
 def _deb_from_list(debs_file: Path, package_prefix: str) -> tuple[str, DebianVersion]:
     """Find package_prefix*.deb in a tools .debs list; returns the file name and its version."""
     if not debs_file.is_file():
-        raise FixtureBuildError(f"{debs_file} is missing: run tests/scripts/setup.sh to fetch the fixture inputs")
+        raise FixtureBuildError(f"{debs_file} is missing: run tools/setup.sh to fetch the fixture inputs")
     for line in debs_file.read_text().split():
         if line.startswith(package_prefix) and line.endswith(".deb"):
             fields = line[: -len(".deb")].split("_")
@@ -219,7 +219,7 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
     stub_dir = tools_dir / "stub" / "usr" / "lib" / "systemd" / "boot" / "efi"
     for name in STUB_FILES:
         if not (stub_dir / name).is_file():
-            raise FixtureBuildError(f"{stub_dir / name} is missing: run tests/scripts/setup.sh")
+            raise FixtureBuildError(f"{stub_dir / name} is missing: run tools/setup.sh")
     if busybox is None:
         found = Path("/bin/busybox") if Path("/bin/busybox").exists() else shutil.which("busybox")
         if not found:

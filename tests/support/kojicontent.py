@@ -1,7 +1,7 @@
 """What the test build tag's repository holds, as one list: the fixture RPMs (the images' content),
 the buildroot's tools (Debian trixie binaries as Fedora-named RPMs, tests/realcontent/buildroot.toml)
 and this checkout's builder as RPMs (spec/mkosi-initrd-builder.spec, built by
-tests/scripts/make-builder-rpm.sh). mock installs every program the build runs from there.
+tools/make-builder-rpm.sh). mock installs every program the build runs from there.
 
     python -m tests.support.kojicontent [rpms]   # builds what is missing, prints the RPM paths
     python -m tests.support.kojicontent repo     # ... and one flat repository of them: path, kernel
@@ -22,7 +22,7 @@ from tests.support.fixtures import CacheKey, FixtureRepo, publish_entry
 log = logging.getLogger("tests.kojicontent")
 
 TOP = Path(__file__).resolve().parents[2]
-MAKE_BUILDER_RPM = TOP / "tests" / "scripts" / "make-builder-rpm.sh"
+MAKE_BUILDER_RPM = TOP / "tools" / "make-builder-rpm.sh"
 DEFAULT_CACHE = Path(os.environ.get("MKOSI_INITRD_BUILDER_RPM_CACHE", TOP / "build" / "builder-rpm-cache"))
 CACHE_FORMAT = "builder-rpms/1"
 # The Python the buildroot's packages run: Debian's python3 searches dist-packages.
@@ -45,7 +45,7 @@ def _source_files() -> list[str]:
 
 # What the builder's RPMs are made of (the tarball carries the whole tree, the build reads these).
 PACKAGED = ("builder/", "koji_plugin/", "spec/", "setup.cfg", "pyproject.toml", "README.md", "LICENSE",
-            "tests/scripts/make-builder-rpm.sh")
+            "tools/make-builder-rpm.sh")
 
 
 def builder_key() -> str:
@@ -129,7 +129,7 @@ def tag_repo(fixture_repo: FixtureRepo, cache_dir: Path = TAG_REPO_CACHE) -> Pat
 
 def main(argv: list[str]) -> int:
     """`rpms`: every RPM of the build tag, one per line; `repo`: the flat repository's path, then the
-    fixture kernel's uname -r (what tests/scripts/make-rpm.sh reads)."""
+    fixture kernel's uname -r (what tools/make-rpm.sh reads)."""
     from tests.support.fixtures import build_fixture_repo
 
     logging.basicConfig(level=logging.WARNING if "-q" in argv else logging.INFO, format="%(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""mkosi-initrd-initrd built the way `make rpm` builds it (tests/scripts/make-rpm.sh: render, SRPM,
+"""mkosi-initrd-initrd built the way `make rpm` builds it (tools/make-rpm.sh: render, SRPM,
 RPMs rebuilt from the SRPM, rpmlint), once per test session, from the session's fixture repository."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parent.parent.parent
-MAKE_RPM = TOP / "tests" / "scripts" / "make-rpm.sh"
+MAKE_RPM = TOP / "tools" / "make-rpm.sh"
 PACKAGER = "Fixture Packager <fixture@example.org>"
 
 

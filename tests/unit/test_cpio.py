@@ -43,3 +43,62 @@ def test_truncated_archive_is_rejected(tmp_path):
         list(iter_cpio(raw[: len(raw) // 2]))
     with pytest.raises(CpioFormatError, match="bad cpio magic"):
         list(iter_cpio(b"garbage" * 20))
+
+
+def test_dot_files_keep_their_name_when_the_archive_prefixes_dot_slash(tmp_path):
+    """cpio lists './.hidden'; stripping the characters '.' and '/' instead of the prefix './'
+    would turn it into 'hidden'."""
+    require_tools("cpio")
+    root = tmp_path / "root"
+    (root / ".config").mkdir(parents=True)
+    (root / ".hidden").write_text("h")
+    (root / ".config/..x").write_text("x")
+    names = b"./.hidden\n./.config\n./.config/..x\n"
+    raw = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names,
+                         capture_output=True, check=True).stdout
+    entries = {e.name: e for e in iter_cpio(raw)}
+    assert set(entries) == {".hidden", ".config", ".config/..x"}
+    assert entries[".hidden"].data == b"h"
+
+
+def test_concatenated_archives_are_read_as_the_kernel_reads_them(tmp_path):
+    """An early (uncompressed) cpio before the main one: both archives' entries, in order."""
+    require_tools("cpio", "zstd")
+    raw = subprocess.run(["zstd", "-dc", make_archive(tmp_path)], capture_output=True, check=True).stdout
+    early = tmp_path / "early"
+    (early / "kernel/x86/microcode").mkdir(parents=True)
+    (early / "kernel/x86/microcode/GenuineIntel.bin").write_bytes(b"\x01" * 10)
+    first = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=early,
+                           input=b"kernel\nkernel/x86\nkernel/x86/microcode\nkernel/x86/microcode/GenuineIntel.bin\n",
+                           capture_output=True, check=True).stdout
+    names = [e.name for e in iter_cpio(first + raw)]
+    assert names[:4] == ["kernel", "kernel/x86", "kernel/x86/microcode", "kernel/x86/microcode/GenuineIntel.bin"]
+    assert "usr/lib/os-release" in names[4:]
+
+
+@pytest.mark.parametrize("argv", [["zstd", "-q", "-c"], ["xz", "-c", "--check=crc32"], ["gzip", "-c", "-n"], None])
+def test_one_decompressor_reads_what_the_real_tools_wrote(tmp_path, argv):
+    from mkosi_initrd_builder.util.compress import decompress_file
+
+    payload = bytes(range(256)) * 400
+    path = tmp_path / "blob"
+    if argv is None:
+        path.write_bytes(payload)
+    else:
+        require_tools(argv[0])
+        # Two frames/members, as `cat a.zst b.zst` (and streamed zstd without a content size) give.
+        one = subprocess.run(argv, input=payload[:5000], capture_output=True, check=True).stdout
+        two = subprocess.run(argv, input=payload[5000:], capture_output=True, check=True).stdout
+        path.write_bytes(one + two)
+    assert decompress_file(path) == payload
+
+
+def test_a_damaged_compressed_file_is_named_in_the_error(tmp_path):
+    from mkosi_initrd_builder.util.compress import DecompressError, decompress_file
+
+    require_tools("zstd")
+    path = tmp_path / "initrd.cpio.zst"
+    good = subprocess.run(["zstd", "-q", "-c"], input=b"x" * 100000, capture_output=True, check=True).stdout
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DecompressError, match=str(path)):
+        decompress_file(path)

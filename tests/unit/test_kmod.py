@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.building.kmod import modinfo, module_name, prune_modules, read_module, select_modules
+from mkosi_initrd_builder.building.kmod import modinfo, module_name, prune_modules, select_modules
+from mkosi_initrd_builder.util.compress import decompress_file
 from tests.conftest import TOOLS
 
 
@@ -34,7 +35,7 @@ def small_tree(tmp_path):
 
 
 def test_modinfo_reads_real_module(small_tree):
-    info = modinfo(read_module(small_tree / "kernel/fs/ext4/ext4.ko"))
+    info = modinfo(decompress_file(small_tree / "kernel/fs/ext4/ext4.ko"))
     assert set(info["depends"][0].split(",")) == {"mbcache", "crc16", "jbd2"}
     assert info["name"] == ["ext4"]
 
@@ -72,3 +73,22 @@ def test_prune_removes_unselected_and_stale_depmod_output(small_tree):
     assert not (small_tree / "modules.dep").exists()
     assert not (small_tree / "kernel/fs/ext4").exists()
     assert (small_tree / "modules.builtin").exists()
+
+
+@pytest.mark.parametrize("suffix,argv", [(".xz", ["xz", "-c", "--check=crc32"]), (".zst", ["zstd", "-q", "-c"]),
+                                         (".gz", ["gzip", "-c", "-n"])])
+def test_compressed_modules_read_as_libkmod_reads_them(small_tree, suffix, argv):
+    """Each compression the kernel's build offers gives the same .modinfo as the plain module,
+    and what libkmod's own modinfo prints is the oracle."""
+    import subprocess
+
+    from tests.conftest import require_tools
+
+    require_tools(argv[0], "modinfo")
+    plain = small_tree / "kernel/fs/ext4/ext4.ko"
+    packed = plain.with_name(plain.name + suffix)
+    packed.write_bytes(subprocess.run([*argv, plain], capture_output=True, check=True).stdout)
+    info = modinfo(decompress_file(packed))
+    assert info == modinfo(plain.read_bytes())
+    oracle = subprocess.run(["modinfo", "-F", "depends", plain], capture_output=True, text=True, check=True).stdout
+    assert info["depends"] == [oracle.strip()]

@@ -153,7 +153,7 @@ def test_metadata_symlinked_out_of_repodata_is_refused(tmp_path):
 def test_damaged_compression_and_bad_numbers_are_named(tmp_path):
     write_repo(tmp_path / "a", primary_xml("x"))
     (tmp_path / "a" / "repodata" / "primary.xml.gz").write_bytes(gzip.compress(primary_xml("x"))[:60])
-    with pytest.raises(RepositoryError, match="primary.xml.gz: cannot decompress it"):
+    with pytest.raises(RepositoryError, match="primary.xml.gz: .*cannot decompress"):
         open_repository(tmp_path / "a", with_files=False)
     write_repo(tmp_path / "b", primary_xml("x", epoch="one"))
     with pytest.raises(RepositoryError, match="primary metadata entry of 'x'"):

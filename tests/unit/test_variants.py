@@ -9,7 +9,7 @@ import pytest
 
 from mkosi_initrd_builder.util.errors import VariantError
 from mkosi_initrd_builder.building.variants import (
-    VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants, variant_help,
+    FIELDS_BY_KEY, VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants,
 )
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS
 
@@ -141,10 +141,15 @@ def test_mkosi_passthrough_keeps_order_and_values(tmp_path):
     assert v.mkosi == (("Content", "RemoveFiles", ("/a", "/b")), ("Content", "WithDocs", ("no",)))
 
 
-def test_help_lists_every_field():
-    text = variant_help()
-    for f in VARIANT_FIELDS:
-        assert f.key in text
+def test_every_registered_format_is_a_formats_value_with_its_file_named_in_the_help(tmp_path):
+    from mkosi_initrd_builder.building.formats import FORMATS
+
+    assert list(FORMATS) == list(OutputFormat)
+    for kind, fmt in FORMATS.items():
+        assert f"'{kind.value}' ({fmt.file_name})" in FIELDS_BY_KEY["formats"].help
+    path = tmp_path / "v.toml"
+    path.write_text(MINIMAL + "formats = [" + ", ".join(f'"{k.value}"' for k in reversed(list(FORMATS))) + "]\n")
+    assert load_variant(path).formats == tuple(FORMATS)  # build order, whatever the file's order
 
 
 def test_variants_readme_documents_every_field():

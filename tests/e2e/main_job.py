@@ -24,14 +24,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from mkosi_initrd_builder.util.log import setup_logging
+from mkosi_initrd_builder.util.log import Stopwatch, setup_logging
 from mkosi_initrd_builder.checking.qemu import boot
-from mkosi_initrd_builder.checking.verify import default_marker
+from tests.support.bootmarker import fixture_probe
 
 TOP = Path(__file__).resolve().parent.parent.parent
 FIXTURE_VARIANTS = TOP / "tests" / "fixtures" / "variants"
@@ -58,13 +57,13 @@ class Progress:
     def step(self, title: str) -> Iterator[None]:
         self.done += 1
         print(f"[{self.done}/{self.total}] {title} ...", flush=True)
-        start = time.monotonic()
+        watch = Stopwatch()
         try:
             yield
         except (Exception, KeyboardInterrupt) as e:
-            print(f"[{self.done}/{self.total}] {title}: FAILED after {time.monotonic() - start:.1f}s", flush=True)
+            print(f"[{self.done}/{self.total}] {title}: FAILED after {watch.stop():.1f}s", flush=True)
             raise StepFailed(title, e) from e
-        self.times[title] = time.monotonic() - start
+        self.times[title] = watch.stop()
         print(f"[{self.done}/{self.total}] {title}: done ({self.times[title]:.1f}s)", flush=True)
 
 
@@ -232,14 +231,14 @@ def run_main_job(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
         rows = []
         with progress.step("boot what landed in $BOOT in QEMU (bls: kernel + initrd; uki: under OVMF)"):
             for variant, layout, b in installs:
-                marker = default_marker(variant, kver)
+                probe = fixture_probe(variant, kver)
                 if layout == "bls":
                     options = b.entry_fields()["options"][0]
                     result = boot(kernel=b.entry_dir / "linux", initrd=b.entry_dir / "initrd", append=options,
-                                  expect=marker, timeout=BOOT_TIMEOUT)
+                                  probe=probe, timeout=BOOT_TIMEOUT)
                     image_key, size = f"{variant}/initrd.cpio.zst", (b.entry_dir / "initrd").stat().st_size
                 else:
-                    result = boot(kernel=b.uki, uefi=True, expect=marker, timeout=BOOT_TIMEOUT)
+                    result = boot(kernel=b.uki, uefi=True, probe=probe, timeout=BOOT_TIMEOUT)
                     image_key, size = f"{variant}/uki.efi", b.uki.stat().st_size
                 if not result.ok:
                     print(f"      {variant} {layout}: no marker; console tail:\n{result.console_tail}", flush=True)

@@ -12,12 +12,12 @@
 # without Python macros, as Debian's) Debian's /usr/lib/python3/dist-packages.
 set -euo pipefail
 
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
+TOP=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "${1:-$TOP/out/rpm-builder}")
 SPEC=$TOP/spec/mkosi-initrd-builder.spec
 
 log() { printf '[rpm-builder %(%H:%M:%S)T] %s\n' -1 "$*"; }
-. "$TOP/tests/scripts/rpmlint-check.sh"
+. "$TOP/tools/rpmlint-check.sh"
 cd "$TOP"
 export LC_ALL=C TZ=UTC
 

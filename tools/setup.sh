@@ -6,7 +6,7 @@
 # the Python package and the test dependencies.
 set -euo pipefail
 
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
+TOP=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=${TOOLS:-$TOP/.tools}
 VENV=${VENV:-$TOP/.venv}
 mkdir -p "$TOOLS"
@@ -18,11 +18,11 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 # taken from them) are Debian trixie packages fetched through a private apt configuration
 # (tests/realcontent/apt.py). chroot, unshare and setpriv: the buildroot tests run in a chroot.
 DEBIAN_PKGS=(rpm createrepo-c python3-createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
-             python3-venv busybox-static
+             libarchive13 python3-venv busybox-static
              cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
              ca-certificates dpkg-dev file apt debian-archive-keyring coreutils)
 FEDORA_PKGS=(rpm-build createrepo_c python3-createrepo_c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
-             busybox cpio zstd
+             libarchive busybox cpio zstd
              binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg apt debian-keyring
              coreutils)
 NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb apt-get
@@ -34,6 +34,8 @@ missing_cmds() {
     [[ -e /usr/share/ovmf/OVMF.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.fd ]] || echo ovmf
     [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || echo debian-archive-keyring
     /usr/bin/python3 -c 'import dnf, rpm, pefile, createrepo_c, zstandard' 2>/dev/null || echo python3-modules
+    # libarchive-c (pip, for tests/bench/library_bench.py) loads the host's libarchive.
+    ldconfig -p | grep -q 'libarchive\.so\.13' || echo libarchive
 }
 
 if [[ -n "$(missing_cmds)" ]]; then
@@ -143,7 +145,7 @@ else
     fi
 fi
 
-# The venv sees Debian's python3-dnf, python3-rpm and python3-pefile (system site packages).
+# The venv sees Debian's python3-dnf, python3-rpm, python3-pefile and python3-zstandard (system site packages).
 if [[ ! -x $VENV/bin/python ]]; then
     log "creating $VENV"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"

@@ -13,15 +13,15 @@
 # does not hold them (they are in the repository given as %mkosi_initrd_repo).
 set -euo pipefail
 
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
+TOP=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "${1:-$TOP/out/rpm}")
 PY=${PY:-$TOP/.venv/bin/python}
 # The builder finds mkosi and ukify on PATH; those `make setup` extracted go first.
-export MKOSI_INITRD_TOOLS=${MKOSI_INITRD_TOOLS:-$TOP/.tools}
+case ":$PATH:" in *":$TOP/.tools/bin:"*) ;; *) export PATH="$TOP/.tools/bin:$PATH" ;; esac
 PACKAGER=${MKOSI_INITRD_PACKAGER:-mkosi-initrd developers <mkosi-initrd@localhost>}
 
 log() { printf '[rpm %(%H:%M:%S)T] %s\n' -1 "$*"; }
-. "$TOP/tests/scripts/rpmlint-check.sh"
+. "$TOP/tools/rpmlint-check.sh"
 cd "$TOP"
 
 REPO=${MKOSI_INITRD_REPO:-}

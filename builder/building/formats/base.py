@@ -1,0 +1,113 @@
+"""What an output format is: one object that owns its file, tools, build step, manifest entry and checks.
+
+The builder, the spec, verify and inspect iterate over the registry (formats/__init__.py) and
+never name a format; adding one is a module here and a registry entry."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from mkosi_initrd_builder.checking.cpio import CpioEntry
+from mkosi_initrd_builder.rpmmeta.repo import Repository
+
+if TYPE_CHECKING:  # variants.py imports the registry for its OutputFormat enum
+    from mkosi_initrd_builder.building.variants import VariantSpec
+    from mkosi_initrd_builder.checking.qemu import BootProbe
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One verification result, as `mkosi-initrd-build verify` prints it."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildInputs:
+    """What every variant of one build shares: the repository, the kernel and a work directory."""
+
+    repo: Repository
+    kernel_version: str
+    kernel_image: Path
+    work: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantImage:
+    """One variant's image as mkosi made it; a format's build step writes `final/<file_name>`."""
+
+    variant: "VariantSpec"
+    initrd: Path                        # mkosi's zstd cpio
+    entries: Mapping[str, CpioEntry]    # its contents, read once
+    final: Path                         # the directory that becomes OUTPUT/<variant>
+    work: Path                          # the variant's scratch directory
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltVariant:
+    """A built variant as verify, inspect and boot see it: OUTPUT/<variant> and its manifest."""
+
+    directory: Path
+    manifest: Mapping[str, Any]
+
+    @property
+    def kernel_version(self) -> str:
+        return self.manifest["kernel"]["version"]
+
+    def output(self, fmt: "Format") -> Path:
+        return self.directory / fmt.file_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """A format's part of `inspect`: JSON keys and the lines of the text form."""
+
+    facts: Mapping[str, Any]
+    lines: tuple[str, ...]
+
+
+class Format(abc.ABC):
+    """One output format. Subclasses are stateless singletons; per-build state is what prepare()
+    returns, handed back to build() and manifest_entry()."""
+
+    file_name: str                  # OUTPUT/<variant>/<file_name>
+    tools: tuple[str, ...] = ()          # commands its build step runs; their versions go into the manifest
+    tool_packages: tuple[str, ...] = ()  # the (Fedora) packages of those commands: the spec BuildRequires them
+
+    def spec_packages(self, repo: Repository) -> tuple[str, ...]:
+        """Packages of `repo` the build step takes content from (the spec BuildRequires them too)."""
+        return ()
+
+    def prepare(self, inputs: BuildInputs) -> Any:
+        """Once per build, before any variant: extract what every variant's build step needs."""
+        return None
+
+    @abc.abstractmethod
+    def build(self, image: VariantImage, inputs: BuildInputs, prepared: Any) -> None:
+        """Write image.final / file_name (a temporary name and a rename; final/ is renamed into place
+        only once every format is done)."""
+
+    def manifest_entry(self, prepared: Any) -> Mapping[str, Any]:
+        """Facts recorded next to the output's sha256 and size in manifest["outputs"]."""
+        return {}
+
+    def verify(self, built: BuiltVariant) -> Sequence[Check]:
+        """Checks of the output's content beyond its sha256 (the caller checks that)."""
+        return ()
+
+    def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
+        return None
+
+    def boot_kernel(self, built: BuiltVariant, dest: Path) -> Optional[Path]:
+        """A kernel image this output carries (written under `dest`), for boots that need one."""
+        return None
+
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: "BootProbe", timeout: float) -> Optional[Check]:
+        """Boot the output in QEMU and report whether `probe` saw the image's init come up."""
+        return None

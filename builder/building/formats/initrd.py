@@ -1,0 +1,105 @@
+"""The initrd: mkosi's zstd-compressed newc cpio, checked against its size budget and read back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
+from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, read_cpio, resolve
+from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.rpmmeta.repo import Repository
+from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
+
+
+def is_module(entry: CpioEntry) -> bool:
+    return entry.is_file and "/modules/" in entry.name and ".ko" in entry.name
+
+
+class InitrdFormat(Format):
+    file_name = "initrd.cpio.zst"
+
+    def build(self, image: VariantImage, inputs: BuildInputs, prepared: Any) -> None:
+        variant = image.variant
+        size = image.initrd.stat().st_size
+        if variant.size_budget and size > variant.size_budget:
+            raise SizeBudgetError(size_report(variant.name, variant.path, variant.size_budget, size,
+                                              image.entries.values(), inputs.repo))
+        # mkosi wrote it beside the final directory, on the same file system: a rename.
+        os.replace(image.initrd, image.final / self.file_name)
+
+    def verify(self, built: BuiltVariant) -> Sequence[Check]:
+        checks = []
+        try:
+            entries = {e.name: e for e in read_cpio(built.output(self))}
+            checks.append(Check("initrd is a valid cpio archive", True, f"{len(entries)} entries"))
+        except (CpioFormatError, BuilderError, OSError) as e:
+            return [Check("initrd is a valid cpio archive", False, str(e))]
+        init = resolve(entries, "init")
+        checks.append(Check("initrd has /init", init is not None and init.is_file,
+                            "" if init is not None else "no /init (or it dangles)"))
+        osrel = resolve(entries, "usr/lib/os-release")
+        checks.append(Check("initrd has /usr/lib/os-release", osrel is not None and osrel.is_file))
+        checks.append(Check("initrd has /etc/initrd-release", "etc/initrd-release" in entries))
+        in_image = sorted(n.rsplit("/", 1)[-1] for n, e in entries.items() if is_module(e))
+        wanted = sorted(m.rsplit("/", 1)[-1] for m in built.manifest.get("kernel-modules", []))
+        checks.append(Check("kernel modules match manifest", in_image == wanted,
+                            "" if in_image == wanted else f"image {len(in_image)} vs manifest {len(wanted)}"))
+        if wanted:
+            dep = entries.get(f"usr/lib/modules/{built.kernel_version}/modules.dep")
+            checks.append(Check("modules.dep regenerated in the image", dep is not None and dep.size > 0))
+        return checks
+
+    def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
+        entries = read_cpio(built.output(self))
+        files = [e for e in entries if e.is_file]
+        modules = sorted(e.name.rsplit("/", 1)[-1] for e in files if is_module(e))
+        largest = sorted(((e.name, e.size) for e in files), key=lambda t: (-t[1], t[0]))[:top]
+        uncompressed = sum(e.size for e in files)
+        lines = [f"initrd: {len(entries)} entries, {uncompressed:,} B of files uncompressed",
+                 f"kernel modules ({len(modules)}):", *(f"  {m}" for m in modules),
+                 "largest files:", *(f"  {s:>12,} B  /{n}" for n, s in largest)]
+        return Inspection({"entries": len(entries), "uncompressed-size": uncompressed, "kernel-modules": modules,
+                           "largest-files": [[n, s] for n, s in largest]}, tuple(lines))
+
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
+        name = "boots (kernel + initrd)"
+        if kernel is None:
+            return Check(name, False, "no kernel to boot with: pass --kernel or --repo (the variant has no UKI "
+                                      "to take it from)")
+        words = ["console=ttyS0", "panic=-1", *built.manifest.get("kernel-command-line", "").split()]
+        r = boot(kernel=kernel, initrd=built.output(self), append=" ".join(dict.fromkeys(words)), probe=probe,
+                 timeout=timeout)
+        return Check(name, r.ok, f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else f"console tail:\n{r.console_tail}")
+
+
+def size_report(variant: str, path: Path, budget: int, size: int, entries: Iterable[CpioEntry],
+                repo: Repository) -> str:
+    """Why an image is over budget: the largest packages and kernel modules, by uncompressed bytes."""
+    owner: dict[str, str] = {}
+    for p in repo.packages:
+        for f in p.files:
+            owner.setdefault(f.lstrip("/"), p.nevra.name)
+    by_package: dict[str, int] = {}
+    modules: list[tuple[int, str]] = []
+    for e in entries:
+        if not e.is_file:
+            continue
+        if is_module(e):
+            modules.append((e.size, e.name.rsplit("/", 1)[-1]))
+            by_package["(kernel modules)"] = by_package.get("(kernel modules)", 0) + e.size
+            continue
+        key = owner.get(e.name, "(not from a package)")
+        by_package[key] = by_package.get(key, 0) + e.size
+    top_pkgs = sorted(by_package.items(), key=lambda kv: -kv[1])[:8]
+    top_mods = sorted(modules, reverse=True)[:8]
+    lines = [f"variant {variant!r}: {InitrdFormat.file_name} is {size:,} B, over its size-budget of {budget:,} B ({path})",
+             "  largest packages (uncompressed): " + ", ".join(f"{n} {s:,} B" for n, s in top_pkgs)]
+    if top_mods:
+        lines.append("  largest modules: " + ", ".join(f"{n} {s:,} B" for s, n in top_mods))
+    return "\n".join(lines)
+
+
+INITRD = InitrdFormat()

@@ -1,0 +1,141 @@
+"""The Unified Kernel Image: ukify joins the kernel, the initrd and the systemd-boot stub; pefile reads it back."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
+from mkosi_initrd_builder.building.formats.initrd import INITRD
+from mkosi_initrd_builder.checking.cpio import resolve
+from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm
+from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError, VerifyError
+from mkosi_initrd_builder.util.fsutil import atomic_write
+from mkosi_initrd_builder.util.log import step
+from mkosi_initrd_builder.util.run import run
+from mkosi_initrd_builder.util.tools import find_tool
+
+# Sections every UKI we build carries; .cmdline only when the variant sets a command line.
+REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname")
+STUB_PATH = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who ships the stub
+
+
+@dataclasses.dataclass(frozen=True)
+class Stub:
+    nevra: str
+    path: Path
+
+
+class UkiFormat(Format):
+    file_name = "uki.efi"
+    tools = ("ukify",)
+    tool_packages = ("systemd-ukify",)
+
+    def spec_packages(self, repo: Repository) -> tuple[str, ...]:
+        owners = repo.package_owning(STUB_PATH)
+        return (owners[-1].nevra.name if owners else STUB_PACKAGE,)
+
+    def prepare(self, inputs: BuildInputs) -> Stub:
+        owners = inputs.repo.package_owning(STUB_PATH)
+        if not owners:
+            raise PackageMissingError([f"{STUB_PATH} ({STUB_PACKAGE})"], inputs.repo.path)
+        pkg = owners[-1]
+        dest = inputs.work / "stub"
+        extract_rpm(inputs.repo.path / pkg.href, dest, [f".{STUB_PATH}"])
+        return Stub(str(pkg.nevra), dest / STUB_PATH.lstrip("/"))
+
+    def build(self, image: VariantImage, inputs: BuildInputs, prepared: Stub) -> None:
+        variant = image.variant
+        with step(f"[{variant.name}] Assembling the UKI with ukify"):
+            osrel = resolve(image.entries, "usr/lib/os-release") or resolve(image.entries, "etc/os-release")
+            if osrel is None or not osrel.is_file:
+                raise BuilderError(f"[{variant.name}] the image has no /usr/lib/os-release for the UKI's .osrel")
+            os_release = image.work / "os-release"
+            os_release.write_bytes(osrel.data)
+            tmp = image.final / f".{self.file_name}.tmp"
+            build_uki(kernel=inputs.kernel_image, initrd=image.final / INITRD.file_name, stub=prepared.path,
+                      os_release=os_release, uname=inputs.kernel_version, cmdline=variant.kernel_command_line,
+                      output=tmp)
+            tmp.rename(image.final / self.file_name)
+
+    def manifest_entry(self, prepared: Stub) -> Mapping[str, Any]:
+        return {"stub": prepared.nevra}
+
+    def verify(self, built: BuiltVariant) -> Sequence[Check]:
+        path = built.output(self)
+        sections = uki_sections(path) if path.exists() else {}
+        cmdline_wanted = built.manifest.get("kernel-command-line", "")
+        missing = [s for s in REQUIRED_SECTIONS if s not in sections]
+        if cmdline_wanted and ".cmdline" not in sections:
+            missing.append(".cmdline")
+        checks = [Check("UKI has its sections", not missing,
+                        f"missing {missing}" if missing else ", ".join(sorted(sections)))]
+        if sections:
+            initrd = built.output(INITRD)
+            checks.append(Check("UKI .initrd is the initrd",
+                                initrd.exists() and sections.get(".initrd", b"") == initrd.read_bytes()))
+            uname = _text(sections.get(".uname", b""))
+            checks.append(Check("UKI .uname is the kernel version", uname == built.kernel_version, uname))
+            if cmdline_wanted:
+                cmdline = _text(sections.get(".cmdline", b"")).strip()
+                checks.append(Check("UKI .cmdline matches the variant", cmdline == cmdline_wanted, cmdline))
+        return checks
+
+    def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
+        sections = [(n, len(d)) for n, d in uki_sections(built.output(self)).items()]
+        return Inspection({"uki-sections": [[n, s] for n, s in sections]},
+                          ("UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections)))
+
+    def boot_kernel(self, built: BuiltVariant, dest: Path) -> Optional[Path]:
+        path = built.output(self)
+        if not path.exists():
+            return None
+        atomic_write(dest / "vmlinuz", uki_sections(path)[".linux"])
+        return dest / "vmlinuz"
+
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
+        # Booted whole, under OVMF: the stub hands its own .cmdline and .initrd to its own .linux.
+        r = boot(kernel=built.output(self), uefi=True, probe=probe, timeout=timeout)
+        return Check("boots (UKI under OVMF)", r.ok,
+                     f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else f"console tail:\n{r.console_tail}")
+
+
+def _text(section: bytes) -> str:
+    return section.rstrip(b"\0").decode(errors="replace")
+
+
+def build_uki(*, kernel: Path, initrd: Path, stub: Path, os_release: Path, uname: str, cmdline: str,
+              output: Path) -> None:
+    argv = [find_tool("ukify"), "build", f"--linux={kernel}", f"--initrd={initrd}", f"--stub={stub}",
+            f"--os-release=@{os_release}", f"--uname={uname}", f"--output={output}"]
+    if cmdline:
+        if cmdline.startswith("@"):
+            # Variant loading refuses this; here it would make ukify embed the file it names.
+            raise BuilderError(f"kernel command line {cmdline!r} starts with '@', which ukify reads as a file")
+        argv.append(f"--cmdline={cmdline}")
+    run(argv, capture=True)
+
+
+def uki_sections(path: Path) -> dict[str, bytes]:
+    """Section name -> content, read with pefile (the library ukify itself uses)."""
+    try:
+        import pefile
+    except ImportError as e:  # pragma: no cover - make setup installs python3-pefile
+        raise VerifyError("python3-pefile is not importable; run 'make setup'") from e
+    try:
+        pe = pefile.PE(str(path), fast_load=True)
+    except pefile.PEFormatError as e:
+        raise VerifyError(f"{path}: not a PE image: {e}") from None
+    sections = {}
+    for s in pe.sections:
+        name = s.Name.rstrip(b"\0").decode(errors="replace")
+        sections[name] = s.get_data()[: s.Misc_VirtualSize] if s.Misc_VirtualSize else s.get_data()
+    pe.close()
+    return sections
+
+
+UKI = UkiFormat()
