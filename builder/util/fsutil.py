@@ -57,15 +57,19 @@ def sha256_file(path: Path) -> str:
     return hash_file(path, ("sha256",))["sha256"]
 
 
+def hash_bytes(data: bytes, algorithm: str = "sha256") -> str:
+    digests = Digests((algorithm,))
+    digests.update(data)
+    return digests.hexdigests()[algorithm]
+
+
 def matches_checksum(data: bytes, checksum_type: str, expected: str) -> bool:
     """Whether `data` has the repodata checksum `expected` (False for an unknown checksum type)."""
     try:
         algo = hash_algorithm(checksum_type)
     except ValueError:
         return False
-    digests = Digests((algo,))
-    digests.update(data)
-    return digests.hexdigests()[algo] == expected.strip().lower()
+    return hash_bytes(data, algo) == expected.strip().lower()
 
 
 def private_copy(src: Path, dst: Path, algorithms: Iterable[str]) -> tuple[int, dict[str, str], bool]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -153,7 +152,3 @@ def read_rpmlist(data: Optional[bytes], where: str) -> Optional[dict[NEVRA, str]
     except UnicodeDecodeError as e:
         raise StagingError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return parse_rpmlist(text, where)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

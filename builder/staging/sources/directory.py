@@ -13,11 +13,11 @@ from urllib.parse import unquote, urlsplit
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, open_repository
 from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.sources.base import (
-    RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist, sha256_hex,
+    RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist,
 )
 from mkosi_initrd_builder.rpmmeta.hrefs import TOPLINK, check_toplink, package_relpath
 from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError
-from mkosi_initrd_builder.util.fsutil import hash_file, is_within, link_or_copy
+from mkosi_initrd_builder.util.fsutil import hash_bytes, hash_file, is_within, link_or_copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class DirectorySource(Source):
         repomd = (self.directory / "repodata" / "repomd.xml").read_bytes()
         rpmlist_file = self.directory / RPMLIST
         rpmlist = read_rpmlist(rpmlist_file.read_bytes() if rpmlist_file.is_file() else None, str(rpmlist_file))
-        return SourceMetadata(self, self.directory, sha256_hex(repomd), repo.revision, repo.packages,
+        return SourceMetadata(self, self.directory, hash_bytes(repomd), repo.revision, repo.packages,
                               rpmlist or {}, rpmlist is not None)
 
     def path_of(self, href: str, location_base: str = "") -> Path:

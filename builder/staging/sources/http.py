@@ -15,11 +15,11 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from mkosi_initrd_builder.rpmmeta.repo import MAX_METADATA_BYTES, MAX_REPOMD_BYTES, NS, RepoPackage, open_repository
 from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.sources.base import (
-    METADATA_TYPES, RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist, sha256_hex,
+    METADATA_TYPES, RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist,
 )
 from mkosi_initrd_builder.rpmmeta.hrefs import check_toplink, metadata_relpath, package_relpath
 from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError, VerificationError
-from mkosi_initrd_builder.util.fsutil import atomic_write, is_within, matches_checksum
+from mkosi_initrd_builder.util.fsutil import atomic_write, hash_bytes, is_within, matches_checksum
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # koji's rpmlist.jsonl has one line of about 300 bytes per package of the tag.
@@ -97,7 +97,7 @@ class HttpSource(Source):
         repo = open_repository(directory, with_files=False)
         where = self.url + RPMLIST
         rpmlist = read_rpmlist(http.get_bytes(where, max_bytes=MAX_RPMLIST_BYTES, missing_ok=True), where)
-        return SourceMetadata(self, directory, sha256_hex(repomd), repo.revision, repo.packages, rpmlist or {},
+        return SourceMetadata(self, directory, hash_bytes(repomd), repo.revision, repo.packages, rpmlist or {},
                               rpmlist is not None)
 
     def _mirror_metadata(self, http: HttpClient, dest: Path, types: tuple[str, ...]) -> bytes:
