@@ -118,3 +118,16 @@ def test_skip_reason_says_why_a_build_is_left_alone():
 @pytest.mark.parametrize("text, size", [("1048576", 1 << 20), ("500M", 500 << 20), ("2g", 2 << 30), ("4 KiB", 4096)])
 def test_byte_sizes(text, size):
     assert parse_byte_size(text) == size
+
+
+def test_library_errors_about_a_setting_name_the_plugins_key():
+    from mkosi_initrd_builder.staging.cli import SETTING_FLAGS
+    from mkosi_initrd_builder.util.errors import SettingError
+
+    error = SettingError("max_bytes", "the size limit must be positive (got 0)")
+    assert str(error) == "max bytes: the size limit must be positive (got 0)"  # the library's own words
+    assert str(error.spelled(PluginConfig.setting_spellings())) == \
+        "[mkosi_initrd] max_size: the size limit must be positive (got 0)"
+    assert str(error.spelled(SETTING_FLAGS)) == "--max-size: the size limit must be positive (got 0)"
+    # every setting the plugin's keys feed is one the library can name
+    assert set(PluginConfig.setting_spellings()) <= set(SETTING_FLAGS)

@@ -12,7 +12,7 @@ from mkosi_initrd_builder.staging.stage import PackageSelection
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.staging.sources import DirectorySource, HttpSource, parse_source
-from mkosi_initrd_builder.staging.sources.base import parse_rpmlist
+from mkosi_initrd_builder.staging.sources.base import parse_rpmlist, read_rpmlist
 from mkosi_initrd_builder.rpmmeta.hrefs import package_relpath
 
 HTTP = parse_source("http://127.0.0.1:8080/kojifiles/repos/f42-build/7/x86_64")
@@ -186,3 +186,9 @@ def test_pinned_package_from_kojid_listing():
     assert (p.nevra, p.payloadhash) == (NEVRA("kernel-core", 0, "6.1", "2", "x86_64"), "abc")
     assert str(PinnedPackage.from_koji({"name": "a", "epoch": 2, "version": "1", "release": "1",
                                         "arch": "noarch"}).nevra) == "a-2:1-1.noarch"
+
+
+def test_rpmlist_that_is_not_utf8_is_named():
+    with pytest.raises(StagingError, match=r"^http://x/rpmlist.jsonl: not UTF-8 text \(invalid start byte at byte 1\)$"):
+        read_rpmlist(b"{\xff}", "http://x/rpmlist.jsonl")
+    assert read_rpmlist(None, "absent") is None
