@@ -84,6 +84,9 @@ class HttpClient:
         self._local = threading.local()
         self._opened: list[http.client.HTTPConnection] = []
         self._opened_lock = threading.Lock()
+        # Sockets a body is being read from. Not conn.sock: http.client hands the socket to the
+        # response and forgets it when the server says Connection: close.
+        self._reading: set[socket.socket] = set()
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         conns = self._local.__dict__.setdefault("conns", {})
@@ -105,14 +108,12 @@ class HttpClient:
         (its socket is shut down) instead of when the server next sends or the timeout passes."""
         self.stop.set()
         with self._opened_lock:
-            opened = list(self._opened)
-        for conn in opened:
-            sock = conn.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # not connected (any more)
+            sockets = {conn.sock for conn in self._opened if conn.sock is not None} | self._reading
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected (any more)
 
     def close(self) -> None:
         """Close every connection any thread opened (call when no download is running)."""
@@ -128,15 +129,33 @@ class HttpClient:
         conn.timeout = self._read_timeout(deadline)
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
+        sock: Optional[socket.socket] = None
         try:
             conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
-            resp = conn.getresponse()
+            sock = conn.sock
+            assert sock is not None  # request() connected it
+            with self._opened_lock:
+                self._reading.add(sock)
+            return self._response(url, conn, sock, u.scheme, u.netloc, out, digests, deadline, max_bytes)
         except (OSError, http.client.HTTPException) as e:
             self._drop(u.scheme, u.netloc)
             self._check_stop_and_deadline(url, deadline)
             raise _Retryable(f"connection failed: {e or type(e).__name__}") from None
+        finally:
+            if sock is not None:
+                with self._opened_lock:
+                    self._reading.discard(sock)
+
+    def _response(self, url: str, conn: http.client.HTTPConnection, sock: socket.socket, scheme: str, netloc: str,
+                  out: BinaryIO, digests: Digests, deadline: float, max_bytes: Optional[int]) -> int:
+        try:
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            self._drop(scheme, netloc)
+            self._check_stop_and_deadline(url, deadline)
+            raise _Retryable(f"connection failed: {e or type(e).__name__}") from None
         if resp.status != 200:
-            self._drop(u.scheme, u.netloc)
+            self._drop(scheme, netloc)
             reason = f"HTTP {resp.status} {resp.reason}".rstrip()
             if resp.status in RETRYABLE_STATUS:
                 raise _Retryable(reason, resp.status)
@@ -148,14 +167,13 @@ class HttpClient:
             if length is not None and max_bytes is not None and length > max_bytes:
                 raise _Permanent(f"the server announces {length:,} bytes, more than the {max_bytes:,} expected")
         except _Permanent:
-            self._drop(u.scheme, u.netloc)
+            self._drop(scheme, netloc)
             raise
         received = 0
         try:
             while True:
                 self._check_stop_and_deadline(url, deadline)
-                assert conn.sock is not None
-                conn.sock.settimeout(self._read_timeout(deadline))
+                sock.settimeout(self._read_timeout(deadline))
                 # read1: whatever has arrived (at least a byte), so a trickling server meets the
                 # deadline check above between its bytes instead of filling a whole chunk first.
                 chunk = resp.read1(CHUNK)
@@ -167,23 +185,22 @@ class HttpClient:
                 out.write(chunk)
                 digests.update(chunk)
         except (OSError, http.client.HTTPException) as e:
-            self._drop(u.scheme, u.netloc)
+            self._drop(scheme, netloc)
             self._check_stop_and_deadline(url, deadline)
             raise _Retryable(f"transfer broken after {received} bytes: {type(e).__name__}") from None
         except BaseException:
-            self._drop(u.scheme, u.netloc)
+            self._drop(scheme, netloc)
             raise
         if self.stop.is_set():
             raise Interrupted(url)  # the socket was shut down under the read: what came is not the file
         if length is not None and received != length:
-            self._drop(u.scheme, u.netloc)
+            self._drop(scheme, netloc)
             raise _Retryable(f"truncated: received {received} of {length} bytes")
+        # read1() leaves a response whose body has been read in full open; the connection takes its
+        # next request only once the response is closed.
+        resp.close()
         if resp.will_close:
-            self._drop(u.scheme, u.netloc)
-        else:
-            # read1() leaves a response whose body has been read in full open; the connection takes
-            # its next request only once the response is closed.
-            resp.close()
+            self._drop(scheme, netloc)
         return received
 
     def _read_timeout(self, deadline: float) -> float:
