@@ -166,7 +166,12 @@ def _parse(repo: Path, entry: MetadataFile, work: Path,
         raise RepositoryError(repo, f"{src.name} expands to more than {said} bytes") from None
     except DecompressError as e:
         raise RepositoryError(repo, str(e)) from None
-    parser(str(plain))
+    try:
+        parser(str(plain))
+    except createrepo_c.CreaterepoCError as e:
+        # createrepo_c names the temporary file and ends its message with a newline
+        reason = " ".join(str(e).replace(str(plain), src.name).split())
+        raise RepositoryError(repo, f"unreadable repodata: {reason}") from None
     plain.unlink()
 
 

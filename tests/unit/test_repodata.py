@@ -158,3 +158,11 @@ def test_damaged_compression_and_bad_numbers_are_named(tmp_path):
     write_repo(tmp_path / "b", primary_xml("x", epoch="one"))
     with pytest.raises(RepositoryError, match="primary metadata entry of 'x'"):
         open_repository(tmp_path / "b", with_files=False)
+
+
+def test_malformed_xml_is_one_line_naming_the_repositorys_file(tmp_path):
+    write_repo(tmp_path, primary_xml("x").replace(b"</name>", b"</oops>"))
+    with pytest.raises(RepositoryError) as e:
+        open_repository(tmp_path, with_files=False)
+    assert str(e.value).startswith(f"repository {tmp_path}: unreadable repodata: Parse error 'primary.xml.gz' ")
+    assert "\n" not in str(e.value) and "mkosi-initrd-repodata-" not in str(e.value)
