@@ -192,3 +192,32 @@ def test_rpmlist_that_is_not_utf8_is_named():
     with pytest.raises(StagingError, match=r"^http://x/rpmlist.jsonl: not UTF-8 text \(invalid start byte at byte 1\)$"):
         read_rpmlist(b"{\xff}", "http://x/rpmlist.jsonl")
     assert read_rpmlist(None, "absent") is None
+
+
+def test_a_registered_source_kind_is_offered_the_text_before_the_directory_fallback(monkeypatch):
+    """Adding a kind of source is a class and its line in SOURCE_TYPES: parse_source and the help
+    text follow the registry."""
+    import dataclasses
+
+    from mkosi_initrd_builder.staging import sources
+
+    @dataclasses.dataclass(frozen=True)
+    class BucketSource(sources.Source):
+        kind = "bucket"
+        schemes = ("bucket://",)
+        location: str
+
+        @classmethod
+        def parse(cls, text):
+            return cls(text) if text.startswith("bucket://") else None
+
+        def __str__(self):
+            return self.location
+
+        koji_path = ""
+        load_metadata = locate = fetch = None
+
+    monkeypatch.setattr(sources, "SOURCE_TYPES", (HttpSource, BucketSource, DirectorySource))
+    assert isinstance(parse_source("bucket://b/repo"), BucketSource)
+    assert isinstance(parse_source("http://h/repo"), HttpSource)
+    assert sources.describe_schemes() == "http://, https://, bucket://, file:// or a directory"

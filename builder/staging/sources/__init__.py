@@ -20,7 +20,9 @@ __all__ = ["SOURCE_TYPES", "Source", "SourceMetadata", "Via", "describe_schemes"
 
 
 def describe_schemes() -> str:
-    return ", ".join(s for t in SOURCE_TYPES for s in t.schemes)
+    """'a, b or c': what --source's help and the unknown-scheme error offer."""
+    schemes = [s for t in SOURCE_TYPES for s in t.schemes]
+    return ", ".join(schemes[:-1]) + f" or {schemes[-1]}" if len(schemes) > 1 else schemes[0]
 
 
 def parse_source(text: str) -> Source:

@@ -83,7 +83,7 @@ class Source(abc.ABC):
     (staging/sources/__init__.py); parse_source() offers each the user's text in turn."""
 
     kind: ClassVar[str]                # recorded in the stage manifest
-    schemes: ClassVar[tuple[str, ...]]  # what the --source help lists
+    schemes: ClassVar[tuple[str, ...]]  # what the --source help lists ("s3://")
 
     location: str  # as the user or the plugin gave it
 

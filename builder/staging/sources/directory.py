@@ -23,7 +23,7 @@ from mkosi_initrd_builder.util.fsutil import hash_bytes, hash_file, is_within, l
 @dataclasses.dataclass(frozen=True)
 class DirectorySource(Source):
     kind = "directory"
-    schemes = ("file", "a directory")
+    schemes = ("file://", "a directory")
 
     location: str
     directory: Path

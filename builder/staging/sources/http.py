@@ -33,7 +33,7 @@ def _port(scheme: str, port: Optional[int]) -> Optional[int]:
 @dataclasses.dataclass(frozen=True)
 class HttpSource(Source):
     kind = "http"
-    schemes = ("http", "https")
+    schemes = ("http://", "https://")
 
     location: str
     url: str  # always ending in "/"
@@ -41,7 +41,7 @@ class HttpSource(Source):
     @classmethod
     def parse(cls, text: str) -> Optional["HttpSource"]:
         parts = urlsplit(text)
-        if parts.scheme not in cls.schemes:
+        if f"{parts.scheme}://" not in cls.schemes:
             return None
         if not parts.hostname:
             raise StagingError(f"source {text!r}: the URL names no host")
