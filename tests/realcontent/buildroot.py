@@ -26,8 +26,10 @@ BUILDROOT_FILE = Path(__file__).resolve().parent / "buildroot.toml"
 CACHE_FORMAT = "buildroot-rpms/1"
 ENTRY_PREFIX = "buildroot"
 # The image build's tools, beyond the build group: what the mkosi-initrd-initrd spec's
-# BuildRequires name, and what mkosi runs.
-IMAGE_TOOLS = ("mkosi", "systemd-ukify", "python3-pefile", "kmod")
+# BuildRequires name, what mkosi runs, and the Python modules the builder imports (its RPM's
+# Requires; test_buildroot runs the builder from this checkout's source instead).
+IMAGE_TOOLS = ("mkosi", "systemd-ukify", "python3-pefile", "kmod", "python3-rpm", "python3-createrepo_c",
+               "python3-zstandard")
 
 
 @dataclasses.dataclass(frozen=True)
