@@ -401,10 +401,7 @@ def _check_request(request: StageRequest, source: Source) -> None:
     if request.max_bytes is not None and request.max_bytes <= 0:
         raise SettingError("max_bytes", f"the size limit must be positive (got {request.max_bytes})")
     dest = request.dest.absolute()
-    try:
-        source.check_destination(dest)
-    except StagingError as e:
-        raise SettingError("dest", str(e)) from None
+    source.check_destination(dest)
     if dest.exists():
         if not dest.is_dir():
             raise SettingError("dest", f"{dest} exists and is not a directory")

@@ -221,3 +221,17 @@ def test_a_registered_source_kind_is_offered_the_text_before_the_directory_fallb
     assert isinstance(parse_source("bucket://b/repo"), BucketSource)
     assert isinstance(parse_source("http://h/repo"), HttpSource)
     assert sources.describe_schemes() == "http://, https://, bucket://, file:// or a directory"
+
+
+def test_a_directory_source_and_the_destination_must_not_contain_each_other(tmp_path):
+    from mkosi_initrd_builder.util.errors import SettingError
+
+    source = parse_source(str(tmp_path / "repo"))
+    (tmp_path / "repo").mkdir()
+    for dest in (tmp_path / "repo" / "staged", tmp_path):
+        with pytest.raises(SettingError, match="must not contain each other") as e:
+            source.check_destination(dest)
+        assert e.value.setting == "dest"
+    source.check_destination(tmp_path / "staged")  # beside it is fine
+    with pytest.raises(StagingError, match="not a directory"):
+        parse_source(str(tmp_path / "missing")).check_destination(tmp_path / "staged")

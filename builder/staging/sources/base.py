@@ -109,7 +109,8 @@ class Source(abc.ABC):
         return KojiRepo(m["tag"], int(m["repo_id"]), m["arch"]) if m else None
 
     def check_destination(self, dest: Path) -> None:
-        """Refuse a staging destination this source cannot coexist with (nothing by default)."""
+        """Refuse a staging destination this source cannot coexist with (SettingError for "dest"),
+        or a source that cannot be read at all; nothing by default."""
 
     @abc.abstractmethod
     def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:

@@ -16,7 +16,7 @@ from mkosi_initrd_builder.staging.sources.base import (
     RPMLIST, Fetched, PackageLocation, Source, SourceMetadata, Via, read_rpmlist,
 )
 from mkosi_initrd_builder.rpmmeta.hrefs import TOPLINK, check_toplink, package_relpath
-from mkosi_initrd_builder.util.errors import StagingError, UnsafeHrefError
+from mkosi_initrd_builder.util.errors import SettingError, StagingError, UnsafeHrefError
 from mkosi_initrd_builder.util.fsutil import hash_bytes, hash_file, is_within, link_or_copy
 
 
@@ -50,7 +50,7 @@ class DirectorySource(Source):
         if not self.directory.is_dir():
             raise StagingError(f"source {self.directory}: not a directory")
         if is_within(dest, self.directory) or is_within(self.directory, dest):
-            raise StagingError(f"the destination {dest} and the source {self.directory} must not contain each other")
+            raise SettingError("dest", f"{dest} and the source {self.directory} must not contain each other")
 
     def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:
         repo = open_repository(self.directory, with_files=False)
