@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import re
 import tempfile
@@ -16,7 +15,7 @@ from typing import Optional
 
 from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, PackageMissingError, SpecError, VariantError
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
-from mkosi_initrd_builder.util.fsutil import atomic_write
+from mkosi_initrd_builder.util.fsutil import atomic_write, sha256_file
 from mkosi_initrd_builder.building.formats import formats_of
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, render_variant
@@ -134,7 +133,7 @@ def wrap_description(text: str) -> str:
 
 
 def variant_sha256(variant: VariantSpec) -> str:
-    return hashlib.sha256(variant.path.read_bytes()).hexdigest()
+    return sha256_file(variant.path)
 
 
 def check_variants(variants: Sequence[VariantSpec]) -> None:
