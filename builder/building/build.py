@@ -341,15 +341,20 @@ ERROR_LINE = re.compile(r"(?i)\b(error|failed|failure|cannot|can't|no such|not f
 
 
 def error_lines(log: Path, limit: int = 10) -> tuple[str, ...]:
-    """The first lines of `log` that look like errors."""
-    found = []
+    """The first lines of `log` that look like errors, each with the indented lines that continue
+    it (dnf prints "Error:" and then the problem on the lines below, indented)."""
+    found: list[str] = []
+    continuing = False
     with open(log, "rb") as f:
         for raw in f:
             line = raw.decode(errors="replace").rstrip()
-            if ERROR_LINE.search(line):
+            if ERROR_LINE.search(line) or (continuing and line[:1].isspace() and line.strip()):
                 found.append(line)
+                continuing = True
                 if len(found) == limit:
                     break
+            else:
+                continuing = False
     return tuple(found)
 
 

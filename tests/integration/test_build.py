@@ -18,6 +18,7 @@ from mkosi_initrd_builder.building.formats.uki import uki_sections
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.bootmarker import BOOT_MARKER, fixture_marker
 from tests.support.cli import run_cli
+from tests.support.fixtures import build_rpm_from_spec, make_repo
 
 pytestmark = pytest.mark.integration
 
@@ -211,21 +212,30 @@ def test_failing_variant_neither_hides_nor_corrupts_others(fixture_repo, tmp_pat
 
 
 def test_dnf_failure_is_reported_with_its_cause(fixture_repo, tmp_path):
-    """A dependency that only dnf discovers (a Requires deep in the tree) fails that variant with
-    dnf's own error line."""
+    """A dependency that only dnf discovers (a Requires deep in the tree: the package the variant
+    names exists, what it requires does not) fails that variant with dnf's own error line."""
+    repo = tmp_path / "repo"
+    shutil.copytree(fixture_repo.path, repo, ignore=shutil.ignore_patterns("repodata"))
+    spec = tmp_path / "broken-dep.spec"
+    spec.write_text("Name: broken-dep\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\n"
+                    "BuildArch: noarch\nRequires: no-such-capability-anywhere\n"
+                    "%description\nd\n%files\n")
+    for rpm in build_rpm_from_spec(spec, tmp_path / "rpmbuild", {}, 1):
+        shutil.copy(rpm, repo)
+    make_repo(repo)
     variants = tmp_path / "variants"
     write_variant(variants, "deep", 'summary = "s"\ndescription = "d"\nbase = "none"\n'
-                                    'packages = ["initrd-init", "kernel-core > 999"]\n')
-    r = run_cli(build_args(fixture_repo.path, fixture_repo.kernel_version, tmp_path / "out")[:-2]
+                                    'packages = ["initrd-init", "broken-dep"]\n')
+    r = run_cli(build_args(repo, fixture_repo.kernel_version, tmp_path / "out")[:-2]
                 + ["--variants-dir", variants])
     assert r.returncode == 1
     assert "deep: mkosi failed with exit status 1" in r.stderr
     # mkosi's whole output is kept, and the error quotes its error lines, not only its last lines
     # (dnf's closing chatter about plugin patterns says nothing of the cause).
     log = Path(re.search(r"full output: (\S+)", r.stderr).group(1))
-    assert log == tmp_path / "out" / ".logs" / "deep-mkosi.log" and "kernel-core" in log.read_text()
+    assert log == tmp_path / "out" / ".logs" / "deep-mkosi.log" and "no-such-capability-anywhere" in log.read_text()
     errors = r.stderr.split("first error lines:", 1)[1].split("output (last lines):", 1)[0]
-    assert "kernel-core" in errors, r.stderr
+    assert "no-such-capability-anywhere" in errors, r.stderr
 
 
 def test_size_budget_exceeded_lists_largest_contributors(fixture_repo, tmp_path):
