@@ -14,7 +14,7 @@ from mkosi_initrd_builder.util.errors import BuilderError
 from mkosi_initrd_builder.util.resources import product_variants_dir
 from mkosi_initrd_builder.util.run import run
 
-logger = logging.getLogger("mkosi_initrd_builder.spec.render")
+logger = logging.getLogger("mkosi_initrd_builder.spec")
 
 
 def iso_date(text: str) -> datetime.date:
@@ -64,8 +64,9 @@ def default_packager() -> str:
 
 def cmd_spec(args: argparse.Namespace) -> int:
     from mkosi_initrd_builder.rpmmeta.repo import open_repository
-    from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, first_entry_lines, gather_inputs, release_for,
-                       render_spec, write_spec)
+    from mkosi_initrd_builder.spec.bump import first_entry_lines
+    from mkosi_initrd_builder.spec.inputs import describe_kernel, gather_inputs, release_for
+    from mkosi_initrd_builder.spec.template import ChangelogEntry, render_spec, write_spec
     from mkosi_initrd_builder.building.variants import load_variants
 
     variants = load_variants(args.variants_dir or product_variants_dir())
@@ -89,8 +90,9 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 def cmd_bump(args: argparse.Namespace) -> int:
     from mkosi_initrd_builder.rpmmeta.repo import open_repository
-    from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec, release_for,
-                       render_spec, write_spec)
+    from mkosi_initrd_builder.spec.bump import plan_bump, read_spec
+    from mkosi_initrd_builder.spec.inputs import describe_kernel, gather_inputs, release_for
+    from mkosi_initrd_builder.spec.template import ChangelogEntry, render_spec, write_spec
     from mkosi_initrd_builder.building.variants import load_variants
 
     current = read_spec(args.spec)

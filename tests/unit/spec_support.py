@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import Repository, RepoPackage
-from mkosi_initrd_builder.spec.render import ChangelogEntry, SpecInputs, describe_kernel, gather_inputs, release_for
+from mkosi_initrd_builder.spec.inputs import SpecInputs, describe_kernel, gather_inputs, release_for
+from mkosi_initrd_builder.spec.template import ChangelogEntry
 from mkosi_initrd_builder.building.variants import VariantSpec
 
 UNAME = "6.1.0-56-amd64"
@@ -36,7 +37,7 @@ def fake_repo(*kernels: RepoPackage, extra: Sequence[RepoPackage] = ()) -> Repos
 
 def first_inputs(repo: Repository, variants: Sequence[VariantSpec], uname: str = UNAME) -> SpecInputs:
     """What `spec` renders: build counter 1 and the first changelog entry."""
-    from mkosi_initrd_builder.spec.render import first_entry_lines
+    from mkosi_initrd_builder.spec.bump import first_entry_lines
 
     kernel = describe_kernel(repo, uname)
     image = kernel.image_package.nevra

@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from mkosi_initrd_builder.util.errors import BumpError, KernelNotFoundError, SpecError
-from mkosi_initrd_builder.spec.render import (ChangelogEntry, describe_kernel, gather_inputs, plan_bump, read_spec,
-                                       release_for, render_spec, write_spec)
+from mkosi_initrd_builder.spec.bump import plan_bump, read_spec
+from mkosi_initrd_builder.spec.inputs import describe_kernel, gather_inputs, release_for
+from mkosi_initrd_builder.spec.template import ChangelogEntry, render_spec, write_spec
 from mkosi_initrd_builder.building.variants import load_variants
 from tests.conftest import FIXTURE_VARIANTS
 from tests.unit.spec_support import DATE, PACKAGER, fake_repo, first_inputs, kernel_package

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.util.errors import KernelNotFoundError, PackageMissingError, SpecError, VariantError
-from mkosi_initrd_builder.spec.render import expand_template, image_packages, read_spec, render_spec, write_spec
+from mkosi_initrd_builder.spec.bump import read_spec
+from mkosi_initrd_builder.spec.inputs import image_packages
+from mkosi_initrd_builder.spec.template import expand_template, render_spec, write_spec
 from mkosi_initrd_builder.building.variants import load_variants
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 from tests.unit.spec_support import UNAME, fake_repo, first_inputs, kernel_package, package
