@@ -26,10 +26,10 @@ from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
 from mkosi_initrd_builder.util.errors import (
-    BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
+    BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError, SettingError,
     VariantBuildError,
 )
-from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, replace_dir, sha256_file
+from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, local_write_error, replace_dir, sha256_file
 from mkosi_initrd_builder.util.log import Stopwatch, step
 from mkosi_initrd_builder.util.namespaces import check_sandbox
 from mkosi_initrd_builder.util.run import run, terminate_children
@@ -170,8 +170,34 @@ def _kernel_modules_include_of(mkosi: str, release: str) -> tuple[str, ...]:
     return kernel_modules_include(out)
 
 
+# What mkosi accepts as a Fedora release and what may name a file (the sandbox's GPG key file).
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+
+
+def check_release(release: str) -> str:
+    if not RELEASE_RE.match(release):
+        raise SettingError("release", f"{release!r} is not a release name (letters, digits, '.', '_', '+', '~' "
+                                      "and '-', such as 'rawhide' or '42')")
+    return release
+
+
 def build(request: BuildRequest) -> list[VariantResult]:
     """Build every requested variant; raise VariantBuildError naming those that failed."""
+    check_release(request.release)
+    places = [("the output directory", request.output.absolute())]
+    if request.cache_dir is not None:
+        places.append(("the cache directory", request.cache_dir.absolute()))
+    places.append(("the temporary directory", Path(tempfile.gettempdir()).absolute()))
+    try:
+        return _build(request, places)
+    except OSError as e:
+        # A full or read-only file system is named by the directory the user chose, not by errno.
+        if (local := local_write_error(e, places)) is None:
+            raise
+        raise local from None
+
+
+def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[VariantResult]:
     wanted = [k for k in FORMATS if any(k in v.formats for v in request.variants)]
     # mkosi compresses with zstd; extract_rpm runs rpm2cpio and cpio.
     for tool in ("mkosi", "rpm2cpio", "cpio", "zstd", *(t for k in wanted for t in FORMATS[k].tools)):
@@ -209,6 +235,8 @@ def build(request: BuildRequest) -> list[VariantResult]:
                 try:
                     results.append(fut.result())
                 except Exception as e:  # each variant fails alone; the others still finish
+                    if isinstance(e, OSError):
+                        e = local_write_error(e, places) or e
                     logger.error("variant %s failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     failures[name] = e
         except BaseException:

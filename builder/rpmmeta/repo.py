@@ -175,7 +175,15 @@ def _parse(repo: Path, entry: MetadataFile, work: Path,
     plain.unlink()
 
 
+# createrepo_c reads a <size package> that is no integer as 0 and one past int64 as its maximum.
+_UNUSABLE_SIZES = (0, (1 << 63) - 1)
+
+
 def _repo_package(repo: Path, p: "createrepo_c.Package") -> RepoPackage:
+    # Every bound on a download and every check of a staged file rests on this size.
+    if not p.size_package or p.size_package < 0 or p.size_package in _UNUSABLE_SIZES:
+        raise RepositoryError(repo, f"primary metadata entry of {p.name!r}: <size package> is missing, not a "
+                                    "positive integer, or out of range")
     try:
         return RepoPackage(
             nevra=NEVRA.of(p.name or "", p.epoch, p.version or "", p.release or "", p.arch or ""),
@@ -209,10 +217,17 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
     packages: list[RepoPackage] = []
     files_by_pkgid: dict[str, tuple[str, ...]] = {}
 
+    # An error raised in a callback reaches us as createrepo_c's "Parsing interrupted"; keep ours.
+    refused: list[RepositoryError] = []
+
     def primary(p: "createrepo_c.Package") -> bool:
-        if not p.location_href or not p.pkgId:
-            raise RepositoryError(path, f"primary metadata entry without checksum or location ({p.name})")
-        packages.append(_repo_package(path, p))
+        try:
+            if not p.location_href or not p.pkgId:
+                raise RepositoryError(path, f"primary metadata entry without checksum or location ({p.name})")
+            packages.append(_repo_package(path, p))
+        except RepositoryError as e:
+            refused.append(e)
+            return False
         return True
 
     def filelist(p: "createrepo_c.Package") -> bool:
@@ -231,7 +246,11 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
                        lambda f: createrepo_c.xml_parse_filelists(
                            f, newpkgcb=lambda pkgid, name, arch: createrepo_c.Package(), pkgcb=filelist))
     except (ET.ParseError, OSError, createrepo_c.CreaterepoCError) as e:
+        if refused:
+            raise refused[0] from None
         raise RepositoryError(path, f"unreadable repodata: {e}") from None
+    if refused:  # a callback returning False ends the parse quietly
+        raise refused[0]
     if files_by_pkgid:
         packages = [dataclasses.replace(p, files=files_by_pkgid.get(p.checksum, ())) for p in packages]
     if not packages:
