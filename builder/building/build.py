@@ -20,7 +20,7 @@ from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
 from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
-from mkosi_initrd_builder.building.manifest import MANIFEST_VERSION, inputs_hash, write_manifest
+from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
@@ -108,6 +108,32 @@ def prepare_output(output: Path) -> None:
         raise OutputError(output, "is not a directory")
     if not os.access(output, os.W_OK | os.X_OK):
         raise OutputError(output, "is not writable")
+
+
+def check_variant_destination(directory: Path) -> None:
+    """OUTPUT/<variant> is replaced whole by the build: refuse unless it is absent, empty, or a
+    directory this builder made (its manifest, and only files the builder writes), so nobody's
+    own files are deleted silently."""
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        what = "a symbolic link" if directory.is_symlink() else "not a directory"
+        raise OutputError(directory, f"is {what}, so no variant output of this builder: refusing to replace it")
+    if not directory.is_dir():
+        return
+    entries = sorted(directory.iterdir())
+    if not entries:
+        return
+    ours = {MANIFEST_NAME} | {f.file_name for f in FORMATS.values()}
+    try:
+        made_here = "manifest-version" in json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        made_here = False
+    if not made_here:
+        raise OutputError(directory, f"holds {entries[0].name} and no {MANIFEST_NAME} of this builder: refusing "
+                                     "to replace it (move it away or choose another --output)")
+    for entry in entries:
+        if entry.name not in ours or entry.is_symlink() or not entry.is_file():
+            raise OutputError(directory, f"holds {entry.name}, which this builder does not write: refusing to "
+                                         "replace it (move it away or choose another --output)")
 
 
 def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelInputs:
@@ -206,6 +232,8 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
     # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
     request = dataclasses.replace(request, output=request.output.absolute())
     prepare_output(request.output)
+    for variant in request.variants:
+        check_variant_destination(request.output / variant.name)
     with step(f"Reading repository {request.repo}"):
         repo = open_repository(request.repo)
         logger.info("  %d packages, kernels: %s", len(repo.packages), ", ".join(repo.kernel_versions()) or "none")

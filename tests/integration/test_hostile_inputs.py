@@ -287,3 +287,47 @@ def test_dest_inside_the_source_through_a_symlink_is_refused(tmp_path, fixture_r
     assert line == (f"{PROG}: error: --dest: {tmp_path / 'link/staged'} (really {src / 'staged'}) and the source "
                     f"{src} must not contain each other")
     assert snapshot(tmp_path) == before
+
+
+def build_minimal(fixture_repo, output):
+    require_tools("mkosi", "rpm2cpio", "cpio", "zstd")
+    return run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                    "--output", output, "--variants-dir", FIXTURE_VARIANTS, "--variant", "minimal"])
+
+
+@pytest.mark.parametrize("kind", ["user-file", "file", "symlink", "dangling-symlink"])
+def test_build_refuses_to_replace_a_variant_directory_it_did_not_make(tmp_path, fixture_repo, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("mine")
+    target = out / "minimal"
+    if kind == "user-file":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+        expected = "holds notes.txt and no manifest.json of this builder: refusing to replace it (move it away or " \
+                   "choose another --output)"
+    elif kind == "file":
+        target.write_text("mine")
+        expected = "is not a directory, so no variant output of this builder: refusing to replace it"
+    else:
+        target.symlink_to(tmp_path / ("elsewhere" if kind == "symlink" else "nowhere"))
+        expected = "is a symbolic link, so no variant output of this builder: refusing to replace it"
+    before = snapshot(tmp_path)
+    assert one_error(build_minimal(fixture_repo, out)) == f"{PROG}: error: output {target}: {expected}"
+    assert snapshot(tmp_path) == before  # no .old-<pid>, no .build-*, the user's files as they were
+
+
+def test_a_directory_the_builder_made_may_be_replaced_one_with_more_may_not(tmp_path):
+    from mkosi_initrd_builder.building.build import check_variant_destination
+    from mkosi_initrd_builder.util.errors import OutputError
+
+    made = tmp_path / "minimal"
+    made.mkdir()
+    (made / "manifest.json").write_text('{"manifest-version": 1}\n')
+    (made / "initrd.cpio.zst").write_bytes(b"x")
+    check_variant_destination(made)  # a builder's earlier output: replaced without a word
+    check_variant_destination(tmp_path / "absent")
+    (made / "initrd.cpio.zst.bak").write_bytes(b"x")
+    with pytest.raises(OutputError, match=r"holds initrd.cpio.zst.bak, which this builder does not write"):
+        check_variant_destination(made)
