@@ -241,6 +241,13 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
     tools = {"mkosi": tool_version("mkosi"), "builder": __version__}
     tools.update({t: tool_version(t) for k in wanted for t in FORMATS[k].tools})
 
+    with step("Checking the packages to extract against the repository's checksums"):
+        # extracted by rpm2cpio, which checks nothing: the kernel's and each format's packages
+        extracted = {p.nevra.name for p in repo.kernel_packages(request.kernel_version)}
+        extracted.update(name for k in wanted for name in FORMATS[k].spec_packages(repo))
+        for pkg in repo.packages:
+            if pkg.nevra.name in extracted:
+                repo.check_package_file(pkg)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
     try:
         kernel = extract_kernel(repo, request.kernel_version, work / "kernel")

@@ -28,7 +28,7 @@ from mkosi_initrd_builder.rpmmeta.hrefs import metadata_relpath
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.compress import DecompressError, ExpansionLimitError, decompress_to
 from mkosi_initrd_builder.util.errors import RepositoryError, UnsafeHrefError
-from mkosi_initrd_builder.util.fsutil import is_within
+from mkosi_initrd_builder.util.fsutil import hash_algorithm, hash_file, is_within
 from mkosi_initrd_builder.util.run import run
 
 NS = {
@@ -90,6 +90,22 @@ class Repository:
 
     def missing(self, names: Iterable[str]) -> list[str]:
         return [n for n in names if not self.providers(n)]
+
+    def check_package_file(self, package: RepoPackage) -> Path:
+        """The file of `package`, after checking it against the repository's checksum: a file changed
+        after createrepo_c described it must not reach an image. RepositoryError naming the file."""
+        path = self.path / package.href
+        try:
+            algo = hash_algorithm(package.checksum_type)
+            digest = hash_file(path, [algo])[algo]
+        except ValueError as e:
+            raise RepositoryError(self.path, f"{package.href}: {e}") from None
+        except OSError as e:
+            raise RepositoryError(self.path, f"{package.href}: cannot read it: {e.strerror}") from None
+        if digest != package.checksum.strip().lower():
+            raise RepositoryError(self.path, f"{package.href}: {algo} is {digest}, the repository's metadata says "
+                                             f"{package.checksum} (changed after the metadata was written)")
+        return path
 
     def newest_buildtime(self) -> int:
         return max((p.buildtime for p in self.packages), default=0)

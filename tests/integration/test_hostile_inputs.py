@@ -331,3 +331,26 @@ def test_a_directory_the_builder_made_may_be_replaced_one_with_more_may_not(tmp_
     (made / "initrd.cpio.zst.bak").write_bytes(b"x")
     with pytest.raises(OutputError, match=r"holds initrd.cpio.zst.bak, which this builder does not write"):
         check_variant_destination(made)
+
+
+@pytest.mark.parametrize("package", ["kernel-core", "systemd-boot-unsigned"])
+def test_build_refuses_a_kernel_or_stub_package_changed_after_the_metadata(tmp_path, fixture_repo, package):
+    require_tools("mkosi", "rpm2cpio", "cpio", "zstd")
+    src = copy_repo(fixture_repo.path, tmp_path / "repo")
+    (rpm,) = [p for p in src.glob(f"{package}-[0-9]*.rpm")]
+    data = bytearray(rpm.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the payload, past the header rpm2cpio would read
+    rpm.unlink()  # a hard link to the shared fixture: write a new file
+    rpm.write_bytes(bytes(data))
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    (variants / "uki.toml").write_text('summary = "s"\ndescription = "d"\nformats = ["initrd", "uki"]\n'
+                                       'packages = ["initrd-init"]\n')
+    (tmp_path / "out").mkdir()
+    before = snapshot(tmp_path)
+    r = run_cli(["build", "--repo", src, "--kernel-version", fixture_repo.kernel_version, "--output", tmp_path / "out",
+                 "--variants-dir", variants])
+    line = one_error(r)
+    assert re.fullmatch(rf"{PROG}: error: repository {re.escape(str(src))}: {re.escape(rpm.name)}: sha256 is [0-9a-f]{{64}}, "
+                        r"the repository's metadata says [0-9a-f]{64} \(changed after the metadata was written\)", line), line
+    assert snapshot(tmp_path) == before
