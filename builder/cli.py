@@ -24,6 +24,16 @@ logger = logging.getLogger("mkosi_initrd_builder")
 PROG = "mkosi-initrd-build"
 
 
+def release_name(text: str) -> str:
+    from mkosi_initrd_builder.building.build import check_release
+    from mkosi_initrd_builder.util.errors import SettingError
+
+    try:
+        return check_release(text)
+    except SettingError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
+
+
 VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: the product variants "
                       "installed with the builder)", type=Path, default=None, metavar="DIR")
 KERNEL_VERSION = Option(("--kernel-version",), "kernel version (uname -r) to build for", required=True,
@@ -40,7 +50,7 @@ BUILD_OPTIONS = (
     Option(("--source-date-epoch",), "timestamp for reproducible output (default: $SOURCE_DATE_EPOCH, "
            "else the newest package build time in the repository)", type=epoch, metavar="N"),
     Option(("--release",), "Fedora release mkosi is told (names its GPG key file and $releasever only)",
-           default="rawhide", metavar="RELEASE"),
+           type=release_name, default="rawhide", metavar="RELEASE"),
     Option(("--cache-dir",), "mkosi's package caches (one subdirectory per variant), kept between builds", type=Path,
            metavar="DIR"),
 )

@@ -34,6 +34,7 @@ from mkosi_initrd_builder.staging.stage import (
 )
 from mkosi_initrd_builder.util.errors import BuilderError, SettingError
 from mkosi_initrd_builder.util.fsutil import atomic_write, is_within
+from mkosi_initrd_builder.util.urls import redact
 
 CONFIG_FILE = "/etc/kojid/plugins/mkosi_initrd.conf"
 # Lets tests (and unusual installations) point at another file without patching this module.
@@ -121,17 +122,22 @@ def stage_buildroot(broot: Any, config: PluginConfig, package: str, srpm: str) -
         selection=PackageSelection(pinned=tuple(PinnedPackage.from_koji(p) for p in listing)),
         cache_dir=config.cache_dir, jobs=config.jobs, max_bytes=config.max_size, retry=config.retry_policy(),
     )
+    shown = redact(source)
     try:
         result = stage_repository(request)
     except SettingError as e:
         broot.expire()
         spellings = {**config.setting_spellings(), "dest": "the staged repository in the buildroot"}
-        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {source} "
+        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
                               f"failed: {e.spelled(spellings)} (see {CONFIG_FILE})") from None
     except BuilderError as e:
         broot.expire()
-        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {source} "
+        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
                               f"failed: {e}") from None
+    except Exception as e:  # a defect or an unforeseen OSError: still one line, and the buildroot is not reused
+        broot.expire()
+        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
+                              f"failed unexpectedly: {type(e).__name__}: {redact(str(e))}") from None
     macros = chroot_path(broot, MACROS_FILE)
     macros.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(macros, f"# written by the kojid plugin mkosi_initrd for {package}\n%{MACRO} {inside}\n")

@@ -20,16 +20,16 @@ from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
 from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
-from mkosi_initrd_builder.building.manifest import MANIFEST_VERSION, inputs_hash, write_manifest
+from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
 from mkosi_initrd_builder.util.errors import (
-    BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError,
+    BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError, SettingError,
     VariantBuildError,
 )
-from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, replace_dir, sha256_file
+from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, local_write_error, replace_dir, sha256_file
 from mkosi_initrd_builder.util.log import Stopwatch, step
 from mkosi_initrd_builder.util.namespaces import check_sandbox
 from mkosi_initrd_builder.util.run import run, terminate_children
@@ -110,6 +110,32 @@ def prepare_output(output: Path) -> None:
         raise OutputError(output, "is not writable")
 
 
+def check_variant_destination(directory: Path) -> None:
+    """OUTPUT/<variant> is replaced whole by the build: refuse unless it is absent, empty, or a
+    directory this builder made (its manifest, and only files the builder writes), so nobody's
+    own files are deleted silently."""
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        what = "a symbolic link" if directory.is_symlink() else "not a directory"
+        raise OutputError(directory, f"is {what}, so no variant output of this builder: refusing to replace it")
+    if not directory.is_dir():
+        return
+    entries = sorted(directory.iterdir())
+    if not entries:
+        return
+    ours = {MANIFEST_NAME} | {f.file_name for f in FORMATS.values()}
+    try:
+        made_here = "manifest-version" in json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        made_here = False
+    if not made_here:
+        raise OutputError(directory, f"holds {entries[0].name} and no {MANIFEST_NAME} of this builder: refusing "
+                                     "to replace it (move it away or choose another --output)")
+    for entry in entries:
+        if entry.name not in ours or entry.is_symlink() or not entry.is_file():
+            raise OutputError(directory, f"holds {entry.name}, which this builder does not write: refusing to "
+                                         "replace it (move it away or choose another --output)")
+
+
 def extract_kernel(repo: Repository, kernel_version: str, dest: Path) -> KernelInputs:
     packages = repo.kernel_packages(kernel_version)
     if not packages:
@@ -170,8 +196,34 @@ def _kernel_modules_include_of(mkosi: str, release: str) -> tuple[str, ...]:
     return kernel_modules_include(out)
 
 
+# What mkosi accepts as a Fedora release and what may name a file (the sandbox's GPG key file).
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+
+
+def check_release(release: str) -> str:
+    if not RELEASE_RE.match(release):
+        raise SettingError("release", f"{release!r} is not a release name (letters, digits, '.', '_', '+', '~' "
+                                      "and '-', such as 'rawhide' or '42')")
+    return release
+
+
 def build(request: BuildRequest) -> list[VariantResult]:
     """Build every requested variant; raise VariantBuildError naming those that failed."""
+    check_release(request.release)
+    places = [("the output directory", request.output.absolute())]
+    if request.cache_dir is not None:
+        places.append(("the cache directory", request.cache_dir.absolute()))
+    places.append(("the temporary directory", Path(tempfile.gettempdir()).absolute()))
+    try:
+        return _build(request, places)
+    except OSError as e:
+        # A full or read-only file system is named by the directory the user chose, not by errno.
+        if (local := local_write_error(e, places)) is None:
+            raise
+        raise local from None
+
+
+def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[VariantResult]:
     wanted = [k for k in FORMATS if any(k in v.formats for v in request.variants)]
     # mkosi compresses with zstd; extract_rpm runs rpm2cpio and cpio.
     for tool in ("mkosi", "rpm2cpio", "cpio", "zstd", *(t for k in wanted for t in FORMATS[k].tools)):
@@ -180,6 +232,8 @@ def build(request: BuildRequest) -> list[VariantResult]:
     # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
     request = dataclasses.replace(request, output=request.output.absolute())
     prepare_output(request.output)
+    for variant in request.variants:
+        check_variant_destination(request.output / variant.name)
     with step(f"Reading repository {request.repo}"):
         repo = open_repository(request.repo)
         logger.info("  %d packages, kernels: %s", len(repo.packages), ", ".join(repo.kernel_versions()) or "none")
@@ -187,6 +241,13 @@ def build(request: BuildRequest) -> list[VariantResult]:
     tools = {"mkosi": tool_version("mkosi"), "builder": __version__}
     tools.update({t: tool_version(t) for k in wanted for t in FORMATS[k].tools})
 
+    with step("Checking the packages to extract against the repository's checksums"):
+        # extracted by rpm2cpio, which checks nothing: the kernel's and each format's packages
+        extracted = {p.nevra.name for p in repo.kernel_packages(request.kernel_version)}
+        extracted.update(name for k in wanted for name in FORMATS[k].spec_packages(repo))
+        for pkg in repo.packages:
+            if pkg.nevra.name in extracted:
+                repo.check_package_file(pkg)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
     try:
         kernel = extract_kernel(repo, request.kernel_version, work / "kernel")
@@ -209,6 +270,8 @@ def build(request: BuildRequest) -> list[VariantResult]:
                 try:
                     results.append(fut.result())
                 except Exception as e:  # each variant fails alone; the others still finish
+                    if isinstance(e, OSError):
+                        e = local_write_error(e, places) or e
                     logger.error("variant %s failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     failures[name] = e
         except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import enum
 import re
 import sys
@@ -178,9 +179,20 @@ def size_in_bytes(text: str) -> int:
     m = SIZE_RE.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a size (use a number with an optional K, M or G suffix)")
-    size = int(float(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
+    # Decimal, not float: 400 digits are no infinity, and "1.1G" is exact.
+    size = int(decimal.Decimal(m.group(1)) * 1024 ** " KMG".index((m.group(2) or " ").upper()))
     if size <= 0:
         raise ValueError(f"{text!r} must be positive")
+    return check_size_bound(text, size)
+
+
+# The largest size a file can have (off_t); a limit above it is a typo, and tools given it overflow.
+MAX_SIZE = (1 << 63) - 1
+
+
+def check_size_bound(text: object, size: int) -> int:
+    if size > MAX_SIZE:
+        raise ValueError(f"{text!r} is larger than {MAX_SIZE:,} bytes, the largest size a file can have")
     return size
 
 
@@ -190,7 +202,10 @@ def parse_size(path: Path, key: str, value: Any) -> int:
     if isinstance(value, int):
         if value <= 0:
             raise _fail(path, key, "must be positive")
-        return value
+        try:
+            return check_size_bound(value, value)
+        except ValueError as e:
+            raise _fail(path, key, str(e)) from None
     try:
         return size_in_bytes(value)
     except ValueError as e:

@@ -28,7 +28,7 @@ from mkosi_initrd_builder.rpmmeta.hrefs import metadata_relpath
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.compress import DecompressError, ExpansionLimitError, decompress_to
 from mkosi_initrd_builder.util.errors import RepositoryError, UnsafeHrefError
-from mkosi_initrd_builder.util.fsutil import is_within
+from mkosi_initrd_builder.util.fsutil import hash_algorithm, hash_file, is_within
 from mkosi_initrd_builder.util.run import run
 
 NS = {
@@ -90,6 +90,22 @@ class Repository:
 
     def missing(self, names: Iterable[str]) -> list[str]:
         return [n for n in names if not self.providers(n)]
+
+    def check_package_file(self, package: RepoPackage) -> Path:
+        """The file of `package`, after checking it against the repository's checksum: a file changed
+        after createrepo_c described it must not reach an image. RepositoryError naming the file."""
+        path = self.path / package.href
+        try:
+            algo = hash_algorithm(package.checksum_type)
+            digest = hash_file(path, [algo])[algo]
+        except ValueError as e:
+            raise RepositoryError(self.path, f"{package.href}: {e}") from None
+        except OSError as e:
+            raise RepositoryError(self.path, f"{package.href}: cannot read it: {e.strerror}") from None
+        if digest != package.checksum.strip().lower():
+            raise RepositoryError(self.path, f"{package.href}: {algo} is {digest}, the repository's metadata says "
+                                             f"{package.checksum} (changed after the metadata was written)")
+        return path
 
     def newest_buildtime(self) -> int:
         return max((p.buildtime for p in self.packages), default=0)
@@ -175,7 +191,15 @@ def _parse(repo: Path, entry: MetadataFile, work: Path,
     plain.unlink()
 
 
+# createrepo_c reads a <size package> that is no integer as 0 and one past int64 as its maximum.
+_UNUSABLE_SIZES = (0, (1 << 63) - 1)
+
+
 def _repo_package(repo: Path, p: "createrepo_c.Package") -> RepoPackage:
+    # Every bound on a download and every check of a staged file rests on this size.
+    if not p.size_package or p.size_package < 0 or p.size_package in _UNUSABLE_SIZES:
+        raise RepositoryError(repo, f"primary metadata entry of {p.name!r}: <size package> is missing, not a "
+                                    "positive integer, or out of range")
     try:
         return RepoPackage(
             nevra=NEVRA.of(p.name or "", p.epoch, p.version or "", p.release or "", p.arch or ""),
@@ -209,10 +233,17 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
     packages: list[RepoPackage] = []
     files_by_pkgid: dict[str, tuple[str, ...]] = {}
 
+    # An error raised in a callback reaches us as createrepo_c's "Parsing interrupted"; keep ours.
+    refused: list[RepositoryError] = []
+
     def primary(p: "createrepo_c.Package") -> bool:
-        if not p.location_href or not p.pkgId:
-            raise RepositoryError(path, f"primary metadata entry without checksum or location ({p.name})")
-        packages.append(_repo_package(path, p))
+        try:
+            if not p.location_href or not p.pkgId:
+                raise RepositoryError(path, f"primary metadata entry without checksum or location ({p.name})")
+            packages.append(_repo_package(path, p))
+        except RepositoryError as e:
+            refused.append(e)
+            return False
         return True
 
     def filelist(p: "createrepo_c.Package") -> bool:
@@ -231,7 +262,11 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
                        lambda f: createrepo_c.xml_parse_filelists(
                            f, newpkgcb=lambda pkgid, name, arch: createrepo_c.Package(), pkgcb=filelist))
     except (ET.ParseError, OSError, createrepo_c.CreaterepoCError) as e:
+        if refused:
+            raise refused[0] from None
         raise RepositoryError(path, f"unreadable repodata: {e}") from None
+    if refused:  # a callback returning False ends the parse quietly
+        raise refused[0]
     if files_by_pkgid:
         packages = [dataclasses.replace(p, files=files_by_pkgid.get(p.checksum, ())) for p in packages]
     if not packages:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from mkosi_initrd_builder import __version__
 from mkosi_initrd_builder.util.errors import FetchError
 from mkosi_initrd_builder.util.fsutil import Digests
+from mkosi_initrd_builder.util.urls import redact
 
 logger = logging.getLogger("mkosi_initrd_builder.staging.download")
 
@@ -73,6 +74,14 @@ class _Permanent(Exception):
     def __init__(self, reason: str, status: Optional[int] = None) -> None:
         super().__init__(reason)
         self.status = status
+
+
+class _LocalWrite(Exception):
+    """Writing what was received failed: a local problem (a full disk), never retried as a network one."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class HttpClient:
@@ -182,7 +191,10 @@ class HttpClient:
                 received += len(chunk)
                 if max_bytes is not None and received > max_bytes:
                     raise _Permanent(f"the body is longer than the {max_bytes:,} bytes expected")
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    raise _LocalWrite(e) from None
                 digests.update(chunk)
         except (OSError, http.client.HTTPException) as e:
             self._drop(scheme, netloc)
@@ -233,11 +245,16 @@ class HttpClient:
                 return Download(size, digests.hexdigests(), attempt)
             except _Permanent as e:
                 raise FetchError(url, str(e), package=package, attempts=attempt, status=e.status) from None
+            except _LocalWrite as e:
+                # The disk, not the server: the caller names the directory; another try would fail alike.
+                if e.error.filename is None:
+                    e.error.filename = getattr(out, "name", None)
+                raise e.error from None
             except _Retryable as e:
                 last, status = str(e), e.status
                 if attempt < self.policy.attempts:
                     delay = min(self.policy.delay(attempt), max(deadline - time.monotonic(), 0))
-                    logger.warning("%s: %s; retrying in %.1fs (try %d of %d)", url, last, delay, attempt + 1,
+                    logger.warning("%s: %s; retrying in %.1fs (try %d of %d)", redact(url), last, delay, attempt + 1,
                                    self.policy.attempts)
                     if self.stop.wait(delay):
                         raise Interrupted(url) from None

@@ -32,7 +32,7 @@ from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, instal
 from mkosi_initrd_builder.staging.sources import Source, SourceMetadata, Via, parse_source
 from mkosi_initrd_builder.staging.sources.base import Fetched, PackageLocation
 from mkosi_initrd_builder.util.errors import ResolveError, SettingError, StagingError, VerificationError
-from mkosi_initrd_builder.util.fsutil import atomic_write, private_copy, replace_dir
+from mkosi_initrd_builder.util.fsutil import atomic_write, local_write_error, private_copy, replace_dir
 from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.run import run
 
@@ -401,6 +401,10 @@ def _check_request(request: StageRequest, source: Source) -> None:
     if request.max_bytes is not None and request.max_bytes <= 0:
         raise SettingError("max_bytes", f"the size limit must be positive (got {request.max_bytes})")
     dest = request.dest.absolute()
+    if dest.is_symlink():
+        # Replacing the directory renames it: through a link that would replace the link, not what it
+        # names, and a dangling one cannot be renamed into at all.
+        raise SettingError("dest", f"{dest} is a symbolic link (to {os.readlink(dest)}): give the directory itself")
     source.check_destination(dest)
     if dest.exists():
         if not dest.is_dir():
@@ -441,6 +445,20 @@ def stage_repository(request: StageRequest) -> StageResult:
     source = parse_source(request.source)
     _check_request(request, source)
     dest = request.dest.absolute()
+    places = [("the destination", dest)]
+    if request.cache_dir is not None:
+        places.append(("the cache", request.cache_dir.absolute()))
+    places.append(("the temporary directory", Path(tempfile.gettempdir()).absolute()))
+    try:
+        return _stage_into(request, source, dest, started)
+    except OSError as e:
+        # A full, read-only or forbidden file system is named by the directory the user chose.
+        if (local := local_write_error(e, places)) is None:
+            raise
+        raise local from None
+
+
+def _stage_into(request: StageRequest, source: Source, dest: Path, started: float) -> StageResult:
     stop = threading.Event()
     http = HttpClient(request.retry, stop=stop)
     cache = PackageCache(request.cache_dir) if request.cache_dir is not None else None

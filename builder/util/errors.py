@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
+from mkosi_initrd_builder.util.urls import redact
+
 
 class BuilderError(Exception):
     """Base class: a failure the user can act on. `hint` is printed after the message."""
@@ -119,6 +121,18 @@ class OutputError(BuilderError):
         super().__init__(f"output {path}: {message}")
 
 
+class LocalWriteError(BuilderError):
+    """A local file system refused a write (full, read-only, over quota, not permitted). It is the
+    machine's problem, not the source's or the network's: never retried, and named by the directory
+    the user chose (the destination, the cache, the output) so the fix is obvious."""
+
+    def __init__(self, role: str, path: Path, reason: str, *, detail: str = "") -> None:
+        self.role = role
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write {role} {path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
 class VerifyError(BuilderError):
     """A built image does not match its manifest or is malformed."""
 
@@ -174,7 +188,7 @@ class UnsafeHrefError(StagingError):
     def __init__(self, href: str, reason: str) -> None:
         self.href = href
         self.reason = reason
-        super().__init__(f"refusing package location {href!r}: {reason}")
+        super().__init__(f"refusing package location {redact(href)!r}: {redact(reason)}")
 
 
 class FetchError(StagingError):
@@ -186,7 +200,7 @@ class FetchError(StagingError):
         self.package = package
         self.attempts = attempts
         self.status = status  # the HTTP status of the last try, when there was one
-        what = f"{package} from {url}" if package else url
+        what = f"{package} from {redact(url)}" if package else redact(url)
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         super().__init__(f"cannot fetch {what}: {reason}{tries}")
 

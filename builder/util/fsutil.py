@@ -11,6 +11,9 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Optional
+
+from mkosi_initrd_builder.util.errors import LocalWriteError
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), a copy-on-write clone of a whole file
 CHUNK = 1 << 20
@@ -160,3 +163,32 @@ def is_within(path: PurePosixPath | Path, root: PurePosixPath | Path) -> bool:
 def link_or_copy_tree(src: Path, dest: Path) -> None:
     """Copy a tree, hard-linking files where the file system allows it."""
     shutil.copytree(src, dest, symlinks=True, copy_function=lambda s, d: link_or_copy(Path(s), Path(d)))
+
+
+# Errors that say the local file system will not take a write; the same call elsewhere would work.
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM})
+# Of those, the ones that can only come from the written side (EACCES may be a read of the source).
+WRITE_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def local_write_error(e: OSError, places: Iterable[tuple[str, Path]]) -> Optional[LocalWriteError]:
+    """The LocalWriteError `e` amounts to, naming the first of `places` (role, directory) that holds
+    the file it failed on (the copy's target first); None when `e` is no refused write."""
+    if e.errno not in WRITE_REFUSED:
+        return None
+    reason = e.strerror or os.strerror(e.errno)
+    files = [Path(os.path.abspath(f)) for f in (e.filename2, e.filename) if isinstance(f, (str, os.PathLike))]
+    for role, where in places:
+        for f in files:
+            if is_within(f, where) or _is_sibling_temp(f, where):
+                return LocalWriteError(role, where, reason)
+    if e.errno in WRITE_ONLY and files:
+        return LocalWriteError("directory", files[0].parent, reason)
+    return None
+
+
+def _is_sibling_temp(path: Path, final: Path) -> bool:
+    """`path` is in or is a temporary sibling of `final` (".<name>.staging-...", ".<name>.old-...")."""
+    if not is_within(path, final.parent) or path == final.parent:
+        return False
+    return path.relative_to(final.parent).parts[0].startswith(f".{final.name}.")

@@ -97,6 +97,9 @@ def test_plugin_loads_through_plugintracker_and_swaps_buildroot(tmp_path):
     ("[mkosi_initrd]\npackages = p\ncache_dir = /var\n", "[mkosi_initrd] cache_dir: '/var' is the top-level"),
     ("[mkosi_initrd]\npackages = p\npackages = q\n", "'packages'"),
     ("packages = p\n", "MissingSectionHeaderError"),
+    ("[mkosi_initrd]\npackages = p\nmax_size = " + "9" * 400 + "G\n", "[mkosi_initrd] max_size: '999"),
+    ("[mkosi_initrd]\npackages = p\nmax_size = 9223372036854775808\n",
+     "[mkosi_initrd] max_size: '9223372036854775808' is larger than 9,223,372,036,854,775,807 bytes"),
 ])
 def test_bad_config_stops_the_plugin_at_load(tmp_path, config, key):
     original = fake_kojid.BuildRoot
@@ -315,6 +318,27 @@ def test_cache_dir_that_is_no_cache_fails_the_build_and_stays_untouched(koji_tre
     assert f"failed: cache {foreign}: not empty and holds no mkosi-initrd-cache.json" in str(run.error)
     assert sorted((str(p), p.stat().st_mtime) for p in foreign.rglob("*")) == before
     assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()
+
+
+def test_full_cache_disk_fails_the_build_naming_the_cache_and_expires_the_buildroot(koji_tree, tree_server, srpms,
+                                                                                    kojid_work, tmp_path):
+    require_root()
+    full = tmp_path / "small"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full], check=True)
+    try:
+        config = f"[mkosi_initrd]\npackages = kojitest-hello\ncache_dir = {full / 'cache'}\n"
+        with loaded_plugin(config, kojid_work / "fullcache.conf"):
+            run = run_build_arch(kojid_work / "fullcache", koji_tree, tree_server, srpms["hello"])
+        assert isinstance(run.error, koji.BuildError)
+        assert str(run.error) == (f"mkosi_initrd: staging the buildroot packages of kojitest-hello from "
+                                  f"{tree_server.url}/{koji_tree.repo_relpath} failed: cannot write the cache "
+                                  f"{full / 'cache'}: No space left on device")
+        assert set(run.hub.buildroot_states.values()) == {"EXPIRED"}
+        assert not (run.buildroot / "root/etc/rpm/macros.mkosi-initrd").exists()
+        assert list((full / "cache" / "tmp").iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", full], check=False)
 
 
 # --- mock's isolation ---------------------------------------------------------------------------

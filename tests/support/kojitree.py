@@ -112,7 +112,7 @@ def build_koji_tree(topdir: Path, rpms: Iterable[Path], *, tag: str = "fixture-b
 
 @dataclasses.dataclass
 class Fault:
-    kind: str                      # "status", "truncate", "tamper", "delay", "trickle" or "oversize"
+    kind: str                      # "status", "truncate", "tamper", "delay", "trickle", "oversize" or "badlength"
     status: int = 500
     times: Optional[int] = None    # None: every request
     user_agent: str = ""           # only requests whose User-Agent contains this
@@ -155,9 +155,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             body += bytes(64 << 20)  # the file, then far more than the repository says it has
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        # "badlength": a Content-Length that is no number, then the whole body
+        self.send_header("Content-Length", "abc" if fault.kind == "badlength" else str(len(body)))
         self.end_headers()
-        if fault.kind == "truncate":
+        if fault.kind == "badlength":
+            self.wfile.write(body)
+            self.close_connection = True
+        elif fault.kind == "truncate":
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
         elif fault.kind == "tamper":

@@ -9,6 +9,7 @@ from mkosi_initrd_builder.staging.sources.base import Source, SourceMetadata, Vi
 from mkosi_initrd_builder.staging.sources.directory import DirectorySource
 from mkosi_initrd_builder.staging.sources.http import HttpSource
 from mkosi_initrd_builder.util.errors import StagingError
+from mkosi_initrd_builder.util.urls import redact
 
 # Asked in this order; the directory source comes last, as it takes any text without a scheme.
 SOURCE_TYPES: tuple[type[Source], ...] = (
@@ -27,9 +28,17 @@ def describe_schemes() -> str:
 
 def parse_source(text: str) -> Source:
     """The source `text` names: the first registered kind that recognises it."""
-    for kind in SOURCE_TYPES:
-        source = kind.parse(text)
-        if source is not None:
-            return source
-    raise StagingError(f"source {text!r}: unsupported URL scheme {urlsplit(text).scheme!r} "
-                       f"(use {describe_schemes()})")
+    shown = redact(text)
+    if shown != text:
+        # Credentials would be printed back in errors, logs and koji's task results; a repository
+        # that needs them is reached another way (a mounted topdir, a proxy that adds them).
+        raise StagingError(f"source {shown!r}: a user name or password in the URL is not supported")
+    try:
+        for kind in SOURCE_TYPES:
+            source = kind.parse(text)
+            if source is not None:
+                return source
+        scheme = urlsplit(text).scheme
+    except ValueError as e:  # urlsplit's and .port's own complaints: "Invalid IPv6 URL", a port out of range
+        raise StagingError(f"source {shown!r}: not a valid URL ({e})") from None
+    raise StagingError(f"source {shown!r}: unsupported URL scheme {scheme!r} (use {describe_schemes()})")

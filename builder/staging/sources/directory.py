@@ -49,8 +49,11 @@ class DirectorySource(Source):
     def check_destination(self, dest: Path) -> None:
         if not self.directory.is_dir():
             raise StagingError(f"source {self.directory}: not a directory")
-        if is_within(dest, self.directory) or is_within(self.directory, dest):
-            raise SettingError("dest", f"{dest} and the source {self.directory} must not contain each other")
+        # Resolved, so a symlink on either path cannot hide that one holds the other.
+        real_dest, real_source = Path(os.path.realpath(dest)), Path(os.path.realpath(self.directory))
+        if is_within(real_dest, real_source) or is_within(real_source, real_dest):
+            shown = dest if real_dest == dest else f"{dest} (really {real_dest})"
+            raise SettingError("dest", f"{shown} and the source {self.directory} must not contain each other")
 
     def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:
         repo = open_repository(self.directory, with_files=False)

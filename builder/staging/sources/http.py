@@ -43,6 +43,10 @@ class HttpSource(Source):
         parts = urlsplit(text)
         if f"{parts.scheme}://" not in cls.schemes:
             return None
+        try:
+            parts.port  # noqa: B018 - raises on a port that is no number or out of range
+        except ValueError as e:
+            raise StagingError(f"source {text!r}: not a valid URL ({e})") from None
         if not parts.hostname:
             raise StagingError(f"source {text!r}: the URL names no host")
         if parts.query or parts.fragment:
