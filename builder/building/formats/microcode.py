@@ -219,6 +219,11 @@ class MicrocodeFormat(Format):
 
 
 MICROCODE_LINE = re.compile(r"\bmicrocode:.*")
+# TCG's own CPU ("max") is an AMD family 0xf, which the kernel's AMD loader does not support, and
+# QEMU sets the hypervisor CPUID bit, under which the kernel disables its loader: an Intel model
+# without that bit makes the kernel's Intel loader run (TCG ignores the update itself, so the
+# revision the kernel reports stays QEMU's).
+BOOT_CPU = "Skylake-Client-v1,-hypervisor"
 
 
 def boot_with_microcode(built: BuiltVariant, kernel: Path, probe: BootProbe, timeout: float,
@@ -236,7 +241,7 @@ def boot_with_microcode(built: BuiltVariant, kernel: Path, probe: BootProbe, tim
                     shutil.copyfileobj(f, out)
         log = console_log or Path(tmp) / "console.log"
         result = boot(kernel=kernel, initrd=joined, append=" ".join(dict.fromkeys(words)), probe=probe,
-                      timeout=timeout, console_log=log)
+                      timeout=timeout, console_log=log, cpu=BOOT_CPU)
         lines = [m.group(0).strip() for line in log.read_text(errors="replace").splitlines()
                  if (m := MICROCODE_LINE.search(line))]
     return result, lines
