@@ -56,16 +56,20 @@ else
     log "host packages present"
 fi
 
-# Debian packages downloaded (never installed) through a private apt configuration.
+# Debian packages downloaded (never installed) through a private apt configuration. SUITE is
+# "trixie" (component main) or "trixie/non-free-firmware" (that component alone, its own lists, so
+# adding it never changes what the main configuration resolves).
+apt_dir() { echo "$TOOLS/apt-${1//\//-}"; }
 apt_private() {
-    local suite=$1; shift
-    local d=$TOOLS/apt-$suite
+    local suite=${1%%/*} component=main
+    [[ $1 == */* ]] && component=${1#*/}
+    local d; d=$(apt_dir "$1"); shift
     mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/sources.list.d"
     cat > "$d/sources.list.d/$suite.sources" <<SRC
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: $suite
-Components: main
+Components: $component
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
     apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$d/sources.list.d" \
@@ -79,7 +83,7 @@ extract_deb_tool() {  # name suite package...
     if [[ -f $dest/.complete ]]; then log "$name present"; return; fi
     if [[ -n "${FEDORA_TOOLS:-}" ]]; then :; fi
     log "downloading $* from Debian $suite"
-    [[ -f $TOOLS/apt-$suite/.updated ]] || { apt_private "$suite" update && touch "$TOOLS/apt-$suite/.updated"; }
+    [[ -f $(apt_dir "$suite")/.updated ]] || { apt_private "$suite" update && touch "$(apt_dir "$suite")/.updated"; }
     local tmp; tmp=$(mktemp -d "$TOOLS/.dl.XXXXXX")
     (cd "$tmp" && apt_private "$suite" download "$@")
     rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
@@ -101,6 +105,9 @@ if [[ "$ID" == debian ]]; then
     # systemd-container would upgrade the host's systemd to the same point release, so it is
     # extracted with the libsystemd-shared it was built with and run through a wrapper.
     extract_deb_tool nspawn bookworm systemd-container libsystemd-shared
+    # CPU microcode for the fixtures' microcode_ctl and amd-ucode-firmware (Fedora's names); Debian
+    # keeps it in non-free-firmware.
+    extract_deb_tool microcode trixie/non-free-firmware intel-microcode amd64-microcode
     # Wrappers so the builder finds them on PATH; they run under Debian's python3, which sees
     # python3-pefile and python3-dnf (the pyenv python3 first on PATH does not).
     mkdir -p "$TOOLS/bin"

@@ -72,6 +72,7 @@ def boot(
     memory: str = "768",
     extra_args: Sequence[str] = (),
     console_log: Optional[Path] = None,
+    cpu: str = "max",
 ) -> BootResult:
     """Boot in QEMU with TCG; return as soon as `probe` decides, when the guest powers off, or when
     `timeout` passes. The QEMU process never outlives this call."""
@@ -81,7 +82,7 @@ def boot(
         tmp = tempfile.TemporaryDirectory(prefix="mkosi-initrd-boot-")
         console_log = Path(tmp.name) / "console.log"
     console_log.write_bytes(b"")
-    argv = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "1",
+    argv = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", cpu, "-m", memory, "-smp", "1",
             "-nographic", "-no-reboot", "-nodefaults", "-display", "none",
             "-serial", f"file:{console_log}", "-kernel", str(kernel)]
     if uefi:

@@ -93,6 +93,10 @@ class FixtureInputs:
     busybox: Path
     busybox_package: DebianVersion
     busybox_sha256: str
+    microcode_dir: Path          # Debian's intel-microcode and amd64-microcode, extracted
+    intel_ucode_package: DebianVersion
+    amd_ucode_package: DebianVersion
+    microcode_debs: str
 
     def spec_defines(self) -> dict[str, str]:
         """The rpmbuild --define values the specs in tests/fixtures/SPECS expect."""
@@ -107,6 +111,11 @@ class FixtureInputs:
             "busybox_binary": str(self.busybox),
             "busybox_version": self.busybox_package.version,
             "busybox_release": self.busybox_package.release,
+            "microcode_dir": str(self.microcode_dir),
+            "intel_ucode_version": self.intel_ucode_package.version,
+            "intel_ucode_release": self.intel_ucode_package.release,
+            "amd_ucode_version": self.amd_ucode_package.version,
+            "amd_ucode_release": self.amd_ucode_package.release,
         }
 
 
@@ -220,6 +229,9 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
     for name in STUB_FILES:
         if not (stub_dir / name).is_file():
             raise FixtureBuildError(f"{stub_dir / name} is missing: run tools/setup.sh")
+    microcode_dir = tools_dir / "microcode"
+    _, intel_ucode = _deb_from_list(microcode_dir / ".debs", "intel-microcode_")
+    _, amd_ucode = _deb_from_list(microcode_dir / ".debs", "amd64-microcode_")
     if busybox is None:
         found = Path("/bin/busybox") if Path("/bin/busybox").exists() else shutil.which("busybox")
         if not found:
@@ -236,6 +248,10 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
         busybox=busybox.resolve(),
         busybox_package=_busybox_package(busybox),
         busybox_sha256=sha256_file(busybox),
+        microcode_dir=microcode_dir.resolve(),
+        intel_ucode_package=intel_ucode,
+        amd_ucode_package=amd_ucode,
+        microcode_debs=" ".join(sorted((microcode_dir / ".debs").read_text().split())),
     )
 
 
@@ -277,7 +293,10 @@ def fixture_hash(inputs: FixtureInputs, buildroot_key: str = "") -> str:
     add("kernel-uname", inputs.kernel_uname)
     add("stub-debs", inputs.stub_debs)
     add("busybox-sha256", inputs.busybox_sha256)
-    for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"], ["depmod", "--version"]):
+    add("microcode-debs", inputs.microcode_debs)
+    # xz: amd-ucode-firmware's files are compressed with it.
+    for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"], ["depmod", "--version"],
+                 ["xz", "--version"]):
         add(f"tool:{tool[0]}", tool_version(tool))
     return key.hexdigest()
 
@@ -473,6 +492,7 @@ def build_fixture_repo(
                 "kernel_debs": inputs.kernel_debs,
                 "stub_debs": inputs.stub_debs,
                 "busybox_sha256": inputs.busybox_sha256,
+                "microcode_debs": inputs.microcode_debs,
             },
         }
         (staged / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

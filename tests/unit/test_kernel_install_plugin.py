@@ -34,6 +34,9 @@ class Machine:
         self.staging = tmp / "staging"
         self.staging.mkdir()
 
+    def add_microcode(self, name: str) -> None:
+        (self.moddir / "mkosi-initrd" / name / "microcode.cpio").write_bytes(f"early cpio of {name}|".encode())
+
     def configure(self, text: str) -> None:
         (self.conf / "mkosi-initrd-prebuilt.conf").write_text(text)
 
@@ -60,6 +63,24 @@ def test_bls_layout_stages_the_only_installed_variants_initrd(tmp_path):
     r = m.run()
     assert r.returncode == 0, r.stderr
     assert m.staged() == {"initrd": "initrd of minimal"}
+
+
+def test_bls_layout_stages_the_early_microcode_cpio_in_front_of_the_initrd_in_one_file(tmp_path):
+    m = Machine(tmp_path, {"minimal": True})
+    m.add_microcode("minimal")
+    r = m.run()
+    assert r.returncode == 0, r.stderr
+    assert m.staged() == {"initrd": "early cpio of minimal|initrd of minimal"}
+    assert (m.staging / "initrd").stat().st_mode & 0o777 == 0o644
+
+
+def test_uki_layout_with_microcode_stages_the_uki_alone(tmp_path):
+    """The UKI carries the microcode in .ucode; nothing else is staged."""
+    m = Machine(tmp_path, {"minimal": True})
+    m.add_microcode("minimal")
+    r = m.run(layout="uki")
+    assert r.returncode == 0, r.stderr
+    assert m.staged() == {"uki.efi": "uki of minimal"}
 
 
 def test_uki_layout_stages_the_variants_uki(tmp_path):

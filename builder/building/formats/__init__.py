@@ -10,17 +10,21 @@ from collections.abc import Iterable
 
 from mkosi_initrd_builder.building.formats.base import Format
 from mkosi_initrd_builder.building.formats.initrd import INITRD
+from mkosi_initrd_builder.building.formats.microcode import MICROCODE
 from mkosi_initrd_builder.building.formats.uki import UKI
 
 
 class OutputFormat(str, enum.Enum):
     initrd = "initrd"  # OUTPUT/<variant>/initrd.cpio.zst, what mkosi builds; every variant has it
+    microcode = "microcode"  # OUTPUT/<variant>/microcode.cpio: the early cpio, every vendor's CPU microcode
     uki = "uki"        # OUTPUT/<variant>/uki.efi
 
 
-# In build order: a later format may read an earlier one's output (the UKI embeds the initrd).
+# In build order: a later format may read an earlier one's output (the UKI embeds the initrd and
+# the microcode).
 FORMATS: dict[OutputFormat, Format] = {
     OutputFormat.initrd: INITRD,
+    OutputFormat.microcode: MICROCODE,
     OutputFormat.uki: UKI,
 }
 

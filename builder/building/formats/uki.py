@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
+from mkosi_initrd_builder.building.formats.microcode import MICROCODE
 from mkosi_initrd_builder.checking.cpio import resolve
 from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm
@@ -57,9 +58,12 @@ class UkiFormat(Format):
             os_release = image.work / "os-release"
             os_release.write_bytes(osrel.data)
             tmp = image.final / f".{self.file_name}.tmp"
+            # Built before the UKI when the variant asks for it (FORMATS' order): the stub hands .ucode
+            # to the kernel in front of .initrd.
+            microcode = image.final / MICROCODE.file_name
             build_uki(kernel=inputs.kernel_image, initrd=image.final / INITRD.file_name, stub=prepared.path,
                       os_release=os_release, uname=inputs.kernel_version, cmdline=variant.kernel_command_line,
-                      output=tmp)
+                      microcode=microcode if microcode.exists() else None, output=tmp)
             tmp.rename(image.final / self.file_name)
 
     def manifest_entry(self, prepared: Stub) -> Mapping[str, Any]:
@@ -72,12 +76,21 @@ class UkiFormat(Format):
         missing = [s for s in REQUIRED_SECTIONS if s not in sections]
         if cmdline_wanted and ".cmdline" not in sections:
             missing.append(".cmdline")
+        ucode_wanted = MICROCODE.file_name in built.manifest["outputs"]
+        if ucode_wanted and ".ucode" not in sections:
+            missing.append(".ucode")
         checks = [Check("UKI has its sections", not missing,
                         f"missing {missing}" if missing else ", ".join(sorted(sections)))]
         if sections:
             initrd = built.output(INITRD)
             checks.append(Check("UKI .initrd is the initrd",
                                 initrd.exists() and sections.get(".initrd", b"") == initrd.read_bytes()))
+            if ucode_wanted:
+                ucode = built.output(MICROCODE)
+                checks.append(Check("UKI .ucode is the early microcode cpio",
+                                    ucode.exists() and sections.get(".ucode", b"") == ucode.read_bytes()))
+            else:
+                checks.append(Check("UKI has no .ucode (the variant ships no microcode)", ".ucode" not in sections))
             uname = _text(sections.get(".uname", b""))
             checks.append(Check("UKI .uname is the kernel version", uname == built.kernel_version, uname))
             if cmdline_wanted:
@@ -109,9 +122,11 @@ def _text(section: bytes) -> str:
 
 
 def build_uki(*, kernel: Path, initrd: Path, stub: Path, os_release: Path, uname: str, cmdline: str,
-              output: Path) -> None:
+              output: Path, microcode: Optional[Path] = None) -> None:
     argv = [find_tool("ukify"), "build", f"--linux={kernel}", f"--initrd={initrd}", f"--stub={stub}",
             f"--os-release=@{os_release}", f"--uname={uname}", f"--output={output}"]
+    if microcode is not None:
+        argv.append(f"--microcode={microcode}")
     if cmdline:
         if cmdline.startswith("@"):
             # Variant loading refuses this; here it would make ukify embed the file it names.
