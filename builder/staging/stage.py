@@ -483,8 +483,8 @@ def _stage_exclusively(request: StageRequest, source: Source, dest: Path, cache:
     with destination_lock(dest):
         # Checked again now that no other staging can be replacing it.
         _check_destination(dest, source)
-        # Holding the lock proves no live staging writes this destination; the owner files prove
-        # which of the look-alike names a killed one left.
+        # Debris of stagings killed outright: only directories whose owner file proves them ours and
+        # their run dead (util/workdirs.py); look-alikes stay.
         remove_abandoned(dest.parent, _staging_prefix(dest), salvage=lambda d: _restore_previous(d, dest))
         remove_abandoned(Path(tempfile.gettempdir()), WORK_PREFIX)
         return _stage_locked(request, source, dest, cache, started)
