@@ -3,15 +3,17 @@ included), so a rebuild fetches nothing.
 
 Layout under the cache root: ``<algorithm>/<xx>/<checksum>.rpm`` (keyed by the repository's
 checksum of the file) next to ``<checksum>.json`` (the header facts seen when the file was
-verified), ``tmp/`` for files being fetched, ``locks/<xx>`` for flock(2) stripes. A ``.rpm`` is
+verified), ``tmp/`` for files being fetched (in one owned directory per staging, see
+util/workdirs.py), ``locks/<xx>`` for flock(2) stripes. A ``.rpm`` is
 renamed into place only after it was verified and its ``.json`` written, so every entry present is
 complete; the stripe lock makes concurrent stagings fetch each file once.
 
 The cache touches only what it can prove it made. A directory becomes a cache when it is new or
 empty: the marker file (MARKER) is written into it first, under an flock on the directory so two
 stagings creating it at once agree. A non-empty directory without the marker is refused before
-anything is written or removed in it, and cleaning removes only regular files under tmp/ named
-the way temp_path() names them.
+anything is written or removed in it, and cleaning removes only what tmp/ holds for a staging that
+is dead: its directory with an owner file no live process locks (a staging killed outright), or,
+as earlier versions left them, a regular file named the way they named theirs and a day old.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ from typing import Any, Optional
 from mkosi_initrd_builder.staging.download import Interrupted
 from mkosi_initrd_builder.util.errors import CacheError, StagingError
 from mkosi_initrd_builder.util.fsutil import atomic_write, hash_algorithm, normalized_absolute
+from mkosi_initrd_builder.util.workdirs import owned_work_dir, remove_abandoned
 
 HEX_RE = re.compile(r"^[0-9a-f]{32,128}$")
-# Partial downloads of stagings that were killed outright; a live download is never this old.
+# Partial downloads left loose in tmp/ by earlier versions; a live download is never this old.
 STALE_TEMP_SECONDS = 24 * 3600
+# The directory under tmp/ of one staging's partial downloads.
+RUN_PREFIX = "run-"
 MARKER = "mkosi-initrd-cache.json"
 MARKER_FORMAT = "mkosi-initrd-package-cache/1"
 # The directories the cache keeps besides its <algorithm>/ trees.
 OWN_DIRS = ("tmp", "locks")
-# What temp_path() names its files: mkstemp's ".<hint>.<8 random characters>.part".
+# What temp_path() names its files: mkstemp's ".<hint>.<8 random characters>.part" (earlier versions
+# put them straight into tmp/).
 TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
 # Waiting for another staging's lock: first poll soon (the usual holder is a small package), then
 # back off; an interrupt is seen at once all the same, as stop.wait() wakes when stop is set.
@@ -71,6 +77,10 @@ class PackageCache:
         for sub in OWN_DIRS:
             self._own_dir(self.root / sub)
         self._remove_stale_temps()
+        # This staging's directory under tmp/, made at its first download; closed by close().
+        self._run: Optional[contextlib.ExitStack] = None
+        self._run_dir: Optional[Path] = None
+        self._run_guard = threading.Lock()
 
     def _claim(self) -> None:
         """Make sure the root is this cache: marked, or new or empty and marked now."""
@@ -122,6 +132,7 @@ class PackageCache:
                                         "directories are never links")
 
     def _remove_stale_temps(self) -> None:
+        remove_abandoned(self.root / "tmp", RUN_PREFIX)
         now = time.time()
         for p in (self.root / "tmp").iterdir():
             if not TEMP_NAME_RE.match(p.name):
@@ -182,9 +193,20 @@ class PackageCache:
             os.close(fd)
 
     def temp_path(self, hint: str) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{hint[:40]}.", suffix=".part", dir=self.root / "tmp")
+        with self._run_guard:
+            if self._run_dir is None:
+                self._run = contextlib.ExitStack()
+                self._run_dir = self._run.enter_context(owned_work_dir(self.root / "tmp", RUN_PREFIX))
+        fd, name = tempfile.mkstemp(prefix=f".{hint[:40]}.", suffix=".part", dir=self._run_dir)
         os.close(fd)
         return Path(name)
+
+    def close(self) -> None:
+        """Remove this staging's directory under tmp/ (what a kill leaves there the next staging removes)."""
+        with self._run_guard:
+            if self._run is not None:
+                self._run.close()
+            self._run = self._run_dir = None
 
     def add(self, temp: Path, checksum_type: str, checksum: str, facts: dict[str, Any]) -> CacheEntry:
         """Move a verified file into the cache (call with the stripe lock held)."""

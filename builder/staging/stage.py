@@ -13,7 +13,6 @@ import enum
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from mkosi_initrd_builder.util.errors import ResolveError, SettingError, Staging
 from mkosi_initrd_builder.util.fsutil import atomic_write, local_write_error, private_copy, replace_dir
 from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.run import run
+from mkosi_initrd_builder.util.workdirs import destination_lock, owned_work_dir, remove_abandoned
 
 __all__ = ["STAGE_MANIFEST_NAME", "PackageSelection", "StageRequest", "StageResult", "StagedPackage", "Via",
            "stage_repository"]
@@ -46,6 +46,8 @@ logger = logging.getLogger("mkosi_initrd_builder.staging.stage")
 STAGE_MANIFEST_NAME = "stage-manifest.json"
 STAGE_MANIFEST_FORMAT = "mkosi-initrd-stage/1"
 RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
+# The staging's private work directory (metadata, dnf's solver cache) under the temporary directory.
+WORK_PREFIX = "mkosi-initrd-stage-"
 
 
 class SelectionMode(str, enum.Enum):
@@ -400,7 +402,11 @@ def _check_request(request: StageRequest, source: Source) -> None:
         raise SettingError("jobs", f"must be at least 1 (got {request.jobs})")
     if request.max_bytes is not None and request.max_bytes <= 0:
         raise SettingError("max_bytes", f"the size limit must be positive (got {request.max_bytes})")
-    dest = request.dest.absolute()
+    _check_destination(request.dest.absolute(), source)
+
+
+def _check_destination(dest: Path, source: Source) -> None:
+    """What stage may replace (see ARCHITECTURE.md's contracts)."""
     if dest.is_symlink():
         # Replacing the directory renames it: through a link that would replace the link, not what it
         # names, and a dangling one cannot be renamed into at all.
@@ -459,12 +465,49 @@ def stage_repository(request: StageRequest) -> StageResult:
 
 
 def _stage_into(request: StageRequest, source: Source, dest: Path, started: float) -> StageResult:
+    # The cache first: a directory that is no cache is refused before anything is created.
+    cache = PackageCache(request.cache_dir) if request.cache_dir is not None else None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _stage_exclusively(request, source, dest, cache, started)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _stage_exclusively(request: StageRequest, source: Source, dest: Path, cache: Optional[PackageCache],
+                       started: float) -> StageResult:
+    # A second staging into this destination fails at once rather than waiting: koji never runs two
+    # into one buildroot, so two at once is a mistake, and after a wait the second would silently
+    # replace what the first staged (ARCHITECTURE.md, "Two stagings, one destination").
+    with destination_lock(dest):
+        # Checked again now that no other staging can be replacing it.
+        _check_destination(dest, source)
+        # Debris of stagings killed outright: only directories whose owner file proves them ours and
+        # their run dead (util/workdirs.py); look-alikes stay.
+        remove_abandoned(dest.parent, _staging_prefix(dest), salvage=lambda d: _restore_previous(d, dest))
+        remove_abandoned(Path(tempfile.gettempdir()), WORK_PREFIX)
+        return _stage_locked(request, source, dest, cache, started)
+
+
+def _staging_prefix(dest: Path) -> str:
+    return f".{dest.name}.staging-"
+
+
+def _restore_previous(staging: Path, dest: Path) -> None:
+    """A staging killed between its two renames left the previous repository in its staging
+    directory and no destination: put it back before the debris goes, as replace_dir would have."""
+    old = staging / "old"
+    if not os.path.lexists(dest) and (old / STAGE_MANIFEST_NAME).is_file() and not old.is_symlink():
+        logger.info("restoring %s from %s, left by a staging killed while replacing it", dest, old)
+        os.rename(old, dest)
+
+
+def _stage_locked(request: StageRequest, source: Source, dest: Path, cache: Optional[PackageCache],
+                  started: float) -> StageResult:
     stop = threading.Event()
     http = HttpClient(request.retry, stop=stop)
-    cache = PackageCache(request.cache_dir) if request.cache_dir is not None else None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mkosi-initrd-stage-") as tmp:
-        work = Path(tmp)
+    with owned_work_dir(Path(tempfile.gettempdir()), WORK_PREFIX) as work:
         with step(f"Reading the metadata of {source}"):
             metadata = source.load_metadata(http, work, filelists=request.selection.mode in
                                             (SelectionMode.packages, SelectionMode.spec))
@@ -472,25 +515,29 @@ def _stage_into(request: StageRequest, source: Source, dest: Path, started: floa
         total = sum(p.size for p in packages)
         if request.max_bytes is not None and total > request.max_bytes:
             largest = max(packages, key=lambda p: p.size)
-            raise StagingError(f"the {len(packages)} packages to stage take {total:,} bytes, more than the limit "
-                               f"of {request.max_bytes:,} (largest: {largest.nevra}, {largest.size:,} bytes)")
+            raise StagingError(f"the {len(packages)} packages to stage take {total:,} bytes, more than the "
+                               f"limit of {request.max_bytes:,} (largest: {largest.nevra}, {largest.size:,} bytes)")
         jobs = _jobs(packages, metadata, expected)
-        out = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-        try:
-            with step(f"Fetching {len(jobs)} packages ({total:,} bytes) with {request.jobs} jobs"):
-                staged = _Stager(request, metadata, http, cache).stage_all(jobs, out)
-            with step("Writing repodata with createrepo_c"):
-                run(["createrepo_c", "--quiet", "--no-database", out], capture=True)
-            fetched = sum(p.size for p in staged if p.via is not Via.cache)
-            from_cache = sum(p.size for p in staged if p.via is Via.cache)
-            seconds = time.monotonic() - started
-            write_stage_manifest(out / STAGE_MANIFEST_NAME, metadata, request, staged, fetched, from_cache, seconds)
-            for d in (out, out / "repodata"):
-                os.chmod(d, 0o755)
-            replace_dir(out, dest)
-        finally:
-            stop.set()
-            shutil.rmtree(out, ignore_errors=True)
+        # The repository is built in a subdirectory of the owned staging directory, so whatever a
+        # kill leaves (files, partial downloads, the renamed old repository) stays under the owner file.
+        with owned_work_dir(dest.parent, _staging_prefix(dest)) as staging:
+            out = staging / "repo"
+            out.mkdir()
+            try:
+                with step(f"Fetching {len(jobs)} packages ({total:,} bytes) with {request.jobs} jobs"):
+                    staged = _Stager(request, metadata, http, cache).stage_all(jobs, out)
+                with step("Writing repodata with createrepo_c"):
+                    run(["createrepo_c", "--quiet", "--no-database", out], capture=True)
+                fetched = sum(p.size for p in staged if p.via is not Via.cache)
+                from_cache = sum(p.size for p in staged if p.via is Via.cache)
+                seconds = time.monotonic() - started
+                write_stage_manifest(out / STAGE_MANIFEST_NAME, metadata, request, staged, fetched, from_cache,
+                                     seconds)
+                for d in (out, out / "repodata"):
+                    os.chmod(d, 0o755)
+                replace_dir(out, dest, old=staging / "old")
+            finally:
+                stop.set()
     result = StageResult(dest=dest, manifest=dest / STAGE_MANIFEST_NAME, source=metadata.identity(), packages=tuple(staged),
                          bytes_fetched=fetched, bytes_from_cache=from_cache, seconds=seconds)
     logger.info("%s", result.summary())

@@ -222,6 +222,19 @@ class CacheError(StagingError):
         super().__init__(f"cache {path}: {message}")
 
 
+class DestinationBusyError(StagingError):
+    """Another staging is writing the same destination right now (it holds the destination's lock)."""
+
+    hint = "wait for the other staging to finish, or stage into another directory"
+
+    def __init__(self, path: Path, holder: Optional[int]) -> None:
+        self.path = path
+        self.holder = holder
+        who = f"pid {holder}" if holder is not None else "a process whose pid it has not yet recorded"
+        super().__init__(f"destination {path} is being staged by another staging ({who}); refusing to write it "
+                         "at the same time")
+
+
 class ResolveError(StagingError):
     """The packages to stage cannot be determined: unknown names, unsatisfiable dependencies, no rpm database."""
 

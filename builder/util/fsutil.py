@@ -131,20 +131,21 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         raise
 
 
-def replace_dir(new: Path, final: Path) -> None:
-    """Move the finished directory `new` to `final`, replacing what was there, never leaving a mix."""
-    old = None
+def replace_dir(new: Path, final: Path, *, old: Optional[Path] = None) -> None:
+    """Move the finished directory `new` to `final`, replacing what was there, never leaving a mix.
+    What was there is parked at `old` (default: a sibling named after the pid) until `new` is in place."""
+    parked = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
+        parked = old or final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, parked)
     try:
         os.rename(new, final)
     except BaseException:
-        if old is not None:
-            os.rename(old, final)
+        if parked is not None:
+            os.rename(parked, final)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if parked is not None:
+        shutil.rmtree(parked, ignore_errors=True)
 
 
 def normalized_absolute(path: str | os.PathLike[str]) -> Path:

@@ -112,11 +112,14 @@ def build_koji_tree(topdir: Path, rpms: Iterable[Path], *, tag: str = "fixture-b
 
 @dataclasses.dataclass
 class Fault:
-    kind: str                      # "status", "truncate", "tamper", "delay", "trickle", "oversize" or "badlength"
+    kind: str                      # "status", "truncate", "tamper", "delay", "trickle", "oversize", "badlength" or "hold"
     status: int = 500
     times: Optional[int] = None    # None: every request
     user_agent: str = ""           # only requests whose User-Agent contains this
-    seconds: float = 0.0           # for "delay"; for "trickle", between two bytes
+    seconds: float = 0.0           # for "delay"; for "trickle", between two bytes; for "hold", the longest wait
+    # for "hold": half the body is sent, the rest once the test sets it, so a client stays mid-download
+    # exactly as long as the test needs
+    gate: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -172,6 +175,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self.wfile.write(body)
             except OSError:
                 pass  # the client stopped reading, as it should
+        elif fault.kind == "hold":
+            try:
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                fault.gate.wait(fault.seconds or 120)
+                self.wfile.write(body[len(body) // 2:])
+            except OSError:
+                pass  # the client is gone (killed)
         elif fault.kind == "trickle":
             # one byte now and then, never slow enough for a per-read timeout, until the client leaves
             self.close_connection = True

@@ -12,6 +12,7 @@ import pytest
 
 from mkosi_initrd_builder.util.errors import CacheError
 from mkosi_initrd_builder.staging.cache import MARKER, STALE_TEMP_SECONDS, PackageCache
+from mkosi_initrd_builder.util.workdirs import OWNER_FILE, OWNER_FORMAT
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, float]]:
@@ -68,20 +69,42 @@ def test_double_slash_root_is_the_root(tmp_path):
 
 def test_stale_cleanup_removes_only_its_own_temp_files(tmp_path):
     cache = PackageCache(tmp_path / "c")
-    ours = cache.temp_path("pkg.rpm")
-    fresh = cache.temp_path("other.rpm")
+    live = cache.temp_path("pkg.rpm")  # a staging still running: its partial download stays, however old
+    loose = cache.root / "tmp" / ".pkg.rpm.abcdefgh.part"  # as earlier versions left them in tmp/
+    loose.write_text("partial")
+    fresh = cache.root / "tmp" / ".other.rpm.abcdefgh.part"
+    fresh.write_text("partial")
     foreign = cache.root / "tmp" / "someone-elses.txt"
     foreign.write_text("x")
     victim = tmp_path / "victim.part"
     victim.write_text("outside")
     link = cache.root / "tmp" / ".link.abcdefgh.part"
     link.symlink_to(victim)
-    for p in (ours, foreign, link, victim):
+    for p in (live, loose, foreign, link, victim):
         age(p, 2 * STALE_TEMP_SECONDS)
     PackageCache(cache.root)
-    assert not ours.exists()
-    assert fresh.exists() and foreign.exists() and victim.read_text() == "outside"
+    assert not loose.exists()
+    assert live.exists() and fresh.exists() and foreign.exists() and victim.read_text() == "outside"
     assert link.is_symlink()  # a link is not a file the cache wrote
+    cache.close()
+    assert sorted(p.name for p in (cache.root / "tmp").iterdir()) == sorted([fresh.name, foreign.name, link.name])
+
+
+def test_a_killed_stagings_partial_downloads_go_and_look_alikes_stay(tmp_path):
+    cache = PackageCache(tmp_path / "c")
+    dead = cache.root / "tmp" / "run-deadbeef"  # what a kill -9 leaves: the owner file no one locks
+    dead.mkdir()
+    (dead / OWNER_FILE).write_text(json.dumps({"format": OWNER_FORMAT, "pid": 999999}))
+    (dead / ".pkg.rpm.abcdefgh.part").write_text("partial")
+    unproven = cache.root / "tmp" / "run-someones"  # the name, but no owner file
+    unproven.mkdir()
+    (unproven / ".pkg.rpm.abcdefgh.part").write_text("keep")
+    forged = cache.root / "tmp" / "run-forged"  # an owner file that is no owner record of ours
+    forged.mkdir()
+    (forged / OWNER_FILE).write_text("{}")
+    PackageCache(cache.root)
+    assert not dead.exists()
+    assert (unproven / ".pkg.rpm.abcdefgh.part").read_text() == "keep" and (forged / OWNER_FILE).read_text() == "{}"
 
 
 def test_layout_directory_replaced_by_a_link_is_refused(tmp_path):
