@@ -29,7 +29,8 @@ from mkosi_initrd_builder.util.errors import (
     BuilderError, CommandError, KernelNotFoundError, OutputError, PackageMissingError, RepositoryError, SettingError,
     VariantBuildError,
 )
-from mkosi_initrd_builder.util.fsutil import link_or_copy_tree, local_write_error, replace_dir, sha256_file
+from mkosi_initrd_builder.util.fsutil import (link_or_copy_tree, local_write_error, refused_write_of_command,
+                                              replace_dir, sha256_file)
 from mkosi_initrd_builder.util.log import Stopwatch, step
 from mkosi_initrd_builder.util.namespaces import check_sandbox
 from mkosi_initrd_builder.util.run import run, terminate_children
@@ -221,6 +222,11 @@ def build(request: BuildRequest) -> list[VariantResult]:
         if (local := local_write_error(e, places)) is None:
             raise
         raise local from None
+    except CommandError as e:
+        # The same when a tool (cpio extracting the kernel, ukify) hit it.
+        if (local := refused_write_of_command(e, places)) is None:
+            raise
+        raise local from None
 
 
 def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[VariantResult]:
@@ -272,6 +278,8 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
                 except Exception as e:  # each variant fails alone; the others still finish
                     if isinstance(e, OSError):
                         e = local_write_error(e, places) or e
+                    elif isinstance(e, CommandError):
+                        e = refused_write_of_command(e, places) or e
                     logger.error("variant %s failed: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     failures[name] = e
         except BaseException:

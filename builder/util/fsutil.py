@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from mkosi_initrd_builder.util.errors import LocalWriteError
+from mkosi_initrd_builder.util.errors import CommandError, LocalWriteError
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), a copy-on-write clone of a whole file
 CHUNK = 1 << 20
@@ -185,7 +185,37 @@ def local_write_error(e: OSError, places: Iterable[tuple[str, Path]]) -> Optiona
                 return LocalWriteError(role, where, reason)
     if e.errno in WRITE_ONLY and files:
         return LocalWriteError("directory", files[0].parent, reason)
+    if e.errno in WRITE_ONLY and (place := _likely_place(e.errno, places)) is not None:
+        return LocalWriteError(*place, reason)  # a write error naming no file (a copy's inner write)
     return None
+
+
+def refused_write_of_command(e: CommandError, places: Iterable[tuple[str, Path]]) -> Optional[LocalWriteError]:
+    """The LocalWriteError behind a failed external command (cpio, mkosi, ukify) whose output says
+    the file system refused a write."""
+    text = "\n".join([*e.errors, e.output_tail])
+    said = [code for code in sorted(WRITE_ONLY) if os.strerror(code) in text]
+    if not said:
+        return None
+    code = errno.EROFS if errno.EROFS in said else said[0]
+    if (place := _likely_place(code, places)) is None:
+        return None
+    return LocalWriteError(*place, os.strerror(code), detail=f"{Path(e.argv[0]).name} failed")
+
+
+def _likely_place(code: int, places: Iterable[tuple[str, Path]]) -> Optional[tuple[str, Path]]:
+    """Which of `places` (role, directory) refused a write that names no file (a tool's message, or
+    an OSError without a file name), found by looking: the read-only one for EROFS; otherwise the one
+    with the least space left (what the failed write made is removed by then, so "full" cannot be
+    seen, but the small file system it filled still stands out)."""
+    found: list[tuple[int, str, Path, bool]] = []
+    for role, where in places:
+        probe = next((p for p in (where, *where.parents) if p.exists()), None)
+        if probe is not None:
+            st = os.statvfs(probe)
+            found.append((st.f_bavail * st.f_frsize, role, where, bool(st.f_flag & os.ST_RDONLY)))
+    candidates = [f for f in found if f[3]] if code == errno.EROFS else sorted(found, key=lambda f: f[0])
+    return (candidates[0][1], candidates[0][2]) if candidates else None
 
 
 def _is_sibling_temp(path: Path, final: Path) -> bool:

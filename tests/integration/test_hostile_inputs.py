@@ -354,3 +354,19 @@ def test_build_refuses_a_kernel_or_stub_package_changed_after_the_metadata(tmp_p
     assert re.fullmatch(rf"{PROG}: error: repository {re.escape(str(src))}: {re.escape(rpm.name)}: sha256 is [0-9a-f]{{64}}, "
                         r"the repository's metadata says [0-9a-f]{64} \(changed after the metadata was written\)", line), line
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("size", ["3m", "40m"])
+def test_full_output_disk_during_the_build_names_the_output(tmp_path, fixture_repo, small_mount, size):
+    """The output fills up while the build writes below it (3 MB: cpio extracting the kernel; 40 MB:
+    the variant's own steps, a copy whose OSError names no file): the error names the output directory and the cause, never a bare
+    [Errno 28], a tool's message alone or an internal error, and nothing half-written is left."""
+    require_tools("mkosi", "rpm2cpio", "cpio", "zstd")
+    mnt = small_mount("mnt", size)
+    out = mnt / "out"
+    r = run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                 "--output", out, "--variants-dir", FIXTURE_VARIANTS, "--variant", "minimal"])
+    assert one_error(r)
+    assert f"cannot write the output directory {out}: No space left on device" in r.stderr, r.stderr
+    assert not (out / "minimal").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".build-")]
