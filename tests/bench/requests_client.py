@@ -6,17 +6,15 @@ by the loop here, as urllib3 does not retry what it has started to stream."""
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO, Optional
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mkosi_initrd_builder.staging.download import CHUNK, RETRYABLE_STATUS, Download, Interrupted, RetryPolicy
+from mkosi_initrd_builder.staging.download import CHUNK, RETRYABLE_STATUS, Download, HttpClient, Interrupted, RetryPolicy
 from mkosi_initrd_builder.util.errors import FetchError
 
 
@@ -79,17 +77,6 @@ class RequestsHttpClient:
                 last = str(e)
         raise FetchError(url, last, package=package, attempts=self.policy.attempts)
 
-    def download_file(self, url: str, path: Path, *, algorithms: Iterable[str] = (), package: Optional[str] = None,
-                      max_bytes: Optional[int] = None) -> Download:
-        with open(path, "wb") as out:
-            return self.download(url, out, algorithms=algorithms, package=package, max_bytes=max_bytes)
-
-    def get_bytes(self, url: str, *, max_bytes: int, missing_ok: bool = False) -> Optional[bytes]:
-        buf = io.BytesIO()
-        try:
-            self.download(url, buf, max_bytes=max_bytes)
-        except FetchError as e:
-            if missing_ok and e.status == 404:
-                return None
-            raise
-        return buf.getvalue()
+    # The same two conveniences over download() as the client it is measured against.
+    download_file = HttpClient.download_file
+    get_bytes = HttpClient.get_bytes
