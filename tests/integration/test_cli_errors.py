@@ -58,7 +58,7 @@ def test_invalid_variant_names_file_and_key(tmp_path, fixture_repo):
     variants.mkdir()
     (variants / "bad.toml").write_text('summary = "s"\ndescription = "d"\nformats = ["initrd", "iso"]\n')
     line = error_line(build(fixture_repo.path, tmp_path / "out", variants=variants, kver=fixture_repo.kernel_version))
-    assert line == f"mkosi-initrd-build: error: {variants / 'bad.toml'}: formats: unknown format 'iso' (allowed: initrd, uki)"
+    assert line == f"mkosi-initrd-build: error: {variants / 'bad.toml'}: formats: unknown format 'iso' (allowed: initrd, microcode, uki)"
 
 
 @pytest.mark.parametrize("extra, key, detail", [
