@@ -152,7 +152,7 @@ def _deb_from_list(debs_file: Path, package_prefix: str) -> tuple[str, DebianVer
 def _kernel_evr_override(value: str) -> DebianVersion:
     version, dash, release = value.rpartition("-")
     if not dash or not all(_RPM_VERSION_CHARS.fullmatch(part) for part in (version, release)) or ":" in value:
-        raise FixtureBuildError(f"{KERNEL_EVR_ENV}={value!r}: expected VERSION-RELEASE, e.g. 6.1.999-7")
+        raise FixtureBuildError(f"{KERNEL_EVR_ENV}={value!r}: expected VERSION-RELEASE, e.g. 9.8.7-6.alt")
     log.info("fixture kernel package rebuilt as %s-%s (%s)", version, release, KERNEL_EVR_ENV)
     return DebianVersion(version, release)
 

@@ -13,7 +13,7 @@ from mkosi_initrd_builder.spec.inputs import SpecInputs, describe_kernel, gather
 from mkosi_initrd_builder.spec.template import ChangelogEntry
 from mkosi_initrd_builder.building.variants import VariantSpec
 
-UNAME = "6.1.0-56-amd64"
+UNAME = "7.0.0-16-synth"
 PACKAGER = "Fixture Packager <fixture@example.org>"
 DATE = datetime.date(2023, 11, 14)
 
@@ -32,7 +32,7 @@ def fake_repo(*kernels: RepoPackage, extra: Sequence[RepoPackage] = ()) -> Repos
     others = [package(n, "1-1", "noarch") for n in ("basesystem", "busybox", "initrd-init", "kmod")]
     others.append(package("systemd-boot-unsigned", "257-1",
                           files=("/usr/lib/systemd/boot/efi/linuxx64.efi.stub",)))
-    return Repository(Path("/srv/fake-repo"), "1", (*(kernels or (kernel_package("6.1.192-2"),)), *others, *extra))
+    return Repository(Path("/srv/fake-repo"), "1", (*(kernels or (kernel_package("7.0.42-2"),)), *others, *extra))
 
 
 def first_inputs(repo: Repository, variants: Sequence[VariantSpec], uname: str = UNAME) -> SpecInputs:

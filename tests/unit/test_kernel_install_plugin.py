@@ -12,7 +12,7 @@ import pytest
 from mkosi_initrd_builder.util.resources import kernel_install_dir
 
 PLUGIN = kernel_install_dir() / "52-mkosi-initrd-prebuilt.install"
-KVER = "6.1.0-56-amd64"
+KVER = "7.0.0-16-synth"
 
 
 class Machine:

@@ -52,12 +52,12 @@ def label(rendered):
 def test_new_kernel_restarts_the_counter_and_says_so(tmp_path, variants_dir):
     spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
     render_first(spec, fake_repo(), variants_dir)
-    repo = fake_repo(kernel_package("6.1.193-1", uname="6.1.0-57-amd64"))
-    after = bump(spec, repo, variants_dir, "6.1.0-57-amd64")
-    assert (after.version, after.release, after.build_counter) == ("6.1.193", "1^1", 1)
-    assert after.changelog.startswith(f"* Tue Nov 14 2023 {PACKAGER} - 6.1.193-1^1\n"
-                                      "- Kernel kernel-core 6.1.193-1 (6.1.0-57-amd64)\n\n* ")
-    assert "- Kernel kernel-core 6.1.192-2 (6.1.0-56-amd64); variants: minimal, storage" in after.changelog
+    repo = fake_repo(kernel_package("7.0.43-1", uname="7.0.0-17-synth"))
+    after = bump(spec, repo, variants_dir, "7.0.0-17-synth")
+    assert (after.version, after.release, after.build_counter) == ("7.0.43", "1^1", 1)
+    assert after.changelog.startswith(f"* Tue Nov 14 2023 {PACKAGER} - 7.0.43-1^1\n"
+                                      "- Kernel kernel-core 7.0.43-1 (7.0.0-17-synth)\n\n* ")
+    assert "- Kernel kernel-core 7.0.42-2 (7.0.0-16-synth); variants: minimal, storage" in after.changelog
 
 
 def test_changed_variants_bump_the_counter_and_replace_earlier_builds(tmp_path, variants_dir):
@@ -66,42 +66,42 @@ def test_changed_variants_bump_the_counter_and_replace_earlier_builds(tmp_path, 
     render_first(spec, repo, variants_dir)
     with open(variants_dir / "minimal.toml", "a") as f:
         f.write("# a change\n")
-    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+    after = bump(spec, repo, variants_dir, "7.0.0-16-synth")
     assert (after.release, after.build_counter) == ("2^2", 2)
     assert "- Variants changed: minimal\n" in after.changelog
     (variants_dir / "storage.toml").unlink()
     shutil.copy(FIXTURE_VARIANTS / "storage.toml", variants_dir / "disk.toml")
-    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+    after = bump(spec, repo, variants_dir, "7.0.0-16-synth")
     assert after.release == "2^3"
     assert "- Variants added: disk\n- Variants removed: storage\n" in after.changelog
     text = spec.read_text()
     # install-only packages of the same kernel would collide: earlier builds are obsoleted exactly
-    assert "Obsoletes:      %{name}-minimal = 6.1.192-2^1\nObsoletes:      %{name}-minimal = 6.1.192-2^2\n" in text
-    assert "Obsoletes:      %{name}-disk = 6.1.192-2^2\n" in text
-    assert "= 6.1.192-2^3" not in text
+    assert "Obsoletes:      %{name}-minimal = 7.0.42-2^1\nObsoletes:      %{name}-minimal = 7.0.42-2^2\n" in text
+    assert "Obsoletes:      %{name}-disk = 7.0.42-2^2\n" in text
+    assert "= 7.0.42-2^3" not in text
 
 
 def test_bump_with_nothing_changed_is_refused_unless_a_message_says_why(tmp_path, variants_dir):
     spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
     repo = fake_repo()
     render_first(spec, repo, variants_dir)
-    with pytest.raises(BumpError, match="nothing to bump in .*: kernel 6.1.0-56-amd64 and the variant files are "
+    with pytest.raises(BumpError, match="nothing to bump in .*: kernel 7.0.0-16-synth and the variant files are "
                                         "those it was rendered from") as e:
-        bump(spec, repo, variants_dir, "6.1.0-56-amd64")
+        bump(spec, repo, variants_dir, "7.0.0-16-synth")
     assert "--message" in e.value.hint
-    after = bump(spec, repo, variants_dir, "6.1.0-56-amd64", message="Rebuild for mkosi 26")
+    after = bump(spec, repo, variants_dir, "7.0.0-16-synth", message="Rebuild for mkosi 26")
     assert after.release == "2^2" and "- Rebuild for mkosi 26\n" in after.changelog
 
 
 def test_bump_to_an_older_kernel_is_refused(tmp_path, variants_dir):
     spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
     render_first(spec, fake_repo(), variants_dir)
-    older = fake_repo(kernel_package("6.1.190-1", uname="6.1.0-50-amd64"))
+    older = fake_repo(kernel_package("7.0.40-1", uname="7.0.0-10-synth"))
     with pytest.raises(BumpError) as e:
-        bump(spec, older, variants_dir, "6.1.0-50-amd64")
-    assert str(e.value).startswith("kernel kernel-core-6.1.190-1 (6.1.0-50-amd64) is older than kernel-core-6.1.192-2 "
-                                   "(6.1.0-56-amd64) in ")
-    assert str(e.value).endswith("mkosi-initrd-initrd 6.1.190-1^1 would not upgrade 6.1.192-2^1")
+        bump(spec, older, variants_dir, "7.0.0-10-synth")
+    assert str(e.value).startswith("kernel kernel-core-7.0.40-1 (7.0.0-10-synth) is older than kernel-core-7.0.42-2 "
+                                   "(7.0.0-16-synth) in ")
+    assert str(e.value).endswith("mkosi-initrd-initrd 7.0.40-1^1 would not upgrade 7.0.42-2^1")
     assert "\n" not in str(e.value)
 
 
@@ -109,7 +109,7 @@ def test_bump_to_a_kernel_the_repository_lacks_is_refused_in_one_line():
     with pytest.raises(KernelNotFoundError) as e:
         describe_kernel(fake_repo(), "6.9.0-1-amd64")
     assert str(e.value) == ("kernel 6.9.0-1-amd64 not found in repository /srv/fake-repo "
-                            "(kernel versions available: 6.1.0-56-amd64)")
+                            "(kernel versions available: 7.0.0-16-synth)")
 
 
 def test_bump_refuses_a_file_that_is_not_a_rendered_spec(tmp_path):
@@ -127,16 +127,16 @@ def test_version_grows_monotonically_over_a_series_of_bumps(tmp_path, variants_d
     epoch-less rc series) and rebuilds for the same kernel: every step is newer to rpm."""
     spec = tmp_path / "s" / "mkosi-initrd-initrd.spec"
     steps = [
-        ("6.1.192-2", "6.1.0-56-amd64", None),
-        ("6.1.192-2", "6.1.0-56-amd64", "rebuild"),
-        ("6.1.192-2.1", "6.1.0-56a-amd64", None),    # the previous release is a prefix of this one
-        ("6.1.192-3", "6.1.0-57-amd64", None),
-        ("6.1.192-3", "6.1.0-57-amd64", "rebuild"),
-        ("6.1.192-3", "6.1.0-57-amd64", "rebuild again"),
-        ("6.2.0-0.rc1.1", "6.2.0-0.rc1-amd64", None),
-        ("6.2.0-0.rc2.1", "6.2.0-0.rc2-amd64", None),
-        ("6.2.0-1", "6.2.0-1-amd64", None),
-        ("6.10.0-1", "6.10.0-1-amd64", None),
+        ("7.0.42-2", "7.0.0-16-synth", None),
+        ("7.0.42-2", "7.0.0-16-synth", "rebuild"),
+        ("7.0.42-2.1", "7.0.0-16a-synth", None),    # the previous release is a prefix of this one
+        ("7.0.42-3", "7.0.0-17-synth", None),
+        ("7.0.42-3", "7.0.0-17-synth", "rebuild"),
+        ("7.0.42-3", "7.0.0-17-synth", "rebuild again"),
+        ("7.1.0-0.rc1.1", "7.1.0-0.rc1-synth", None),
+        ("7.1.0-0.rc2.1", "7.1.0-0.rc2-synth", None),
+        ("7.1.0-1", "7.1.0-1-synth", None),
+        ("7.10.0-1", "7.10.0-1-synth", None),
     ]
     seen = []
     for i, (evr, uname, message) in enumerate(steps):
@@ -146,7 +146,7 @@ def test_version_grows_monotonically_over_a_series_of_bumps(tmp_path, variants_d
             assert rpm.labelCompare(label(rendered), seen[-1]) == 1, (label(rendered), seen[-1])
         seen.append(label(rendered))
     assert [f"{v}-{r}" for _, v, r in seen] == [
-        "6.1.192-2^1", "6.1.192-2^2", "6.1.192-2.1^1", "6.1.192-3^1", "6.1.192-3^2", "6.1.192-3^3",
-        "6.2.0-0.rc1.1^1", "6.2.0-0.rc2.1^1", "6.2.0-1^1", "6.10.0-1^1"]
+        "7.0.42-2^1", "7.0.42-2^2", "7.0.42-2.1^1", "7.0.42-3^1", "7.0.42-3^2", "7.0.42-3^3",
+        "7.1.0-0.rc1.1^1", "7.1.0-0.rc2.1^1", "7.1.0-1^1", "7.10.0-1^1"]
     # a plain ".N" counter would have broken the third step: rpm orders 2.2 after 2.1.1
-    assert rpm.labelCompare(("0", "6.1.192", "2.2"), ("0", "6.1.192", "2.1.1")) == 1
+    assert rpm.labelCompare(("0", "7.0.42", "2.2"), ("0", "7.0.42", "2.1.1")) == 1

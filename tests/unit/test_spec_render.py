@@ -38,32 +38,32 @@ def test_one_subpackage_per_variant_and_nothing_left_unrendered():
     assert not re.search(r"@[A-Z_]+@|^#@", text, re.MULTILINE)
     # the UKI is packaged only for the variant that builds one
     assert "%{imagedir}/minimal/uki.efi" in text and "%{imagedir}/storage/uki.efi" not in text
-    assert "Version:        6.1.192\nRelease:        2^1\n" in text
+    assert "Version:        7.0.42\nRelease:        2^1\n" in text
     assert "Obsoletes" not in text  # nothing earlier to replace in a first build
 
 
 def test_buildrequires_are_the_exact_kernel_the_tools_and_the_image_packages():
-    modules = package("kernel-modules-core", "6.1.192-2", files=(f"/usr/lib/modules/{UNAME}/kernel/fs/ext4/ext4.ko",))
-    repo = fake_repo(kernel_package("6.1.192-2"), modules)
+    modules = package("kernel-modules-core", "7.0.42-2", files=(f"/usr/lib/modules/{UNAME}/kernel/fs/ext4/ext4.ko",))
+    repo = fake_repo(kernel_package("7.0.42-2"), modules)
     text = render_spec(first_inputs(repo, fixture_variants()))
     brs = re.findall(r"^BuildRequires:\s+(.+)$", text, re.MULTILINE)
-    assert brs[:2] == ["kernel-core = 6.1.192-2", "kernel-modules-core = 6.1.192-2"]
+    assert brs[:2] == ["kernel-core = 7.0.42-2", "kernel-modules-core = 7.0.42-2"]
     assert {"mkosi", "mkosi-initrd-builder", "systemd-ukify", "systemd-boot-unsigned"} <= set(brs)
     assert {"basesystem", "busybox", "initrd-init", "kmod"} <= set(brs)
     assert re.search(r"^Requires:\s+%\{kernel_name\}%\{\?_isa\} = %\{kernel_evr\}$", text, re.MULTILINE)
-    assert "%global kernel_name     kernel-core\n%global kernel_evr      6.1.192-2\n" in text
+    assert "%global kernel_name     kernel-core\n%global kernel_evr      7.0.42-2\n" in text
 
 
 def test_epoch_of_the_kernel_reaches_the_dependency_but_not_the_version():
-    text = render_spec(first_inputs(fake_repo(kernel_package("2:6.1.192-2")), fixture_variants()))
-    assert "BuildRequires:  kernel-core = 2:6.1.192-2" in text
-    assert "%global kernel_evr      2:6.1.192-2" in text
-    assert "Version:        6.1.192\nRelease:        2^1\n" in text
+    text = render_spec(first_inputs(fake_repo(kernel_package("2:7.0.42-2")), fixture_variants()))
+    assert "BuildRequires:  kernel-core = 2:7.0.42-2" in text
+    assert "%global kernel_evr      2:7.0.42-2" in text
+    assert "Version:        7.0.42\nRelease:        2^1\n" in text
 
 
 def test_spec_refuses_a_kernel_the_repository_lacks():
     with pytest.raises(KernelNotFoundError, match=r"kernel 9\.9\.9-1 not found in repository /srv/fake-repo "
-                                                   r"\(kernel versions available: 6\.1\.0-56-amd64\)"):
+                                                   r"\(kernel versions available: 7\.0\.0-16-synth\)"):
         first_inputs(fake_repo(), fixture_variants(), uname="9.9.9-1")
 
 
@@ -116,10 +116,10 @@ def test_written_spec_reads_back_and_carries_its_sources(tmp_path):
     assert os.access(spec.parent / "52-mkosi-initrd-prebuilt.install", os.X_OK)
     back = read_spec(spec)
     assert (back.kernel_uname, back.kernel.name, back.kernel.evr(), back.build_counter) == \
-        (UNAME, "kernel-core", "6.1.192-2", 1)
-    assert (back.version, back.release) == ("6.1.192", "2^1")
+        (UNAME, "kernel-core", "7.0.42-2", 1)
+    assert (back.version, back.release) == ("7.0.42", "2^1")
     assert set(back.variant_sha256) == {"minimal", "storage"}
-    assert back.changelog.startswith("* Tue Nov 14 2023 Fixture Packager <fixture@example.org> - 6.1.192-2^1\n")
+    assert back.changelog.startswith("* Tue Nov 14 2023 Fixture Packager <fixture@example.org> - 7.0.42-2^1\n")
 
 
 def test_rpmspec_parses_the_rendered_spec(tmp_path):
@@ -132,8 +132,8 @@ def test_rpmspec_parses_the_rendered_spec(tmp_path):
     r = subprocess.run(["rpmspec", "-q", "--builtrpms", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}\\n", spec],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["mkosi-initrd-initrd-common-6.1.192-2^1", "mkosi-initrd-initrd-minimal-6.1.192-2^1",
-                                "mkosi-initrd-initrd-storage-6.1.192-2^1"]
+    assert r.stdout.split() == ["mkosi-initrd-initrd-common-7.0.42-2^1", "mkosi-initrd-initrd-minimal-7.0.42-2^1",
+                                "mkosi-initrd-initrd-storage-7.0.42-2^1"]
     assert "warning" not in r.stderr.lower(), r.stderr
 
 
