@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from mkosi_initrd_builder.util.errors import VerifyError
-from mkosi_initrd_builder.util.fsutil import atomic_write
+from mkosi_initrd_builder.util.fsutil import atomic_write, hash_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-INITRD_NAME = "initrd.cpio.zst"
-UKI_NAME = "uki.efi"
 
 
 def canonical_json(data: Any) -> str:
@@ -22,7 +19,7 @@ def canonical_json(data: Any) -> str:
 
 def inputs_hash(inputs: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of every build input: the provenance record and the cache key."""
-    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
+    return hash_bytes(canonical_json(inputs).encode())
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
