@@ -123,21 +123,20 @@ def stage_buildroot(broot: Any, config: PluginConfig, package: str, srpm: str) -
         cache_dir=config.cache_dir, jobs=config.jobs, max_bytes=config.max_size, retry=config.retry_policy(),
     )
     shown = redact(source)
+
+    def failed(detail: str) -> koji.BuildError:
+        broot.expire()  # a buildroot that a staging broke off in is not reused
+        return koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} failed{detail}")
+
     try:
         result = stage_repository(request)
     except SettingError as e:
-        broot.expire()
         spellings = {**config.setting_spellings(), "dest": "the staged repository in the buildroot"}
-        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
-                              f"failed: {e.spelled(spellings)} (see {CONFIG_FILE})") from None
+        raise failed(f": {e.spelled(spellings)} (see {CONFIG_FILE})") from None
     except BuilderError as e:
-        broot.expire()
-        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
-                              f"failed: {e}") from None
-    except Exception as e:  # a defect or an unforeseen OSError: still one line, and the buildroot is not reused
-        broot.expire()
-        raise koji.BuildError(f"mkosi_initrd: staging the buildroot packages of {package} from {shown} "
-                              f"failed unexpectedly: {type(e).__name__}: {redact(str(e))}") from None
+        raise failed(f": {e}") from None
+    except Exception as e:  # a defect or an unforeseen OSError: still one line
+        raise failed(f" unexpectedly: {type(e).__name__}: {redact(str(e))}") from None
     macros = chroot_path(broot, MACROS_FILE)
     macros.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(macros, f"# written by the kojid plugin mkosi_initrd for {package}\n%{MACRO} {inside}\n")
