@@ -2,14 +2,17 @@
 
 Debian trixie packages are repackaged as Fedora-named RPMs (tests/realcontent/mapping.toml), the
 builder builds `virt` and `generic` from them unchanged, and each image boots in QEMU (TCG) to a
-real root on plain ext4, on LVM2 and on LUKS2; a generic dracut initrd for the same kernel and
-drivers boots through the same cases as the baseline. Slow (about ten minutes) and needs the
+real root on plain ext4, on LVM2 and on LUKS2; `generic` also to ext4 on MD RAID1 (clean and
+degraded). A generic dracut initrd for the same kernel and drivers boots through the same cases as
+the baseline. Deliberately broken setups must end in the initrd's emergency mode with the failing
+unit named, within a bound. Every console log is kept in build/realcontent-boots/. Slow (about ten minutes) and needs the
 Debian mirror on a cold cache: run it with `make test-real` (pytest -m realcontent).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -17,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.checking.cpio import read_cpio
-from tests.conftest import PRODUCT_VARIANTS, require_root, require_tools
+from tests.conftest import PRODUCT_VARIANTS, TOP, require_root, require_tools
+from tests.realcontent.matrix import GAVE_UP_RE
 from tests.support.cli import run_cli
 
 pytestmark = [pytest.mark.realcontent, pytest.mark.integration, pytest.mark.boot]
@@ -25,6 +29,22 @@ pytestmark = [pytest.mark.realcontent, pytest.mark.integration, pytest.mark.boot
 VARIANTS = ("virt", "generic")
 CASE_NAMES = ("plain", "lvm", "luks")
 ROOT_DEVICES = {"plain": "/dev/vda1", "lvm": "/dev/mapper/rcvg-root", "luks": "/dev/mapper/cryptroot"}
+# The setups only `generic` claims (its description: MD RAID, an NFS root), booted with generic and
+# with a dracut image of generic's drivers.
+SETUP_IMAGES = ("generic", "dracut-generic")
+# A RAID1 root with its second disk missing, as measured. dracut's initqueue starts the array
+# degraded once its wait times out (rd.retry). Ours never starts it: mdadm's udev rules arm
+# mdadm-last-resort@.timer only for an array they do not take for foreign, and without an
+# mdadm.conf (or a homehost) in the image every array is foreign; so the root device's job times
+# out (DefaultDeviceTimeoutSec, 90 s) and the initrd gives up, naming that device.
+DEGRADED_REACHES_ROOT = {"generic": False, "dracut-generic": True}
+BROKEN_CASES = ("raid-wrong-uuid",)
+# A broken setup gives up after its device job times out (systemd's default: 90 s) or dracut's
+# initqueue retries (rd.retry: 180 s), which under TCG on a loaded host takes minutes, but not ten.
+BROKEN_TIMEOUT = 600.0
+# What a failure must name: a unit in systemd's status lines ("initrd-root-device.target", …), or,
+# in dracut's initqueue warnings, the device it waited for ("devexists-\x2fdev\x2fdisk\x2fby-uuid…").
+UNIT_NAME_RE = r"[\w\\@:.-]+\.(?:service|device|target|mount|timer|socket)\b|devexists-\S*by-uuid"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,6 +89,31 @@ def built(real_repo, tmp_path_factory):
     r = run_cli(args, timeout=1800)
     assert r.returncode == 0, r.stderr[-5000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def boot_logs():
+    """Console logs of every boot, kept where a maintainer looks after a failed run."""
+    logs = TOP / "build" / "realcontent-boots"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
+
+
+@pytest.fixture(scope="module")
+def dracut_generic_image(real_repo, distribution, built, tmp_path_factory):
+    """dracut with exactly generic's drivers (md, nfs, network cards), for generic's setups."""
+    from tests.realcontent.dracut import build_dracut_image
+
+    modules = json.loads((built / "generic/manifest.json").read_text())["kernel-modules"]
+    return build_dracut_image(real_repo, distribution, modules,
+                              tmp_path_factory.mktemp("dracut-generic") / "dracut.img")
+
+
+def setup_initrd(request, image: str) -> Path:
+    """The initrd of SETUP_IMAGES' `image`; dracut's is built only when a test asks for it."""
+    if image == "dracut-generic":
+        return request.getfixturevalue("dracut_generic_image").path
+    return request.getfixturevalue("built") / image / "initrd.cpio.zst"
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +192,52 @@ def test_dracut_baseline_switches_to_the_real_root(dracut_image, real_repo, disk
                   console_log=tmp_path / "console.log")
     assert r.ok, r.describe()
     assert r.root_device == ROOT_DEVICES[case], r.describe()
+
+
+def test_generic_carries_mdadm_rules_and_no_mdadm_conf(built):
+    """The array must assemble from its superblocks alone: an image-wide mdadm.conf would name the
+    build machine's arrays, and a prebuilt image has none."""
+    entries = {e.name for e in read_cpio(built / "generic/initrd.cpio.zst")}
+    assert not {"etc/mdadm.conf", "etc/mdadm/mdadm.conf"} & entries
+    rules = {Path(e).name for e in entries if e.startswith("usr/lib/udev/rules.d/")}
+    assert any("md-raid-assembly" in r or "md-incremental" in r for r in rules), sorted(rules)
+
+
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_md_raid1_root_assembles_without_mdadm_conf(request, real_repo, disks, boot_logs, image):
+    from tests.realcontent.matrix import boot_case
+
+    r = boot_case("raid", disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                  console_log=boot_logs / f"{image}-raid.log")
+    assert r.ok, r.describe()
+    assert r.root_device.startswith("/dev/md"), r.describe()
+    assert not r.failed_units, r.failed_units
+
+
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_degraded_md_raid1_root_boots_or_gives_up_naming_the_device(request, real_repo, disks, boot_logs, image):
+    from tests.realcontent.matrix import boot_case
+
+    r = boot_case("raid-degraded", disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                  timeout=BROKEN_TIMEOUT, console_log=boot_logs / f"{image}-raid-degraded.log")
+    if DEGRADED_REACHES_ROOT[image]:
+        assert r.ok and r.root_device.startswith("/dev/md"), r.describe()
+    else:
+        assert not r.ok and r.root_device is None, r.describe()
+        assert re.search(GAVE_UP_RE, r.marker_line), r.describe()
+        assert any(re.search(UNIT_NAME_RE, line) for line in r.failure_lines), r.describe()
+
+
+@pytest.mark.parametrize("case", BROKEN_CASES)
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_broken_setup_gives_up_naming_the_failing_unit(request, real_repo, disks, boot_logs, image, case):
+    """No root, no endless wait: the initrd reaches emergency mode within the bound, and its
+    status lines name the unit that failed."""
+    from tests.realcontent.matrix import boot_case
+
+    r = boot_case(case, disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                  timeout=BROKEN_TIMEOUT, console_log=boot_logs / f"{image}-{case}.log")
+    assert r.ok, r.describe()
+    assert r.root_device is None, r.describe()
+    assert any(re.search(UNIT_NAME_RE, line) for line in r.failure_lines), r.describe()
+

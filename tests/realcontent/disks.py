@@ -1,5 +1,6 @@
 """Root disks for the boot matrix: plain ext4 on GPT, ext4 on an LVM2 logical volume, ext4 on LUKS2
-(unlocked with a key file on a second small disk).
+(unlocked with a key file on a second small disk), ext4 on an MD RAID1 array of two disks, and ext4
+beside a swap partition for hibernation.
 
 The host cannot make them: it has loop devices but no device-mapper (`dmsetup version` reports no
 kernel driver; this is a container without dm_mod), so LVM and LUKS volumes cannot be opened here.
@@ -40,19 +41,28 @@ log = logging.getLogger("tests.realcontent.disks")
 
 CACHE_FORMAT = "realcontent-disks/1"
 ROOT_MARKER = "REALCONTENT-ROOT-OK"
+HIBERNATE_MARKER = "REALCONTENT-HIBERNATE"
+RESUMED_MARKER = "REALCONTENT-RESUMED"
 PROVISION_MARKER = "REALCONTENT-PROVISION-OK"
 PROVISION_FAIL = "REALCONTENT-PROVISION-FAIL"
 PROVISION_TIMEOUT = 600.0
-# Debian packages whose tools make the disks (in the provisioning VM).
-PROVISION_PACKAGES = ("fdisk", "lvm2", "dmsetup", "cryptsetup-bin", "e2fsprogs", "kmod")
+# Debian packages whose tools make the disks (in the provisioning VM); util-linux for mkswap -U,
+# which busybox lacks.
+PROVISION_PACKAGES = ("fdisk", "lvm2", "dmsetup", "cryptsetup-bin", "e2fsprogs", "kmod", "mdadm", "util-linux")
 PROVISION_MODULES = ('/virtio_(blk|pci)\\.ko', '/dm-(mod|crypt)\\.ko', '/ext4\\.ko', '^kernel/crypto/',
-                     '^kernel/arch/x86/crypto/')
+                     '^kernel/arch/x86/crypto/', '/(md-mod|raid1)\\.ko')
 # Fixed identities, so that the kernel command lines are known before the disks exist.
 UUIDS = {
     "plain_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000001",
     "lvm_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000002",
     "luks": "6d1b0d4e-7b8f-4c55-9a1e-000000000003",
     "luks_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000004",
+    "raid_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000005",
+    "raid_array": "6d1b0d4e-7b8f-4c55-9a1e-000000000006",
+    "resume_fs": "6d1b0d4e-7b8f-4c55-9a1e-000000000007",
+    "swap": "6d1b0d4e-7b8f-4c55-9a1e-000000000008",
+    # the broken cases' root: no disk has it
+    "absent_fs": "6d1b0d4e-7b8f-4c55-9a1e-0000000000ff",
 }
 VOLUME_GROUP = "rcvg"
 KEY_LABEL = "rckey"
@@ -60,7 +70,15 @@ KEY_PATH = "/root.key"
 GPT_ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 GPT_LVM = "e6d6d379-f507-44c2-a23c-238f2a3df928"
 GPT_LINUX_DATA = "0fc63daf-8483-4772-8e79-3d69d8477de4"
-DISK_SIZES_MB = {"plain": 64, "lvm": 64, "luks": 96, "key": 8}
+GPT_LINUX_RAID = "a19d880f-05fc-4d3b-a006-743f0f84911e"
+GPT_SWAP = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
+# The swap partition holds the hibernation image of a guest with BOOT_MEMORY (1 GiB); the kernel
+# shrinks the image to at most 2/5 of RAM, so 512 MiB always suffices. Images are sparse files.
+RESUME_SWAP_MB = 512
+RESUME_ROOT_SECTORS = 120832   # 59 MiB of ext4 from sector 2048, then the swap partition
+RESUME_SWAP_OFFSET = (2048 + RESUME_ROOT_SECTORS) * 512   # bytes into the disk
+DISK_SIZES_MB = {"plain": 64, "lvm": 64, "luks": 96, "key": 8, "raid_a": 64, "raid_b": 64,
+                 "resume": 64 + RESUME_SWAP_MB + 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +89,12 @@ class BootCase:
     disks: tuple[str, ...]
     cmdline: str
     method: str
+    root: str = ""          # the root whose marker proves the boot (its /etc/realcontent-case): name if empty
+    broken: bool = False    # a deliberately broken setup: the boot must fail visibly, never reach a root
+
+    @property
+    def root_case(self) -> str:
+        return self.root or self.name
 
     def append(self, console: str = "console=ttyS0") -> str:
         return f"{self.cmdline.format(**UUIDS, vg=VOLUME_GROUP, key=KEY_PATH, label=KEY_LABEL)} {console} panic=-1"
@@ -86,18 +110,45 @@ BOOT_CASES = (
              "root=UUID={luks_fs} rw rd.luks.name={luks}=cryptroot rd.luks.key={luks}={key}:LABEL={label}",
              "ext4 in LUKS2 (argon2id) on a GPT partition; systemd-cryptsetup-generator reads the key "
              "file /root.key from the ext4 file system labelled rckey on a second disk (rd.luks.key=)"),
+    BootCase("raid", ("raid_a", "raid_b"), "root=UUID={raid_fs} rw rd.md.uuid={raid_array}",
+             "ext4 on an MD RAID1 array (metadata 1.2) of two GPT partitions; udev's mdadm rules assemble it "
+             "incrementally, with no mdadm.conf in the image (rd.md.uuid= is for dracut, which assembles no "
+             "array without it or rd.auto; Fedora's installer writes it; systemd ignores it)"),
+    BootCase("raid-degraded", ("raid_a",), "root=UUID={raid_fs} rw rd.md.uuid={raid_array}",
+             "the raid root with its second disk missing: the array is incomplete until something starts it "
+             "degraded (mdadm-last-resort@.timer, dracut's initqueue timeout)", root="raid"),
+    BootCase("raid-wrong-uuid", ("raid_a", "raid_b"), "root=UUID={absent_fs} rw rd.md.uuid={raid_array}",
+             "broken: the array assembles but no file system has the root's UUID", broken=True),
+    BootCase("resume", ("resume",), "root=UUID={resume_fs} rw resume=UUID={swap}",
+             "ext4 beside a swap partition; the root hibernates to swap, the next boot resumes (resume=)"),
+    BootCase("resume-corrupt-swap", ("resume",), "root=UUID={resume_fs} rw resume=UUID={swap}",
+             "broken: the hibernation image's swap signature is overwritten before the second boot",
+             root="resume", broken=True),
 )
 CASES = {c.name: c for c in BOOT_CASES}
 
 ROOT_INIT = f"""#!/bin/busybox sh
 # PID 1 of the real root: proves switch-root happened, then powers off.
 /bin/busybox mount -t proc proc /proc 2>/dev/null
+/bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
 read up _ < /proc/uptime
 src=unknown
 while read -r _ _ _ _ mp rest; do
     [ "$mp" = / ] && src=${{rest#* - }} && src=${{src#* }} && src=${{src%% *}}
 done < /proc/self/mountinfo
-echo "{ROOT_MARKER} case=$(/bin/busybox cat /etc/realcontent-case) uptime=$up root=$src" > /dev/console
+case=$(/bin/busybox cat /etc/realcontent-case)
+echo "{ROOT_MARKER} case=$case uptime=$up root=$src" > /dev/console
+if [ -e /etc/realcontent-swap ]; then
+    # The token lives only in this shell's memory: printing it after the next boot proves that boot
+    # resumed this process from the hibernation image.
+    token=$(/bin/busybox cat /proc/sys/kernel/random/uuid)
+    swap=$(/bin/busybox cat /etc/realcontent-swap)
+    echo "{HIBERNATE_MARKER} case=$case token=$token swap=$swap" > /dev/console
+    /bin/busybox swapon "$swap" && echo shutdown > /sys/power/disk && echo disk > /sys/power/state
+    status=$?
+    read up _ < /proc/uptime
+    echo "{RESUMED_MARKER} case=$case token=$token status=$status uptime=$up" > /dev/console
+fi
 /bin/busybox sync
 /bin/busybox poweroff -f
 """
@@ -123,8 +174,8 @@ set -x
 # No udev here: libdevmapper and lvm create their device nodes themselves.
 export DM_DISABLE_UDEV=1
 LVMCONF='devices {{ obtain_device_list_from_udev=0 }} activation {{ udev_sync=0 udev_rules=0 }}'
-modprobe -a virtio_pci virtio_blk dm_mod dm_crypt ext4
-for d in vda vdb vdc vdd; do
+modprobe -a virtio_pci virtio_blk dm_mod dm_crypt ext4 md_mod raid1
+for d in vda vdb vdc vdd vde vdf vdg; do
     i=0; while [ ! -b /dev/$d ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
 done
 root_tree() {{
@@ -159,6 +210,26 @@ mkfs.ext4 -q -U {UUIDS['luks_fs']} -L rcluks -d /tmp/root /dev/mapper/rcluks
 cryptsetup close rcluks
 mkdir -p /tmp/keyfs && cp /key /tmp/keyfs{KEY_PATH}
 mkfs.ext4 -q -L {KEY_LABEL} -d /tmp/keyfs /dev/vdd
+
+# 4. raid: ext4 on an MD RAID1 array (metadata 1.2) of one GPT partition on each of vde and vdf.
+# --assume-clean: both members are blank, so there is nothing to resync. mdadm.conf is not written.
+gpt_one_partition /dev/vde {GPT_LINUX_RAID} raid-a
+gpt_one_partition /dev/vdf {GPT_LINUX_RAID} raid-b
+mdadm --create /dev/md/rcraid --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean \
+    --uuid={UUIDS['raid_array']} --homehost=provision /dev/vde1 /dev/vdf1
+root_tree raid
+mkfs.ext4 -q -U {UUIDS['raid_fs']} -L rcraid -d /tmp/root /dev/md/rcraid
+mdadm --stop /dev/md/rcraid
+
+# 5. resume: ext4 root and a swap partition, which the root's init hibernates to
+printf 'label: gpt\\nstart=2048, size={RESUME_ROOT_SECTORS}, type=%s, name=root\\nstart={RESUME_SWAP_OFFSET // 512}, type=%s, name=swap\\n' \\
+    {GPT_ROOT_X86_64} {GPT_SWAP} | sfdisk --quiet --wipe always /dev/vdg
+i=0; while [ ! -b /dev/vdg2 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
+root_tree resume
+echo /dev/vda2 > /tmp/root/etc/realcontent-swap
+mkfs.ext4 -q -U {UUIDS['resume_fs']} -L rcresume -d /tmp/root /dev/vdg1
+# by path: busybox sh prefers its own applets, and busybox mkswap has no -U
+/usr/sbin/mkswap -U {UUIDS['swap']} /dev/vdg2
 """
 
 

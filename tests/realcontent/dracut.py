@@ -31,10 +31,11 @@ log = logging.getLogger("tests.realcontent.dracut")
 
 CACHE_FORMAT = "realcontent-dracut-root/1"
 # dracut and what its modules look for: systemd (+ systemd-sysv for poweroff/reboot), udev,
-# device mapper, LVM, LUKS, file system checkers, and the tools dracut itself runs.
+# device mapper, LVM, LUKS, MD RAID (mdadm), an NFS root (nfs-common), file system checkers, and
+# the tools dracut itself runs. A module whose tools are missing is left out silently.
 DRACUT_PACKAGES = ("dracut-core", "systemd", "systemd-sysv", "udev", "systemd-cryptsetup", "lvm2", "dmsetup",
                    "cryptsetup-bin", "kmod", "e2fsprogs", "util-linux", "mount", "bash", "coreutils", "zstd",
-                   "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils")
+                   "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils", "mdadm", "nfs-common")
 # Left out of the chroot: maintainer-script machinery that a chroot of unpacked packages never runs.
 CHROOT_EXCLUDE = ("debconf", "perl-base", "libpam-runtime", "libpam-modules", "libpam-modules-bin", "dpkg",
                   "initramfs-tools", "initramfs-tools-core", "initramfs-tools-bin", "klibc-utils", "libklibc")
