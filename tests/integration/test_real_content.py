@@ -3,10 +3,12 @@
 Debian trixie packages are repackaged as Fedora-named RPMs (tests/realcontent/mapping.toml), the
 builder builds `virt` and `generic` from them unchanged, and each image boots in QEMU (TCG) to a
 real root on plain ext4, on LVM2 and on LUKS2; `generic` also to ext4 on MD RAID1 (clean and
-degraded). A generic dracut initrd for the same kernel and drivers boots through the same cases as
-the baseline. Deliberately broken setups must end in the initrd's emergency mode with the failing
-unit named, within a bound. Every console log is kept in build/realcontent-boots/. Slow (about ten minutes) and needs the
-Debian mirror on a cold cache: run it with `make test-real` (pytest -m realcontent).
+degraded), and it hibernates and resumes. A generic dracut initrd for the same kernel and drivers
+boots through the same cases as the baseline. Deliberately broken setups must give up visibly
+within a bound, naming the failing unit: emergency mode, or a fresh boot when a hibernation image
+is lost. Every console log is kept in build/realcontent-boots/. Slow (about forty-five minutes
+under TCG) and needs the Debian mirror on a cold cache: run it with `make test-real` (pytest -m
+realcontent).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ ROOT_DEVICES = {"plain": "/dev/vda1", "lvm": "/dev/mapper/rcvg-root", "luks": "/
 SETUP_IMAGES = ("generic", "dracut-generic")
 # A RAID1 root with its second disk missing, as measured. dracut's initqueue starts the array
 # degraded once its wait times out (rd.retry). Ours never starts it: mdadm's udev rules arm
-# mdadm-last-resort@.timer only for an array they do not take for foreign, and without an
-# mdadm.conf (or a homehost) in the image every array is foreign; so the root device's job times
-# out (DefaultDeviceTimeoutSec, 90 s) and the initrd gives up, naming that device.
+# mdadm-last-resort@.timer only for an array they do not take for foreign, and with no mdadm.conf
+# (no HOMEHOST) in the image an array made under another host name is foreign. So the root
+# device's job times out (DefaultDeviceTimeoutSec, 90 s) and the initrd gives up, naming it.
 DEGRADED_REACHES_ROOT = {"generic": False, "dracut-generic": True}
 BROKEN_CASES = ("raid-wrong-uuid",)
 # A broken setup gives up after its device job times out (systemd's default: 90 s) or dracut's
@@ -241,3 +243,43 @@ def test_broken_setup_gives_up_naming_the_failing_unit(request, real_repo, disks
     assert r.root_device is None, r.describe()
     assert any(re.search(UNIT_NAME_RE, line) for line in r.failure_lines), r.describe()
 
+
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_hibernated_root_resumes_with_the_same_image(request, real_repo, disks, boot_logs, image):
+    """resume= on the command line: the second boot restores the first boot's memory, so the root's
+    init, hibernated mid-script, prints the token it had generated before."""
+    from tests.realcontent.matrix import hibernate_and_resume
+
+    r = hibernate_and_resume("resume", disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                             logs=boot_logs, prefix=image)
+    assert r.token and r.hibernated, r.describe()
+    assert r.resumed and not r.second_boot_fresh, r.describe()
+
+
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_resume_from_a_corrupt_swap_signature_fails_visibly(request, real_repo, disks, boot_logs, image):
+    """The image is lost (its signature overwritten): the boot names the unit that could not find the
+    resume device and goes on without resuming, within the bound; it never restores stale memory."""
+    from tests.realcontent.matrix import hibernate_and_resume
+
+    r = hibernate_and_resume("resume-corrupt-swap", disks, kernel=real_repo.vmlinuz,
+                             initrd=setup_initrd(request, image), logs=boot_logs, prefix=image,
+                             corrupt_swap=True, timeout=BROKEN_TIMEOUT)
+    assert r.token and r.hibernated, r.describe()
+    assert r.resumed_token is None, r.describe()
+    assert r.second_boot_fresh or r.gave_up, r.describe()
+    assert any(re.search(UNIT_NAME_RE, line) for line in r.failure_lines), r.describe()
+
+
+def test_generic_uki_resumes_through_the_efi_hibernate_location(built, disks, boot_logs):
+    """No resume= at all: the root writes HibernateLocation as systemd-sleep does, and the UKI's
+    initrd (systemd-hibernate-resume-generator) reads it on the next boot under the same OVMF
+    variable store."""
+    from tests.realcontent.matrix import OVMF_PFLASH, hibernate_and_resume
+
+    if not all(f.exists() for f in OVMF_PFLASH):
+        pytest.skip("OVMF's split firmware and variable store are missing (Debian: ovmf)")
+    r = hibernate_and_resume("resume-efi", disks, kernel=built / "generic/uki.efi", logs=boot_logs,
+                             prefix="generic-uki", efi_variables=True)
+    assert r.token and r.hibernated, r.describe()
+    assert r.resumed and not r.second_boot_fresh, r.describe()

@@ -42,6 +42,8 @@ log = logging.getLogger("tests.realcontent.disks")
 CACHE_FORMAT = "realcontent-disks/1"
 ROOT_MARKER = "REALCONTENT-ROOT-OK"
 HIBERNATE_MARKER = "REALCONTENT-HIBERNATE"
+EFIVARS = "/sys/firmware/efi/efivars"
+HIBERNATE_LOCATION_VAR = "HibernateLocation-8cf2644b-4b0b-428f-9387-6d876050dc67"   # systemd's vendor GUID
 RESUMED_MARKER = "REALCONTENT-RESUMED"
 PROVISION_MARKER = "REALCONTENT-PROVISION-OK"
 PROVISION_FAIL = "REALCONTENT-PROVISION-FAIL"
@@ -121,16 +123,21 @@ BOOT_CASES = (
              "broken: the array assembles but no file system has the root's UUID", broken=True),
     BootCase("resume", ("resume",), "root=UUID={resume_fs} rw resume=UUID={swap}",
              "ext4 beside a swap partition; the root hibernates to swap, the next boot resumes (resume=)"),
-    BootCase("resume-corrupt-swap", ("resume",), "root=UUID={resume_fs} rw resume=UUID={swap}",
-             "broken: the hibernation image's swap signature is overwritten before the second boot",
-             root="resume", broken=True),
+    BootCase("resume-efi", ("resume",), "root=UUID={resume_fs} rw",
+             "as resume, booted as a UKI under OVMF with persistent EFI variables and no resume=: the "
+             "initrd finds the image through the HibernateLocation EFI variable the root wrote", root="resume"),
+    # systemd-hibernate-resume-generator waits for the resume device without a limit (a boot that
+    # went on without it would lose the hibernated session); resumeflags= bounds the wait.
+    BootCase("resume-corrupt-swap", ("resume",),
+             "root=UUID={resume_fs} rw resume=UUID={swap} resumeflags=x-systemd.device-timeout=30s",
+             "broken: the hibernation image's swap signature is overwritten before the second boot, so the "
+             "resume device never appears", root="resume", broken=True),
 )
 CASES = {c.name: c for c in BOOT_CASES}
 
 ROOT_INIT = f"""#!/bin/busybox sh
 # PID 1 of the real root: proves switch-root happened, then powers off.
 /bin/busybox mount -t proc proc /proc 2>/dev/null
-/bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
 read up _ < /proc/uptime
 src=unknown
 while read -r _ _ _ _ mp rest; do
@@ -144,6 +151,13 @@ if [ -e /etc/realcontent-swap ]; then
     token=$(/bin/busybox cat /proc/sys/kernel/random/uuid)
     swap=$(/bin/busybox cat /etc/realcontent-swap)
     echo "{HIBERNATE_MARKER} case=$case token=$token swap=$swap" > /dev/console
+    # What systemd-sleep does before hibernating on EFI: tell the next boot's initrd where the image
+    # is (EFI variable HibernateLocation: attributes NV|BS|RT, then the JSON), so that it can
+    # resume without resume= on the command line.
+    if [ -d {EFIVARS} ]; then
+        printf '\\007\\000\\000\\000%s' "$(/bin/busybox cat /etc/realcontent-hibernate-location)" > \\
+            {EFIVARS}/{HIBERNATE_LOCATION_VAR}
+    fi
     /bin/busybox swapon "$swap" && echo shutdown > /sys/power/disk && echo disk > /sys/power/state
     status=$?
     read up _ < /proc/uptime
@@ -222,11 +236,12 @@ mkfs.ext4 -q -U {UUIDS['raid_fs']} -L rcraid -d /tmp/root /dev/md/rcraid
 mdadm --stop /dev/md/rcraid
 
 # 5. resume: ext4 root and a swap partition, which the root's init hibernates to
-printf 'label: gpt\\nstart=2048, size={RESUME_ROOT_SECTORS}, type=%s, name=root\\nstart={RESUME_SWAP_OFFSET // 512}, type=%s, name=swap\\n' \\
-    {GPT_ROOT_X86_64} {GPT_SWAP} | sfdisk --quiet --wipe always /dev/vdg
+printf 'label: gpt\\nstart=2048, size=%s, type=%s, name=root\\nstart=%s, type=%s, name=swap\\n' \\
+    {RESUME_ROOT_SECTORS} {GPT_ROOT_X86_64} {RESUME_SWAP_OFFSET // 512} {GPT_SWAP} | sfdisk --quiet --wipe always /dev/vdg
 i=0; while [ ! -b /dev/vdg2 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
 root_tree resume
 echo /dev/vda2 > /tmp/root/etc/realcontent-swap
+cp /hibernate-location.json /tmp/root/etc/realcontent-hibernate-location
 mkfs.ext4 -q -U {UUIDS['resume_fs']} -L rcresume -d /tmp/root /dev/vdg1
 # by path: busybox sh prefers its own applets, and busybox mkswap has no -U
 /usr/sbin/mkswap -U {UUIDS['swap']} /dev/vdg2
@@ -266,6 +281,16 @@ def make_root_tree(dest: Path, busybox: Path) -> None:
     (dest / "usr/lib/os-release").write_text("ID=realcontent-root\nNAME=\"real-content test root\"\n")
 
 
+def hibernate_location(repo: RealRepo, builder: DistributionBuilder) -> str:
+    """The HibernateLocation JSON that systemd-sleep on a root of this distribution would write for
+    the resume disk's swap partition: its UUID, the kernel, and the root's os-release ID and
+    VERSION_ID (the distribution's, as its fedora-release-common package ships them; no IMAGE_ID)."""
+    release = dict(builder.mapping.package("fedora-release-common").content)["/usr/lib/os-release"]
+    fields = dict(line.split("=", 1) for line in release.strip().splitlines() if "=" in line)
+    return json.dumps({"uuid": UUIDS["swap"], "offset": 0, "kernelVersion": repo.kernel_version,
+                       "osReleaseId": fields["ID"].strip('"'), "osReleaseVersionId": fields["VERSION_ID"].strip('"')})
+
+
 def make_provisioning_initrd(dest: Path, work: Path, repo: RealRepo, builder: DistributionBuilder,
                              versions: dict[str, str], key: bytes, busybox: Path) -> None:
     """A cpio with busybox, Debian's disk tools and their libraries, the kernel modules they
@@ -297,6 +322,7 @@ def make_provisioning_initrd(dest: Path, work: Path, repo: RealRepo, builder: Di
     subprocess.run(["depmod", "-b", str(tree), kver], check=True, env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"})
     make_root_tree(tree / "rootfs", busybox)
     (tree / "key").write_bytes(key)
+    (tree / "hibernate-location.json").write_text(hibernate_location(repo, builder))
     (tree / "init").write_text(PROVISION_INIT)
     (tree / "init").chmod(0o755)
     (tree / "provision").write_text(PROVISION_SCRIPT)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from collections.abc import Sequence
@@ -13,7 +15,7 @@ from typing import Optional
 
 from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 
-from .disks import CASES, ROOT_MARKER, RootDisks
+from .disks import CASES, HIBERNATE_MARKER, RESUME_SWAP_OFFSET, RESUMED_MARKER, ROOT_MARKER, RootDisks
 
 BOOT_TIMEOUT = 300.0   # TCG: a systemd initrd to a real root takes 20-40 s when the host is idle
 BOOT_MEMORY = "1024"
@@ -80,3 +82,93 @@ def boot_case(case_name: str, disks: RootDisks, *, kernel: Path, initrd: Optiona
                       result.marker_line, result.console_tail, failed_units(console),
                       tuple(dict.fromkeys(failed_units(console, FAILURE_LINE_RE))), console_log)
 
+
+# The kernel's swap header ends with a signature in the last 10 bytes of the first page: SWAPSPACE2
+# for plain swap; while a hibernation image is stored there, the kernel writes S1SUSPEND instead.
+SWAP_SIGNATURE_OFFSET = 4096 - 10
+HIBERNATION_SIGNATURE = b"S1SUSPEND"
+HIBERNATE_RE = re.compile(HIBERNATE_MARKER + r" case=(\S+) token=(\S+)")
+RESUMED_RE = re.compile(RESUMED_MARKER + r" case=(\S+) token=(\S+) status=(\d+) uptime=([0-9.]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeResult:
+    """Two boots of one disk: the first hibernates, the second resumes (or does not)."""
+
+    case: str
+    token: Optional[str]             # what the first boot's root kept in memory
+    hibernated: bool                 # the first boot left a hibernation signature in the swap partition
+    resumed_token: Optional[str]     # what the second boot printed after resuming
+    second_boot_fresh: bool          # the second boot started the root's init anew: no resume
+    gave_up: bool                    # the second boot ended in emergency mode
+    resume_uptime: Optional[float]   # the kernel's clock when the resumed process printed the token
+    wall_seconds: tuple[float, float]
+    failure_lines: tuple[str, ...]   # the second boot's [FAILED], [ TIME ] and [DEPEND] lines
+    console_logs: tuple[Path, Path]
+
+    @property
+    def resumed(self) -> bool:
+        return self.token is not None and self.resumed_token == self.token
+
+    def describe(self) -> str:
+        return (f"{self.case}: token {self.token}, hibernated={self.hibernated}, "
+                f"resumed token {self.resumed_token}, "
+                f"fresh second boot={self.second_boot_fresh}, gave up={self.gave_up}, walls {self.wall_seconds}, "
+                f"failures {self.failure_lines}; console logs {self.console_logs[0]}, {self.console_logs[1]}")
+
+
+def swap_signature(image: Path, swap_offset: int) -> bytes:
+    with image.open("rb") as f:
+        f.seek(swap_offset + SWAP_SIGNATURE_OFFSET)
+        return f.read(10).rstrip(b"\0")
+
+
+# OVMF as two flash devices, firmware and a writable variable store, so that an EFI variable written
+# by the first boot is still there in the second (-bios keeps variables in memory only).
+OVMF_PFLASH = (Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS_4M.fd"))
+
+
+def hibernate_and_resume(case_name: str, disks: RootDisks, *, kernel: Path, initrd: Optional[Path] = None,
+                         logs: Path, prefix: str, efi_variables: bool = False, corrupt_swap: bool = False,
+                         timeout: float = BOOT_TIMEOUT) -> ResumeResult:
+    """Boot a private copy of the case's disk twice with the same image and command line. The
+    root's init keeps a random token in memory, enables swap and hibernates; the guest powers off.
+    The second boot should resume that process, which prints the token. With corrupt_swap, the
+    hibernation image's signature is overwritten between the boots (the broken case). With
+    efi_variables, both boots run `kernel` (a UKI) under OVMF sharing one variable store."""
+    case = CASES[case_name]
+    (disk,) = case.disks
+    with tempfile.TemporaryDirectory(prefix="realcontent-resume-", dir=logs) as tmp:
+        image = Path(tmp) / f"{disk}.img"
+        subprocess.run(["cp", "--sparse=always", str(disks.image(disk)), str(image)], check=True)
+        drive = ["-drive", f"file={image},format=raw,if=virtio"]
+        if efi_variables:
+            code, template = OVMF_PFLASH
+            variables = Path(tmp) / "OVMF_VARS.fd"
+            shutil.copyfile(template, variables)
+            drive += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                      "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
+        common = dict(kernel=kernel, initrd=initrd, append=case.append(), memory=BOOT_MEMORY,
+                      extra_args=drive, timeout=timeout)
+        log1, log2 = logs / f"{prefix}-{case_name}-1-hibernate.log", logs / f"{prefix}-{case_name}-2-resume.log"
+        # The first boot ends when the guest powers off after writing the image (or when the root
+        # reports that hibernating failed: its init then prints the resumed marker with a status).
+        first = boot(probe=BootProbe(expect=RESUMED_MARKER), console_log=log1, **common)
+        console1 = log1.read_bytes().decode(errors="replace")
+        h = HIBERNATE_RE.search(console1)
+        token = h.group(2) if h else None
+        hibernated = swap_signature(image, RESUME_SWAP_OFFSET) == HIBERNATION_SIGNATURE
+        if corrupt_swap:
+            with image.open("r+b") as f:
+                f.seek(RESUME_SWAP_OFFSET + SWAP_SIGNATURE_OFFSET)
+                f.write(b"\0" * 10)
+        second = boot(probe=BootProbe(expect=f"{RESUMED_MARKER}|{HIBERNATE_MARKER}|{GAVE_UP_RE}"),
+                      console_log=log2, **common)
+        console2 = log2.read_bytes().decode(errors="replace")
+    r = RESUMED_RE.search(console2)
+    if r and r.group(3) != "0":   # the echo to /sys/power/state failed: nothing was resumed
+        r = None
+    return ResumeResult(case_name, token, hibernated, r.group(2) if r else None,
+                        HIBERNATE_RE.search(console2) is not None, re.search(GAVE_UP_RE, console2) is not None,
+                        float(r.group(4)) if r else None, (first.seconds, second.seconds),
+                        tuple(dict.fromkeys(failed_units(console2, FAILURE_LINE_RE))), (log1, log2))
