@@ -44,9 +44,10 @@ BROKEN_CASES = ("raid-wrong-uuid",)
 # A broken setup gives up after its device job times out (systemd's default: 90 s) or dracut's
 # initqueue retries (rd.retry: 180 s), which under TCG on a loaded host takes minutes, but not ten.
 BROKEN_TIMEOUT = 600.0
-# What a failure must name: a unit in systemd's status lines ("initrd-root-device.target", …), or,
-# in dracut's initqueue warnings, the device it waited for ("devexists-\x2fdev\x2fdisk\x2fby-uuid…").
-UNIT_NAME_RE = r"[\w\\@:.-]+\.(?:service|device|target|mount|timer|socket)\b|devexists-\S*by-uuid"
+# What a failure must name: a unit in systemd's status lines ("initrd-root-device.target", …; on an
+# 80-column serial console systemd shortens long names with an ellipsis: "systemd-hibe….service"),
+# or, in dracut's initqueue warnings, the device it waited for ("devexists-\x2fdev\x2fdisk\x2fby-uuid…").
+UNIT_NAME_RE = r"[\w\\@:.…-]+\.(?:service|device|target|mount|timer|socket)\b|devexists-\S*by-uuid"
 
 
 @pytest.fixture(scope="module", autouse=True)
