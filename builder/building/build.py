@@ -21,7 +21,7 @@ from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
-from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant
+from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant, write_variant_files
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
@@ -334,12 +334,14 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     package_cache = ctx.package_cache / variant.name
     package_cache.mkdir(exist_ok=True)
     paths = MkosiPaths(
-        repo=ctx.repo.path.resolve(), kernel_tree=kernel_tree, sandbox_tree=ctx.sandbox_tree,
+        repo=ctx.repo.path.resolve(), kernel_tree=kernel_tree, files_tree=vwork / "files",
+        sandbox_tree=ctx.sandbox_tree,
         package_cache=package_cache, workspace=vwork / "workspace", output_dir=vwork / "out",
         config_dir=vwork / "config",
     )
     for d in (paths.workspace, paths.output_dir, paths.config_dir):
         d.mkdir()
+    write_variant_files(variant, paths.files_tree, ctx.source_date_epoch)
     rendered = render_variant(variant, release=req.release, source_date_epoch=ctx.source_date_epoch, paths=paths)
     rendered.write(paths.config_dir)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from mkosi_initrd_builder.util.errors import BuilderError
@@ -26,6 +27,7 @@ class MkosiPaths:
 
     repo: Path
     kernel_tree: Path
+    files_tree: Path        # the variant's [files], written by write_variant_files()
     sandbox_tree: Path
     package_cache: Path
     workspace: Path
@@ -78,7 +80,7 @@ def render_variant(
             ("CleanPackageMetadata", ("yes",)),
             ("SourceDateEpoch", (str(source_date_epoch),)),
             ("Packages", variant.packages),
-            ("ExtraTrees", (str(paths.kernel_tree),)),
+            ("ExtraTrees", (str(paths.kernel_tree), *((str(paths.files_tree),) if variant.files else ()))),
             ("RemoveFiles", REMOVE_FILES),
         ],
         "Build": [
@@ -111,6 +113,20 @@ def render_variant(
     ]
     return RenderedConfig(conf=format_ini(sections), dropin=format_ini(passthrough) if passthrough else "",
                           argv=tuple(argv))
+
+
+def write_variant_files(variant: VariantSpec, tree: Path, source_date_epoch: int) -> None:
+    """The variant's [files] as a tree for ExtraTrees=: 0644 files and 0755 directories dated
+    SOURCE_DATE_EPOCH, so the image does not depend on when or by whom it was built."""
+    if not variant.files:
+        return
+    for name, contents in variant.files:
+        target = tree / name.lstrip("/")
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_text(contents, encoding="utf-8")
+        target.chmod(0o644)
+    for p in sorted(tree.rglob("*"), reverse=True):
+        os.utime(p, (source_date_epoch, source_date_epoch), follow_symlinks=False)
 
 
 def format_ini(sections: dict[str, list[tuple[str, tuple[str, ...]]]]) -> str:

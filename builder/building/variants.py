@@ -257,6 +257,37 @@ def _mkosi_value(path: Path, key: str, value: str) -> str:
     return value
 
 
+# Where a variant's own files may go: configuration and data, never the kernel's or a package's
+# tree (`usr/lib/modules`, which the builder owns, stays out).
+FILE_ROOTS = ("etc", "usr")
+FILE_ROOTS_REFUSED = (("usr", "lib", "modules"),)
+
+
+def parse_files(path: Path, key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """[files] table: "/absolute/path" = "contents", text files the image carries beside its
+    packages' (an mdadm.conf that names no array, for example). Sorted by path."""
+    if not isinstance(value, dict):
+        raise _fail(path, key, 'expected a table of "/path" = "contents"')
+    files = []
+    for name, contents in value.items():
+        where = f"{key}.{name!r}"
+        check_characters(path, where, name, "a file name in the image")
+        parts = tuple(name.split("/"))
+        if not name.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]) or len(parts) < 3:
+            raise _fail(path, where, "must be an absolute, normalised path of a file below a directory "
+                                     "(no '.', '..' or '//' components)")
+        components = parts[1:]
+        if components[0] not in FILE_ROOTS:
+            raise _fail(path, where, f"must be below /{' or /'.join(FILE_ROOTS)}")
+        if any(components[:len(r)] == r for r in FILE_ROOTS_REFUSED):
+            raise _fail(path, where, "is below /usr/lib/modules, which the builder fills from the kernel package")
+        if not isinstance(contents, str):
+            raise _fail(path, where, "expected the file's contents as a string")
+        check_characters(path, where, contents, "a text file (lines and tabs only)", allowed="\n\t")
+        files.append((name, contents))
+    return tuple(sorted(files))
+
+
 @dataclasses.dataclass(frozen=True)
 class VariantField:
     """One key of a variant file: its TOML spelling, parser, default (None: required) and help."""
@@ -292,6 +323,9 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
     VariantField("formats", parse_formats, (OutputFormat.initrd,),
                  "Outputs to build: " + ", ".join(f"'{k.value}' ({f.file_name})" for k, f in FORMATS.items()) + "."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
+    VariantField("files", parse_files, (),
+                 '[files] table of "/etc/..." or "/usr/..." = "contents": text files the image carries '
+                 "beside its packages' (mode 0644, owned by root)."),
     VariantField("mkosi", parse_mkosi, (), "[mkosi.<Section>] tables passed through to mkosi verbatim."),
 )
 FIELDS_BY_KEY = {f.key: f for f in VARIANT_FIELDS}
@@ -311,6 +345,7 @@ class VariantSpec:
     kernel_command_line: str
     formats: tuple[OutputFormat, ...]
     size_budget: int
+    files: tuple[tuple[str, str], ...]
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
 
     def to_dict(self) -> dict[str, Any]:

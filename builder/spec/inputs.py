@@ -111,7 +111,7 @@ def base_packages(variant: VariantSpec, release: str) -> tuple[str, ...]:
         return ()
     with tempfile.TemporaryDirectory(prefix="mkosi-initrd-spec-") as tmp:
         root = Path(tmp)
-        paths = MkosiPaths(repo=root / "repo", kernel_tree=root / "kernel", sandbox_tree=root / "sandbox",
+        paths = MkosiPaths(repo=root / "repo", kernel_tree=root / "kernel", files_tree=root / "files", sandbox_tree=root / "sandbox",
                            package_cache=root / "cache", workspace=root / "workspace", output_dir=root / "out",
                            config_dir=root / "config")
         for p in dataclasses.asdict(paths).values():

@@ -119,7 +119,7 @@ def test_mkosi_accepts_rendered_product_variant(tmp_path, variant):
         d.mkdir()
     dirs["sandbox"].rmdir()
     write_sandbox_tree(dirs["sandbox"], dirs["repo"], "rawhide")
-    paths = MkosiPaths(repo=dirs["repo"], kernel_tree=dirs["kernel"], sandbox_tree=dirs["sandbox"],
+    paths = MkosiPaths(repo=dirs["repo"], kernel_tree=dirs["kernel"], files_tree=dirs["kernel"].parent / "files", sandbox_tree=dirs["sandbox"],
                        package_cache=dirs["cache"], workspace=dirs["ws"], output_dir=dirs["out"],
                        config_dir=dirs["config"])
     r = render_variant(load_variant(PRODUCT_VARIANTS / f"{variant}.toml"), release="rawhide",

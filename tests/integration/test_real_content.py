@@ -6,9 +6,9 @@ real root on plain ext4, on LVM2 and on LUKS2; `generic` also to ext4 on MD RAID
 degraded), and it hibernates and resumes. A generic dracut initrd for the same kernel and drivers
 boots through the same cases as the baseline. Deliberately broken setups must give up visibly
 within a bound, naming the failing unit: emergency mode, or a fresh boot when a hibernation image
-is lost. Every console log is kept in build/realcontent-boots/. Slow (about forty-five minutes
-under TCG) and needs the Debian mirror on a cold cache: run it with `make test-real` (pytest -m
-realcontent).
+is lost. Every console log is kept in build/realcontent-boots/. Slow (about twenty minutes under
+TCG; dracut's slow failure cases only with MKOSI_INITRD_REALCONTENT_DRACUT_BROKEN=1) and needs the
+Debian mirror on a cold cache: run it with `make test-real` (pytest -m realcontent).
 """
 
 from __future__ import annotations
@@ -34,12 +34,19 @@ ROOT_DEVICES = {"plain": "/dev/vda1", "lvm": "/dev/mapper/rcvg-root", "luks": "/
 # The setups only `generic` claims (its description: MD RAID, an NFS root), booted with generic and
 # with a dracut image of generic's drivers.
 SETUP_IMAGES = ("generic", "dracut-generic")
-# A RAID1 root with its second disk missing, as measured. dracut's initqueue starts the array
-# degraded once its wait times out (rd.retry). Ours never starts it: mdadm's udev rules arm
-# mdadm-last-resort@.timer only for an array they do not take for foreign, and with no mdadm.conf
-# (no HOMEHOST) in the image an array made under another host name is foreign. So the root
-# device's job times out (DefaultDeviceTimeoutSec, 90 s) and the initrd gives up, naming it.
-DEGRADED_REACHES_ROOT = {"generic": False, "dracut-generic": True}
+# A RAID1 root with its second disk missing reaches the root with both: dracut's initqueue starts
+# the array degraded once its wait times out (rd.retry); ours through mdadm-last-resort@.timer,
+# which mdadm's udev rules arm 30 s after a member appears, for an array they take for local
+# (generic's mdadm.conf says HOMEHOST <ignore>).
+DEGRADED_REACHES_ROOT = {"generic": True, "dracut-generic": True}
+# dracut gives up on a broken setup only after its initqueue retries (rd.retry 180 s, then
+# rd.timeout): 5 to 8 minutes under TCG, measured. Those boots add about twenty minutes to a run,
+# so they are for a maintainer comparing the two (MKOSI_INITRD_REALCONTENT_DRACUT_BROKEN=1); the
+# broken cases always run with ours, and dracut always boots the working setups beside it.
+DRACUT_BROKEN = os.environ.get("MKOSI_INITRD_REALCONTENT_DRACUT_BROKEN") == "1"
+DRACUT_BROKEN_SKIP = ("dracut's degraded and broken-setup boots wait out its initqueue, 5 to 8 minutes each "
+                      "under TCG, which would push .ci/run past its hour; "
+                      "set MKOSI_INITRD_REALCONTENT_DRACUT_BROKEN=1 to run them")
 BROKEN_CASES = ("raid-wrong-uuid",)
 # A broken setup gives up after its device job times out (systemd's default: 90 s) or dracut's
 # initqueue retries (rd.retry: 180 s), which under TCG on a loaded host takes minutes, but not ten.
@@ -197,13 +204,19 @@ def test_dracut_baseline_switches_to_the_real_root(dracut_image, real_repo, disk
     assert r.root_device == ROOT_DEVICES[case], r.describe()
 
 
-def test_generic_carries_mdadm_rules_and_no_mdadm_conf(built):
-    """The array must assemble from its superblocks alone: an image-wide mdadm.conf would name the
-    build machine's arrays, and a prebuilt image has none."""
-    entries = {e.name for e in read_cpio(built / "generic/initrd.cpio.zst")}
-    assert not {"etc/mdadm.conf", "etc/mdadm/mdadm.conf"} & entries
+def test_generic_carries_mdadm_rules_and_an_mdadm_conf_naming_no_array(built):
+    """The array must assemble from its superblocks alone: an ARRAY line would name the build
+    machine's arrays, which a prebuilt image knows nothing of. The variant's mdadm.conf only
+    trusts arrays made elsewhere, so their last-resort timer can start them degraded."""
+    entries = {e.name: e for e in read_cpio(built / "generic/initrd.cpio.zst")}
+    assert "etc/mdadm/mdadm.conf" not in entries
+    conf = entries["etc/mdadm.conf"].data.decode()
+    words = [line.split()[0].upper() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
+    assert words == ["HOMEHOST"] and "<ignore>" in conf, conf
     rules = {Path(e).name for e in entries if e.startswith("usr/lib/udev/rules.d/")}
     assert any("md-raid-assembly" in r or "md-incremental" in r for r in rules), sorted(rules)
+    units = {Path(e).name for e in entries if e.startswith("usr/lib/systemd/system/")}
+    assert {"mdadm-last-resort@.timer", "mdadm-last-resort@.service"} <= units, sorted(units)
 
 
 @pytest.mark.parametrize("image", SETUP_IMAGES)
@@ -221,6 +234,8 @@ def test_md_raid1_root_assembles_without_mdadm_conf(request, real_repo, disks, b
 def test_degraded_md_raid1_root_boots_or_gives_up_naming_the_device(request, real_repo, disks, boot_logs, image):
     from tests.realcontent.matrix import boot_case
 
+    if image.startswith("dracut") and not DRACUT_BROKEN:
+        pytest.skip(DRACUT_BROKEN_SKIP)
     r = boot_case("raid-degraded", disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
                   timeout=BROKEN_TIMEOUT, console_log=boot_logs / f"{image}-raid-degraded.log")
     if DEGRADED_REACHES_ROOT[image]:
@@ -238,6 +253,8 @@ def test_broken_setup_gives_up_naming_the_failing_unit(request, real_repo, disks
     status lines name the unit that failed."""
     from tests.realcontent.matrix import boot_case
 
+    if image.startswith("dracut") and not DRACUT_BROKEN:
+        pytest.skip(DRACUT_BROKEN_SKIP)
     r = boot_case(case, disks, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
                   timeout=BROKEN_TIMEOUT, console_log=boot_logs / f"{image}-{case}.log")
     assert r.ok, r.describe()
@@ -263,6 +280,8 @@ def test_resume_from_a_corrupt_swap_signature_fails_visibly(request, real_repo, 
     resume device and goes on without resuming, within the bound; it never restores stale memory."""
     from tests.realcontent.matrix import hibernate_and_resume
 
+    if image.startswith("dracut") and not DRACUT_BROKEN:
+        pytest.skip(DRACUT_BROKEN_SKIP)
     r = hibernate_and_resume("resume-corrupt-swap", disks, kernel=real_repo.vmlinuz,
                              initrd=setup_initrd(request, image), logs=boot_logs, prefix=image,
                              corrupt_swap=True, timeout=BROKEN_TIMEOUT)

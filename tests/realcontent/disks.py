@@ -114,7 +114,7 @@ BOOT_CASES = (
              "file /root.key from the ext4 file system labelled rckey on a second disk (rd.luks.key=)"),
     BootCase("raid", ("raid_a", "raid_b"), "root=UUID={raid_fs} rw rd.md.uuid={raid_array}",
              "ext4 on an MD RAID1 array (metadata 1.2) of two GPT partitions; udev's mdadm rules assemble it "
-             "incrementally, with no mdadm.conf in the image (rd.md.uuid= is for dracut, which assembles no "
+             "incrementally, with no ARRAY line in the image (rd.md.uuid= is for dracut, which assembles no "
              "array without it or rd.auto; Fedora's installer writes it; systemd ignores it)"),
     BootCase("raid-degraded", ("raid_a",), "root=UUID={raid_fs} rw rd.md.uuid={raid_array}",
              "the raid root with its second disk missing: the array is incomplete until something starts it "

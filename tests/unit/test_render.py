@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS, require_tools
 
 GOLDEN = Path(__file__).parent / "golden"
 PATHS = MkosiPaths(
-    repo=Path("/srv/repo"), kernel_tree=Path("/work/kernel"), sandbox_tree=Path("/work/sandbox"),
+    repo=Path("/srv/repo"), kernel_tree=Path("/work/kernel"), files_tree=Path("/work/files"), sandbox_tree=Path("/work/sandbox"),
     package_cache=Path("/work/pkgcache"), workspace=Path("/work/ws"), output_dir=Path("/work/out"),
     config_dir=Path("/work/config"),
 )
@@ -105,3 +106,19 @@ def test_every_setting_the_builder_renders_is_reserved_or_extensible(tmp_path):
     conf = render(load_variant(tmp_path / "v.toml")).conf
     rendered = {line.split("=", 1)[0] for line in conf.splitlines() if "=" in line and not line[0].isspace()}
     assert rendered - MKOSI_RESERVED - MKOSI_EXTENSIBLE == set()
+
+
+def test_variant_files_become_a_dated_extra_tree(tmp_path):
+    from mkosi_initrd_builder.building.mkosi_config import write_variant_files
+
+    variant = load_variant(PRODUCT_VARIANTS / "generic.toml")
+    assert variant.files, "generic carries an mdadm.conf"
+    tree = tmp_path / "files"
+    write_variant_files(variant, tree, 1234567)
+    for name, contents in variant.files:
+        f = tree / name.lstrip("/")
+        assert f.read_text() == contents
+        assert oct(f.stat().st_mode & 0o7777) == oct(0o644)
+    assert {p.stat().st_mtime for p in tree.rglob("*")} == {1234567}
+    assert str(tree) in render_variant(variant, release="rawhide", source_date_epoch=1,
+                                       paths=dataclasses.replace(PATHS, files_tree=tree)).conf

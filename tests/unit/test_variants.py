@@ -195,3 +195,26 @@ def test_what_is_no_rpm_name_or_provide_is_refused(tmp_path, package):
     with pytest.raises(VariantError, match="is not a valid package name or provide") as e:
         load_variant(path)
     assert e.value.key == "packages"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("etc/mdadm.conf", "absolute, normalised"),
+    ("/etc/../boot/x", "absolute, normalised"),
+    ("/etc//x", "absolute, normalised"),
+    ("/etc/./x", "absolute, normalised"),
+    ("/etc", "absolute, normalised"),
+    ("/boot/x", "below /etc or /usr"),
+    ("/usr/lib/modules/6.1/extra.ko", "below /usr/lib/modules"),
+    ("/etc/a\nb", "control or line-break"),
+])
+def test_variant_files_outside_etc_and_usr_or_unnormalised_are_refused(tmp_path, name, message):
+    path = write(tmp_path, "bad", MINIMAL + f"[files]\n{json.dumps(name)} = \"x\\n\"\n")
+    with pytest.raises(VariantError) as e:
+        load_variant(path)
+    assert str(path) in str(e.value) and "files." in str(e.value) and message in str(e.value)
+
+
+def test_variant_files_keep_contents_and_are_sorted(tmp_path):
+    v = load_variant(write(tmp_path, "f", MINIMAL + '[files]\n"/usr/z" = "z"\n"/etc/a.conf" = """\nA 1\n\tB\n"""\n'))
+    assert v.files == (("/etc/a.conf", "A 1\n\tB\n"), ("/usr/z", "z"))
+    assert v.to_dict()["files"] == [["/etc/a.conf", "A 1\n\tB\n"], ["/usr/z", "z"]]
