@@ -227,7 +227,7 @@ class FallbackMachine(Machine):
 
     def __init__(self, tmp: Path, *, builder: bool = True, dracut: bool = True, variants=("minimal",)) -> None:
         super().__init__(tmp, {})
-        self.variants_dir = tmp / "usr/lib/mkosi-initrd-initrd/variants"
+        self.variants_dir = tmp / "usr/share/mkosi-initrd-initrd/variants"
         self.variants_dir.mkdir(parents=True)
         for name in variants:
             (self.variants_dir / f"{name}.toml").write_text(f'summary = "{name}"\n')
