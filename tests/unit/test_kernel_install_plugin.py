@@ -370,3 +370,15 @@ def test_without_variant_setting_the_variant_installed_for_other_kernels_is_buil
     (other / "initrd.cpio.zst").write_bytes(b"older kernel's image")
     r = m.run()
     assert m.staged() == {"initrd": f"local initrd of storage for {KVER} from {m.repo}\n"}, r.stderr
+
+
+def test_every_setting_the_plugin_reads_is_declared_in_the_shipped_file_and_documented():
+    """The settings are declared once, as commented-out defaults in mkosi-initrd-prebuilt.conf."""
+    import re
+
+    read = set(re.findall(r"conf_get ([a-z_]+)", PLUGIN.read_text()))
+    shipped = set(re.findall(r"^#([a-z_]+)=", (kernel_install_dir() / "mkosi-initrd-prebuilt.conf").read_text(),
+                             re.MULTILINE))
+    readme = (kernel_install_dir().parent / "README.md").read_text()
+    assert read == shipped == {"variant", "fallback", "variants_dir", "local_repo"}
+    assert all(f"`{key}=" in readme for key in read)
