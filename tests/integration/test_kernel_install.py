@@ -5,15 +5,20 @@ $BOOT booted in QEMU. Also: the scriptlets, run by rpm itself in the scratch roo
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
+from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.checking.qemu import boot
 from tests.support.bootmarker import fixture_probe
 from tests.conftest import require_root, require_tools
-from tests.support.kernel_install import (UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
+from tests.support.kernel_install import (TOP, UKI_COPY_PLUGIN, BootDir, configure, host_has_kernel_install,
                                           kernel_install, make_root, rpm_root)
 from tests.support.kojicontent import tag_repo
 from tests.support.rpms import build_rpms
@@ -22,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 PREFIX = "mkosi-initrd-initrd"
 BOOT_TIMEOUT = 240
+TOOLS_BIN = TOP / ".tools" / "bin"  # mkosi and ukify as `make setup` extracted them
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +140,9 @@ def test_no_variant_installed_leaves_the_entry_without_initrd_and_succeeds(tmp_p
     b = BootDir(root, kver)
     assert "initrd" not in b.entry_fields()
     assert not (b.entry_dir / "initrd").exists()
-    assert "no 'dracut' kernel-install plugin: the boot entry gets no initrd" in r.stderr
+    assert "skipping mkosi-initrd: mkosi-initrd-build is not installed" in r.stderr
+    assert "skipping dracut: no 'dracut' kernel-install plugin" in r.stderr
+    assert "the boot entry gets no initrd" in r.stderr
 
 
 def test_no_variant_installed_falls_back_to_dracuts_plugin(tmp_path, base_rpms, built, fixture_repo):
@@ -224,3 +232,135 @@ def test_scriptlets_never_fail_the_transaction(tmp_path, base_rpms, built, fixtu
     (root / "usr/bin/kernel-install").unlink()
     r = rpm_root(root, "-e", f"{PREFIX}-minimal")
     assert r.returncode == 0 and "kernel-install" not in r.stderr and "scriptlet" not in r.stderr, r.stderr
+
+
+# --- a kernel without its image package: the plugin's fallback chain, real builder, real kernel-install ---
+
+BUILDER = """#!/bin/sh
+exec {python} -m mkosi_initrd_builder "$@"
+"""
+DRACUT_STANDIN = """#!/bin/sh
+# What 50-dracut.install does with its arguments and environment: nothing unless the generator is
+# dracut (or unset) or with initrds on the command line; else an initrd in the staging area.
+[ "$1" = add ] || exit 0
+[ -z "$KERNEL_INSTALL_INITRD_GENERATOR" ] || [ "$KERNEL_INSTALL_INITRD_GENERATOR" = dracut ] || exit 0
+[ $# -le 4 ] || exit 0
+{body}
+"""
+LOCAL_BUILD_TIMEOUT = 600
+
+
+def local_build_root(tmp_path, base_rpms, built, repo, *, dracut_body=None):
+    """A machine with -common (its variant files) and the kernel, no image package; the builder on
+    PATH (this checkout's, as python3-mkosi-initrd-builder installs it), variant=minimal and
+    local_repo=REPO configured in the shipped configuration file."""
+    root = install_root(tmp_path, base_rpms, built)
+    configure(root, layout="bls")
+    conf = root / "etc/kernel/mkosi-initrd-prebuilt.conf"
+    conf.write_text(conf.read_text() + f"variant=minimal\nlocal_repo={repo}\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    builder = bindir / "mkosi-initrd-build"
+    builder.write_text(BUILDER.format(python=sys.executable))
+    builder.chmod(0o755)
+    if dracut_body is not None:
+        plugin = root / "etc/kernel/install.d/50-dracut.install"
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        plugin.write_text(DRACUT_STANDIN.format(body=dracut_body))
+        plugin.chmod(0o755)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"PATH": f"{bindir}:{TOOLS_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": str(tmpdir),
+           "PYTHONPATH": os.environ.get("PYTHONPATH", str(TOP))}
+    return root, env, tmpdir
+
+
+def add_with(root, kver, env):
+    start = time.monotonic()
+    r = kernel_install(root, "add", kver, f"/usr/lib/modules/{kver}/vmlinuz", env=env, timeout=LOCAL_BUILD_TIMEOUT)
+    print(f"kernel-install add: {time.monotonic() - start:.1f}s")
+    return r
+
+
+def repo_without(fixture_repo, name, dest):
+    """The fixture repository, less one package."""
+    require_tools("createrepo_c")
+    dest.mkdir()
+    for rpm in fixture_repo.path.glob("*.rpm"):
+        if rpm != fixture_repo.rpms[name]:
+            os.link(rpm, dest / rpm.name)
+    subprocess.run(["createrepo_c", "--quiet", str(dest)], check=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory, base_rpms, built, fixture_repo):
+    """kernel-install add for a kernel without its image package: the local build's entry."""
+    tmp_path = tmp_path_factory.mktemp("local")
+    root, env, tmpdir = local_build_root(tmp_path, base_rpms, built, fixture_repo.path)
+    r = add_with(root, fixture_repo.kernel_version, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return BootDir(root, fixture_repo.kernel_version), r, tmpdir
+
+
+def test_no_image_package_gets_a_local_build_of_the_same_variant_file(local_build, built, fixture_repo, tmp_path):
+    """(a) The variant file -common installed, built on the machine by the real builder from the
+    local repository: its initrd lands in the entry, and holds what the prebuilt image of that
+    variant holds."""
+    b, r, tmpdir = local_build
+    kver = b.kernel_version
+    installed = b.root / "usr/share/mkosi-initrd-initrd/variants/minimal.toml"
+    assert installed.read_bytes() == (TOP / "tests/fixtures/variants/minimal.toml").read_bytes()
+    assert (f"the initrd was made by mkosi-initrd (variant /usr/share/mkosi-initrd-initrd/variants/minimal.toml, "
+            f"from {fixture_repo.path})") in r.stdout
+    assert b.entry_fields()["initrd"] == [f"/boot/{b.entry_dir.relative_to(b.boot)}/initrd"]
+    local = {e.name for e in read_cpio(b.entry_dir / "initrd")}
+    prebuilt_root = make_root(tmp_path / "prebuilt", [built.rpms[f"{PREFIX}-minimal"]])
+    prebuilt = {e.name for e in read_cpio(image(prebuilt_root, kver, "minimal", "initrd.cpio.zst"))}
+    assert local == prebuilt
+    assert any(n.endswith("/ext4.ko") or "/ext4.ko." in n for n in local)
+    assert list(tmpdir.iterdir()) == []  # the build's work directories are gone
+
+
+@pytest.mark.boot
+def test_locally_built_entry_boots_to_the_marker(local_build):
+    require_tools("qemu-system-x86_64")
+    b = local_build[0]
+    result = boot(kernel=b.entry_dir / "linux", initrd=b.entry_dir / "initrd", append=b.entry_fields()["options"][0],
+                  probe=fixture_probe("minimal", b.kernel_version), timeout=BOOT_TIMEOUT)
+    assert result.ok, result.console_tail
+    print(f"local build boot: {result.seconds:.1f}s: {result.marker_line}")
+
+
+def test_failed_local_build_hands_over_to_dracut_and_says_why(tmp_path, base_rpms, built, fixture_repo):
+    """(b) The local repository lacks a package the variant needs: the builder names it, nothing of
+    the build reaches the entry, dracut's plugin makes the initrd."""
+    kver = fixture_repo.kernel_version
+    repo = repo_without(fixture_repo, "kmod", tmp_path / "repo")
+    root, env, tmpdir = local_build_root(tmp_path, base_rpms, built, repo,
+                                         dracut_body='echo "dracut initrd for $2" > "$KERNEL_INSTALL_STAGING_AREA/initrd"')
+    r = add_with(root, kver, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"variant 'minimal' needs .*kmod.*, not found in repository " + re.escape(str(repo)), r.stderr), r.stderr
+    assert ("mkosi-initrd failed: mkosi-initrd-build failed for /usr/share/mkosi-initrd-initrd/variants/minimal.toml "
+            f"with local_repo={repo}") in r.stderr
+    assert "the initrd was made by dracut (/etc/kernel/install.d/50-dracut.install)" in r.stdout
+    b = BootDir(root, kver)
+    assert (b.entry_dir / "initrd").read_text() == f"dracut initrd for {kver}\n"
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_local_build_and_dracut_both_failing_fail_kernel_install_visibly(tmp_path, base_rpms, built, fixture_repo):
+    """(c) Both fail: kernel-install fails, the entry gets no initrd, and the output says why, each."""
+    kver = fixture_repo.kernel_version
+    repo = repo_without(fixture_repo, "kmod", tmp_path / "repo")
+    root, env, tmpdir = local_build_root(tmp_path, base_rpms, built, repo,
+                                         dracut_body='echo "dracut: no space left on device" >&2; exit 1')
+    r = add_with(root, kver, env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    b = BootDir(root, kver)
+    assert not b.entry.exists() and not (b.entry_dir / "initrd").exists()
+    assert "mkosi-initrd failed: mkosi-initrd-build failed" in r.stderr
+    assert "dracut failed: /etc/kernel/install.d/50-dracut.install failed (exit status 1)" in r.stderr
+    assert "made an initrd for " + kver + " (mkosi-initrd, dracut failed)" in r.stderr
+    assert list(tmpdir.iterdir()) == []

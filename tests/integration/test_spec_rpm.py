@@ -91,16 +91,20 @@ def test_file_lists(built, fixture_repo):
     assert rpmq(built.rpms[f"{PREFIX}-storage"], "-l").split() == [
         images, f"{images}/storage", f"{images}/storage/initrd.cpio.zst", f"{images}/storage/manifest.json"]
     common = built.rpms[f"{PREFIX}-common"]
+    variants = "/usr/share/mkosi-initrd-initrd/variants"
     assert rpmq(common, "-l").split() == [
         "/etc/kernel/mkosi-initrd-prebuilt.conf", "/usr/lib/kernel/install.conf.d",
         "/usr/lib/kernel/install.conf.d/60-mkosi-initrd-prebuilt.conf",
-        "/usr/lib/kernel/install.d/52-mkosi-initrd-prebuilt.install"]
+        "/usr/lib/kernel/install.d/52-mkosi-initrd-prebuilt.install",
+        "/usr/share/mkosi-initrd-initrd", variants, f"{variants}/minimal.toml", f"{variants}/storage.toml"]
     assert rpmq(common, "--configfiles").split() == ["/etc/kernel/mkosi-initrd-prebuilt.conf"]
     modes = dict(line.split()[::-1] for line in rpmq(common, "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]").splitlines())
     assert modes["/usr/lib/kernel/install.d/52-mkosi-initrd-prebuilt.install"] == "-rwxr-xr-x"
     files = payload(common)
     assert files["/usr/lib/kernel/install.conf.d/60-mkosi-initrd-prebuilt.conf"] == \
         (TOP / "spec/kernel-install/60-mkosi-initrd-prebuilt.conf").read_bytes()
+    for name in ("minimal", "storage"):  # the very variant files the images were built from
+        assert files[f"{variants}/{name}.toml"] == (FIXTURE_VARIANTS / f"{name}.toml").read_bytes()
 
 
 def test_packaged_images_match_the_builder_manifest(built, fixture_repo):

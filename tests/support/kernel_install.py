@@ -6,7 +6,8 @@ cmdline, entry-token; KERNEL_INSTALL_CONF_ROOT only moves that one directory), r
 /etc/kernel/install.d and /usr/lib/kernel/install.d, and writes to $BOOT_ROOT or what it finds at
 /efi, /boot, /boot/efi. So, inside `unshare --mount`, /etc/kernel, /boot and /usr/lib/modules are
 bind-mounted from the scratch root, and /usr becomes an overlay (on a tmpfs) to which the scratch
-root's /usr/lib/kernel files are added, next to the host's own plugins. Nothing outside the
+root's /usr/lib/kernel files (and the variant files of /usr/share/mkosi-initrd-initrd) are added,
+next to the host's own plugins. Nothing outside the
 namespace changes.
 """
 
@@ -35,6 +36,8 @@ mount -t tmpfs tmpfs "$NS"
 mkdir "$NS/upper" "$NS/work"
 mount -t overlay overlay -o "lowerdir=/usr,upperdir=$NS/upper,workdir=$NS/work" /usr
 cp -a "$ROOT/usr/lib/kernel/." /usr/lib/kernel/
+# The variant files -common installs, for the plugin's local build.
+if [ -d "$ROOT/usr/share/mkosi-initrd-initrd" ]; then cp -a "$ROOT/usr/share/mkosi-initrd-initrd" /usr/share/; fi
 for p in $EXTRA_PLUGINS; do cp -a "$p" /usr/lib/kernel/install.d/; done
 mkdir -p /usr/lib/modules
 mount --bind "$ROOT/usr/lib/modules" /usr/lib/modules
@@ -110,7 +113,7 @@ def configure(root: Path, *, layout: str, dropins: bool = True, extra: str = "")
 
 
 def kernel_install(root: Path, *args: str, extra_plugins: Sequence[Path] = (),
-                   env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
+                   env: Optional[Mapping[str, str]] = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the host's kernel-install with ROOT's /etc/kernel, /boot, /usr/lib/modules and plugins."""
     for p in extra_plugins:
         if not p.exists():
@@ -127,7 +130,7 @@ def kernel_install(root: Path, *args: str, extra_plugins: Sequence[Path] = (),
     }
     try:
         return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT,
-                               "sh", *args], capture_output=True, text=True, env=full_env, timeout=120)
+                               "sh", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
     finally:
         shutil.rmtree(ns, ignore_errors=True)
 
