@@ -382,6 +382,8 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "kernel-modules": list(selection.kept),
         "firmware-wanted": list(selection.firmware),
         "kernel-command-line": variant.kernel_command_line,
+        # Only when the variant has them, so the manifests of every other variant stay as they were.
+        **({"uki-profiles": [p.to_dict() for p in variant.uki_profiles]} if variant.uki_profiles else {}),
         "outputs": outputs,
         "size-budget": variant.size_budget,
         "source-date-epoch": ctx.source_date_epoch,

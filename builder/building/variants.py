@@ -288,6 +288,51 @@ def parse_files(path: Path, key: str, value: Any) -> tuple[tuple[str, str], ...]
     return tuple(sorted(files))
 
 
+# A UKI profile's ID: what systemd-boot shows and a boot entry names (the stub takes "@N" by index).
+PROFILE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+PROFILE_KEYS = ("id", "title", "kernel-command-line")
+
+
+@dataclasses.dataclass(frozen=True)
+class UkiProfile:
+    """An extra profile of the variant's UKI: the same kernel and initrd, its own command line."""
+
+    id: str
+    title: str
+    kernel_command_line: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "title": self.title, "kernel-command-line": self.kernel_command_line}
+
+
+def parse_uki_profiles(path: Path, key: str, value: Any) -> tuple[UkiProfile, ...]:
+    """[[uki-profiles]] tables, profiles 1, 2, ... after the base (profile 0: kernel-command-line)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _fail(path, key, "expected [[uki-profiles]] tables with id, title and kernel-command-line")
+    profiles = []
+    for n, table in enumerate(value, start=1):
+        where = f"{key}[{n}]"
+        unknown = sorted(set(table) - set(PROFILE_KEYS))
+        if unknown:
+            raise _fail(path, f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(PROFILE_KEYS)})")
+        missing = [k for k in PROFILE_KEYS if k not in table]
+        if missing:
+            raise _fail(path, f"{where}.{missing[0]}", "required key is missing")
+        pid = parse_nonempty_str(path, f"{where}.id", table["id"])
+        if not PROFILE_ID_RE.match(pid):
+            raise _fail(path, f"{where}.id", f"{pid!r} must match {PROFILE_ID_RE.pattern}")
+        title = parse_summary(path, f"{where}.title", table["title"])
+        cmdline = parse_kernel_command_line(path, f"{where}.kernel-command-line", table["kernel-command-line"])
+        if not cmdline:
+            raise _fail(path, f"{where}.kernel-command-line", "must not be empty: a profile without its own "
+                                                             "command line would boot like the base")
+        profiles.append(UkiProfile(pid, title, cmdline))
+    ids = [p.id for p in profiles]
+    if len(set(ids)) != len(ids):
+        raise _fail(path, key, f"profile id listed twice: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}")
+    return tuple(profiles)
+
+
 @dataclasses.dataclass(frozen=True)
 class VariantField:
     """One key of a variant file: its TOML spelling, parser, default (None: required) and help."""
@@ -322,6 +367,10 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "The UKI's .cmdline section: one line, not starting with '@'."),
     VariantField("formats", parse_formats, (OutputFormat.initrd,),
                  "Outputs to build: " + ", ".join(f"'{k.value}' ({f.file_name})" for k, f in FORMATS.items()) + "."),
+    VariantField("uki-profiles", parse_uki_profiles, (),
+                 "[[uki-profiles]] tables (id, title, kernel-command-line): extra profiles of the UKI, the same "
+                 "kernel and initrd booted with another command line (systemd-stub's @N, systemd-boot's menu); "
+                 "needs the 'uki' format."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("files", parse_files, (),
                  '[files] table of "/etc/..." or "/usr/..." = "contents": text files the image carries '
@@ -344,6 +393,7 @@ class VariantSpec:
     kernel_modules_exclude: tuple[str, ...]
     kernel_command_line: str
     formats: tuple[OutputFormat, ...]
+    uki_profiles: tuple[UkiProfile, ...]
     size_budget: int
     files: tuple[tuple[str, str], ...]
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
@@ -355,6 +405,8 @@ class VariantSpec:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, UkiProfile):
+        return value.to_dict()
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
@@ -386,6 +438,8 @@ def load_variant(path: Path) -> VariantSpec:
         else:
             values[field.attr] = field.default
     spec = VariantSpec(**values)
+    if spec.uki_profiles and OutputFormat.uki not in spec.formats:
+        raise VariantError(path, "UKI profiles need the 'uki' format in formats", key="uki-profiles")
     if spec.base is Base.none and not spec.packages:
         raise VariantError(path, "base = \"none\" needs at least one package", key="packages")
     return spec

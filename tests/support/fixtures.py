@@ -48,7 +48,7 @@ COMPLETE_MARKER = "fixture-repo.json"
 # Bump to invalidate every cached repository when the layout of an entry changes.
 CACHE_FORMAT = "fixture-repo/1"
 OUTPUT_TAIL_LINES = 40
-STUB_FILES = ("linuxx64.efi.stub", "systemd-bootx64.efi")
+STUB_FILES = ("linuxx64.efi.stub", "addonx64.efi.stub", "systemd-bootx64.efi")
 
 
 class FixtureBuildError(RuntimeError):

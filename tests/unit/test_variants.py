@@ -218,3 +218,32 @@ def test_variant_files_keep_contents_and_are_sorted(tmp_path):
     v = load_variant(write(tmp_path, "f", MINIMAL + '[files]\n"/usr/z" = "z"\n"/etc/a.conf" = """\nA 1\n\tB\n"""\n'))
     assert v.files == (("/etc/a.conf", "A 1\n\tB\n"), ("/usr/z", "z"))
     assert v.to_dict()["files"] == [["/etc/a.conf", "A 1\n\tB\n"], ["/usr/z", "z"]]
+
+
+PROFILE = '[[uki-profiles]]\nid = "rescue"\ntitle = "Rescue"\nkernel-command-line = "console=ttyS0 rescue"\n'
+
+
+def test_uki_profiles_parse_in_order_into_the_manifest_form(tmp_path):
+    text = MINIMAL + 'formats = ["initrd", "uki"]\n' + PROFILE + PROFILE.replace('"rescue"', '"debug"')
+    v = load_variant(write(tmp_path, "p", text))
+    assert [p.id for p in v.uki_profiles] == ["rescue", "debug"]
+    assert v.to_dict()["uki-profiles"][0] == {"id": "rescue", "title": "Rescue",
+                                              "kernel-command-line": "console=ttyS0 rescue"}
+
+
+@pytest.mark.parametrize("profiles, key, message", [
+    (PROFILE, "uki-profiles", "need the 'uki' format"),
+    (PROFILE.replace('id = "rescue"', 'id = "Rescue Me"'), "uki-profiles[1].id", "must match"),
+    (PROFILE.replace('title = "Rescue"\n', ''), "uki-profiles[1].title", "required key is missing"),
+    (PROFILE + 'colour = "red"\n', "uki-profiles[1].colour", "unknown key"),
+    (PROFILE.replace('"console=ttyS0 rescue"', '"@/etc/passwd"'), "uki-profiles[1].kernel-command-line", "'@'"),
+    (PROFILE.replace('"console=ttyS0 rescue"', '"  "'), "uki-profiles[1].kernel-command-line", "must not be empty"),
+    (PROFILE + PROFILE, "uki-profiles", "listed twice: rescue"),
+    ('uki-profiles = "rescue"\n', "uki-profiles", "expected [[uki-profiles]] tables"),
+])
+def test_bad_uki_profiles_are_refused_naming_file_and_key(tmp_path, profiles, key, message):
+    formats = "" if "need the" in message else 'formats = ["initrd", "uki"]\n'
+    path = write(tmp_path, "bad", MINIMAL + formats + profiles)
+    with pytest.raises(VariantError) as e:
+        load_variant(path)
+    assert str(path) in str(e.value) and key in str(e.value) and message in str(e.value), str(e.value)

@@ -22,6 +22,10 @@ from mkosi_initrd_builder.util.tools import find_tool
 # Sections every UKI we build carries; .cmdline only when the variant sets a command line.
 REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname")
 STUB_PATH = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+# The stub ukify builds a profile's PE on (sections only, no code run): systemd-boot-unsigned ships it.
+ADDON_STUB_PATH = "/usr/lib/systemd/boot/efi/addonx64.efi.stub"
+# The base profile's ID in a UKI with extra profiles (profile 0, what the stub boots without "@N").
+BASE_PROFILE_ID = "default"
 STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who ships the stub
 
 
@@ -29,6 +33,7 @@ STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who s
 class Stub:
     nevra: str
     path: Path
+    addon: Optional[Path]   # None when the stub's package has no addon stub (UKI profiles need it)
 
 
 class UkiFormat(Format):
@@ -46,8 +51,10 @@ class UkiFormat(Format):
             raise PackageMissingError([f"{STUB_PATH} ({STUB_PACKAGE})"], inputs.repo.path)
         pkg = owners[-1]
         dest = inputs.work / "stub"
-        extract_rpm(inputs.repo.path / pkg.href, dest, [f".{STUB_PATH}"])
-        return Stub(str(pkg.nevra), dest / STUB_PATH.lstrip("/"))
+        wanted = [STUB_PATH, *([ADDON_STUB_PATH] if ADDON_STUB_PATH in pkg.files else [])]
+        extract_rpm(inputs.repo.path / pkg.href, dest, [f".{p}" for p in wanted])
+        addon = dest / ADDON_STUB_PATH.lstrip("/") if ADDON_STUB_PATH in wanted else None
+        return Stub(str(pkg.nevra), dest / STUB_PATH.lstrip("/"), addon)
 
     def build(self, image: VariantImage, inputs: BuildInputs, prepared: Stub) -> None:
         variant = image.variant
@@ -61,9 +68,20 @@ class UkiFormat(Format):
             # Built before the UKI when the variant asks for it (FORMATS' order): the stub hands .ucode
             # to the kernel in front of .initrd.
             microcode = image.final / MICROCODE.file_name
+            profiles = []
+            if variant.uki_profiles:
+                if prepared.addon is None:
+                    raise PackageMissingError([f"{ADDON_STUB_PATH} ({prepared.nevra}), for the UKI profiles"],
+                                              inputs.repo.path, variant=variant.name)
+                for n, profile in enumerate(variant.uki_profiles, start=1):
+                    profiles.append(image.work / f"uki-profile-{n}.efi")
+                    build_profile(stub=prepared.addon, profile=profile_text(profile.id, profile.title),
+                                  cmdline=profile.kernel_command_line, output=profiles[-1])
             build_uki(kernel=inputs.kernel_image, initrd=image.final / INITRD.file_name, stub=prepared.path,
                       os_release=os_release, uname=inputs.kernel_version, cmdline=variant.kernel_command_line,
-                      microcode=microcode if microcode.exists() else None, output=tmp)
+                      microcode=microcode if microcode.exists() else None, output=tmp,
+                      profile=profile_text(BASE_PROFILE_ID, variant.summary) if profiles else None,
+                      join_profiles=profiles)
             tmp.rename(image.final / self.file_name)
 
     def manifest_entry(self, prepared: Stub) -> Mapping[str, Any]:
@@ -96,12 +114,27 @@ class UkiFormat(Format):
             if cmdline_wanted:
                 cmdline = _text(sections.get(".cmdline", b"")).strip()
                 checks.append(Check("UKI .cmdline matches the variant", cmdline == cmdline_wanted, cmdline))
+            wanted = [(BASE_PROFILE_ID, built.manifest.get("kernel-command-line", ""))] + [
+                (p["id"], p["kernel-command-line"]) for p in built.manifest.get("uki-profiles", [])]
+            found = [(p.fields.get("ID", ""), p.cmdline) for p in uki_profiles(path)]
+            if len(wanted) > 1 or len(found) > 1:
+                checks.append(Check("UKI profiles are the variant's, in order (ID, command line)", found == wanted,
+                                    f"{found}" if found != wanted else ", ".join(i for i, _ in found)))
         return checks
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
-        sections = [(n, len(d)) for n, d in uki_sections(built.output(self)).items()]
-        return Inspection({"uki-sections": [[n, s] for n, s in sections]},
-                          ("UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections)))
+        path = built.output(self)
+        sections = [(n, len(d)) for n, d in pe_sections(path)]
+        profiles = uki_profiles(path)
+        lines = ["UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections)]
+        if len(profiles) > 1:
+            lines.append("UKI profiles (systemd-stub: @N as the first command-line word):")
+            lines += [f"  @{i} {p.fields.get('ID', '')}: {p.fields.get('TITLE', '')}: {p.cmdline}"
+                      for i, p in enumerate(profiles)]
+        return Inspection({"uki-sections": [[n, s] for n, s in sections],
+                           "uki-profiles": [{"index": i, **p.fields, "cmdline": p.cmdline}
+                                            for i, p in enumerate(profiles)]},
+                          tuple(lines))
 
     def boot_kernel(self, built: BuiltVariant, dest: Path) -> Optional[Path]:
         path = built.output(self)
@@ -121,22 +154,78 @@ def _text(section: bytes) -> str:
     return section.rstrip(b"\0").decode(errors="replace")
 
 
+def profile_text(profile_id: str, title: str) -> str:
+    """A .profile section: os-release-style ID= and TITLE= lines, what systemd-boot's menu shows."""
+    return f"ID={profile_id}\nTITLE={title}"
+
+
+def build_profile(*, stub: Path, profile: str, cmdline: str, output: Path) -> None:
+    """One profile's PE for --join-profile: a .profile section first, then the profile's .cmdline.
+    ukify wants it built on the addon stub, which carries no .sbat of its own."""
+    _check_cmdline(cmdline)
+    run([find_tool("ukify"), "build", f"--stub={stub}", f"--profile={profile}", f"--cmdline={cmdline}",
+         f"--output={output}"], capture=True)
+
+
+def _check_cmdline(cmdline: str) -> None:
+    if cmdline.startswith("@"):
+        # Variant loading refuses this; here it would make ukify embed the file it names.
+        raise BuilderError(f"kernel command line {cmdline!r} starts with '@', which ukify reads as a file")
+
+
 def build_uki(*, kernel: Path, initrd: Path, stub: Path, os_release: Path, uname: str, cmdline: str,
-              output: Path, microcode: Optional[Path] = None) -> None:
+              output: Path, microcode: Optional[Path] = None, profile: Optional[str] = None,
+              join_profiles: Sequence[Path] = ()) -> None:
     argv = [find_tool("ukify"), "build", f"--linux={kernel}", f"--initrd={initrd}", f"--stub={stub}",
             f"--os-release=@{os_release}", f"--uname={uname}", f"--output={output}"]
     if microcode is not None:
         argv.append(f"--microcode={microcode}")
+    if profile is not None:
+        argv.append(f"--profile={profile}")
+    argv += [f"--join-profile={p}" for p in join_profiles]
     if cmdline:
-        if cmdline.startswith("@"):
-            # Variant loading refuses this; here it would make ukify embed the file it names.
-            raise BuilderError(f"kernel command line {cmdline!r} starts with '@', which ukify reads as a file")
+        _check_cmdline(cmdline)
         argv.append(f"--cmdline={cmdline}")
     run(argv, capture=True)
 
 
 def uki_sections(path: Path) -> dict[str, bytes]:
-    """Section name -> content, read with pefile (the library ukify itself uses)."""
+    """Section name -> content of the UKI's base: where a name repeats (a multi-profile UKI's .cmdline,
+    .profile), the first one, which is what the stub uses for profile 0 unless the profile overrides it."""
+    sections: dict[str, bytes] = {}
+    for name, data in pe_sections(path):
+        sections.setdefault(name, data)
+    return sections
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileView:
+    """One profile of a UKI as systemd-stub assembles it: its .profile fields and its command line."""
+
+    fields: Mapping[str, str]
+    cmdline: str
+
+
+def uki_profiles(path: Path) -> list[ProfileView]:
+    """The profiles of a UKI, profile 0 first. Sections before the first .profile are shared; each
+    .profile starts a profile whose sections override the shared ones (systemd-stub(7)). A UKI with no
+    .profile has one profile, the shared sections."""
+    shared: dict[str, bytes] = {}
+    profiles: list[tuple[dict[str, str], dict[str, bytes]]] = []
+    for name, data in pe_sections(path):
+        if name == ".profile":
+            fields = dict(line.split("=", 1) for line in _text(data).splitlines() if "=" in line)
+            profiles.append((fields, {}))
+        else:
+            (profiles[-1][1] if profiles else shared).setdefault(name, data)
+    if not profiles:
+        profiles = [({}, {})]
+    return [ProfileView(fields, _text(own.get(".cmdline", shared.get(".cmdline", b""))).strip())
+            for fields, own in profiles]
+
+
+def pe_sections(path: Path) -> list[tuple[str, bytes]]:
+    """(name, content) of every section in file order, read with pefile (the library ukify uses)."""
     try:
         import pefile
     except ImportError as e:  # pragma: no cover - make setup installs python3-pefile
@@ -145,10 +234,10 @@ def uki_sections(path: Path) -> dict[str, bytes]:
         pe = pefile.PE(str(path), fast_load=True)
     except pefile.PEFormatError as e:
         raise VerifyError(f"{path}: not a PE image: {e}") from None
-    sections = {}
+    sections = []
     for s in pe.sections:
         name = s.Name.rstrip(b"\0").decode(errors="replace")
-        sections[name] = s.get_data()[: s.Misc_VirtualSize] if s.Misc_VirtualSize else s.get_data()
+        sections.append((name, s.get_data()[: s.Misc_VirtualSize] if s.Misc_VirtualSize else s.get_data()))
     pe.close()
     return sections
 
