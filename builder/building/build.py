@@ -21,6 +21,7 @@ from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
+from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, addon_manifest
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant, write_variant_files
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
@@ -132,6 +133,9 @@ def check_variant_destination(directory: Path) -> None:
         raise OutputError(directory, f"holds {entries[0].name} and no {MANIFEST_NAME} of this builder: refusing "
                                      "to replace it (move it away or choose another --output)")
     for entry in entries:
+        if entry.name == ADDONS_DIR and entry.is_dir() and not entry.is_symlink() and all(
+                a.is_file() and not a.is_symlink() and a.name.endswith(".addon.efi") for a in entry.iterdir()):
+            continue  # the UKI's addons, as the builder writes them
         if entry.name not in ours or entry.is_symlink() or not entry.is_file():
             raise OutputError(directory, f"holds {entry.name}, which this builder does not write: refusing to "
                                          "replace it (move it away or choose another --output)")
@@ -384,6 +388,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "kernel-command-line": variant.kernel_command_line,
         # Only when the variant has them, so the manifests of every other variant stay as they were.
         **({"uki-profiles": [p.to_dict() for p in variant.uki_profiles]} if variant.uki_profiles else {}),
+        **({"uki-addons": addon_manifest(final, variant)} if variant.uki_addons else {}),
         "outputs": outputs,
         "size-budget": variant.size_budget,
         "source-date-epoch": ctx.source_date_epoch,

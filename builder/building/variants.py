@@ -333,6 +333,52 @@ def parse_uki_profiles(path: Path, key: str, value: Any) -> tuple[UkiProfile, ..
     return tuple(profiles)
 
 
+ADDON_KEYS = ("name", "kernel-command-line")
+
+
+@dataclasses.dataclass(frozen=True)
+class UkiAddon:
+    """A command-line addon shipped beside the UKI (<uki>.efi.extra.d/<name>.addon.efi): systemd-stub
+    appends its .cmdline to the UKI's when it finds it there."""
+
+    name: str
+    kernel_command_line: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.addon.efi"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "kernel-command-line": self.kernel_command_line}
+
+
+def parse_uki_addons(path: Path, key: str, value: Any) -> tuple[UkiAddon, ...]:
+    """[[uki-addons]] tables: name and kernel-command-line."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _fail(path, key, "expected [[uki-addons]] tables with name and kernel-command-line")
+    addons = []
+    for n, table in enumerate(value, start=1):
+        where = f"{key}[{n}]"
+        unknown = sorted(set(table) - set(ADDON_KEYS))
+        if unknown:
+            raise _fail(path, f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(ADDON_KEYS)})")
+        missing = [k for k in ADDON_KEYS if k not in table]
+        if missing:
+            raise _fail(path, f"{where}.{missing[0]}", "required key is missing")
+        name = parse_nonempty_str(path, f"{where}.name", table["name"])
+        if not PROFILE_ID_RE.match(name):
+            raise _fail(path, f"{where}.name", f"{name!r} must match {PROFILE_ID_RE.pattern} (it names the file)")
+        cmdline = parse_kernel_command_line(path, f"{where}.kernel-command-line", table["kernel-command-line"])
+        if not cmdline:
+            raise _fail(path, f"{where}.kernel-command-line", "must not be empty: the command line is all an "
+                                                             "addon carries")
+        addons.append(UkiAddon(name, cmdline))
+    names = [a.name for a in addons]
+    if len(set(names)) != len(names):
+        raise _fail(path, key, f"addon name listed twice: {', '.join(sorted({i for i in names if names.count(i) > 1}))}")
+    return tuple(addons)
+
+
 @dataclasses.dataclass(frozen=True)
 class VariantField:
     """One key of a variant file: its TOML spelling, parser, default (None: required) and help."""
@@ -371,6 +417,9 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "[[uki-profiles]] tables (id, title, kernel-command-line): extra profiles of the UKI, the same "
                  "kernel and initrd booted with another command line (systemd-stub's @N, systemd-boot's menu); "
                  "needs the 'uki' format."),
+    VariantField("uki-addons", parse_uki_addons, (),
+                 "[[uki-addons]] tables (name, kernel-command-line): command-line addons shipped beside the UKI "
+                 "as uki.efi.extra.d/<name>.addon.efi; needs the 'uki' format."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("files", parse_files, (),
                  '[files] table of "/etc/..." or "/usr/..." = "contents": text files the image carries '
@@ -394,6 +443,7 @@ class VariantSpec:
     kernel_command_line: str
     formats: tuple[OutputFormat, ...]
     uki_profiles: tuple[UkiProfile, ...]
+    uki_addons: tuple[UkiAddon, ...]
     size_budget: int
     files: tuple[tuple[str, str], ...]
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
@@ -405,7 +455,7 @@ class VariantSpec:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, UkiProfile):
+    if isinstance(value, (UkiProfile, UkiAddon)):
         return value.to_dict()
     if isinstance(value, enum.Enum):
         return value.value
@@ -440,6 +490,8 @@ def load_variant(path: Path) -> VariantSpec:
     spec = VariantSpec(**values)
     if spec.uki_profiles and OutputFormat.uki not in spec.formats:
         raise VariantError(path, "UKI profiles need the 'uki' format in formats", key="uki-profiles")
+    if spec.uki_addons and OutputFormat.uki not in spec.formats:
+        raise VariantError(path, "UKI addons need the 'uki' format in formats", key="uki-addons")
     if spec.base is Base.none and not spec.packages:
         raise VariantError(path, "base = \"none\" needs at least one package", key="packages")
     return spec

@@ -53,6 +53,12 @@ class BootResult:
     console_tail: str
 
 
+def esp_drive(directory: Path) -> list[str]:
+    """QEMU options attaching `directory` read-only as a FAT disk (QEMU's vvfat), which OVMF boots from
+    its removable-media path EFI/BOOT/BOOTX64.EFI; how a UKI finds its addons in <uki>.extra.d/."""
+    return ["-drive", f"if=virtio,format=raw,readonly=on,file=fat:{directory}"]
+
+
 def find_ovmf() -> Path:
     for p in OVMF_CANDIDATES:
         if p.exists():
@@ -63,7 +69,7 @@ def find_ovmf() -> Path:
 
 def boot(
     *,
-    kernel: Path,
+    kernel: Optional[Path],
     initrd: Optional[Path] = None,
     append: str = "",
     uefi: bool = False,
@@ -75,7 +81,8 @@ def boot(
     cpu: str = "max",
 ) -> BootResult:
     """Boot in QEMU with TCG; return as soon as `probe` decides, when the guest powers off, or when
-    `timeout` passes. The QEMU process never outlives this call."""
+    `timeout` passes. The QEMU process never outlives this call. With `kernel` None (under `uefi`)
+    the firmware boots whatever `extra_args` attach, e.g. an ESP from `esp_drive()`."""
     qemu = find_tool("qemu-system-x86_64")
     tmp = None
     if console_log is None:
@@ -84,7 +91,9 @@ def boot(
     console_log.write_bytes(b"")
     argv = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", cpu, "-m", memory, "-smp", "1",
             "-nographic", "-no-reboot", "-nodefaults", "-display", "none",
-            "-serial", f"file:{console_log}", "-kernel", str(kernel)]
+            "-serial", f"file:{console_log}"]
+    if kernel is not None:
+        argv += ["-kernel", str(kernel)]
     if uefi:
         argv += ["-bios", str(find_ovmf())]
     if initrd is not None:

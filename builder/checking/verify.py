@@ -30,7 +30,7 @@ def verify_variant(
     outputs = built.manifest["outputs"]
     checks: list[Check] = []
 
-    expected = set(outputs) | {MANIFEST_NAME}
+    expected = set(outputs) | {MANIFEST_NAME} | {Path(a["file"]).parts[0] for a in built.manifest.get("uki-addons", [])}
     present = {p.name for p in directory.iterdir()}
     checks.append(Check("no stray files", present == expected,
                         f"unexpected: {sorted(present - expected)}, missing: {sorted(expected - present)}"

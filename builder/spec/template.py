@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi_initrd_builder.building.formats import formats_of
+from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.spec.inputs import (BUILDER_PACKAGE, MKOSI_PACKAGE, SpecInputs, check_variants,
@@ -109,8 +110,27 @@ def variant_values(variant: VariantSpec, index: int, inputs: SpecInputs) -> dict
         "VARIANT_DESCRIPTION": escape_percent(wrap_description(variant.description)),
         "VARIANT_SHA256": variant_sha256(variant),
         "VARIANT_OUTPUTS": " ".join(f"out/{variant.name}/{name}" for name in outputs),
-        "VARIANT_FILES": "\n".join(f"%{{imagedir}}/{variant.name}/{name}" for name in sorted(outputs)),
+        "VARIANT_ADDONS_INSTALL": addons_install(variant),
+        "VARIANT_FILES": "\n".join([f"%{{imagedir}}/{variant.name}/{name}" for name in sorted(outputs)]
+                                   + addon_files(variant)),
     }
+
+
+def addons_install(variant: VariantSpec) -> str:
+    """%install lines for the UKI's addons (nothing when the variant has none)."""
+    if not variant.uki_addons:
+        return "# (no UKI addons)"
+    dest = f"%{{buildroot}}%{{imagedir}}/{variant.name}/{ADDONS_DIR}"
+    files = " ".join(f"out/{variant.name}/{ADDONS_DIR}/{a.file_name}" for a in variant.uki_addons)
+    return f"install -d {dest}\ninstall -p -m 0644 {files} {dest}/"
+
+
+def addon_files(variant: VariantSpec) -> list[str]:
+    """%files lines for the UKI's addons."""
+    if not variant.uki_addons:
+        return []
+    where = f"%{{imagedir}}/{variant.name}/{ADDONS_DIR}"
+    return [f"%dir {where}", *(f"{where}/{a.file_name}" for a in sorted(variant.uki_addons, key=lambda a: a.name))]
 
 
 def expand_template(text: str, values: Mapping[str, str], per_variant: Sequence[Mapping[str, str]]) -> str:

@@ -1,8 +1,9 @@
-"""UKI profiles end to end: a fixture variant declaring an extra profile, built with the real mkosi
-and ukify, read back with `ukify inspect` (independent of the builder's reader), checked by
-`verify` and `inspect`, and booted under OVMF twice: as is (profile 0) and with "@1", which
-systemd-stub reads as the profile to boot. The kernel's own "Command line:" line shows which
-profile's .cmdline the stub handed over."""
+"""UKI profiles and addons end to end: a fixture variant declaring an extra profile and an addon,
+built with the real mkosi and ukify, read back with `ukify inspect` (independent of the builder's
+reader), checked by `verify` and `inspect`, and booted under OVMF: as is (profile 0), with "@1",
+which systemd-stub reads as the profile to boot, and from an ESP holding the addon in
+<uki>.extra.d/, whose command line the stub appends. The kernel's own "Command line:" line shows
+what the stub handed over."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.building.formats.uki import BASE_PROFILE_ID, uki_profiles
-from mkosi_initrd_builder.checking.qemu import boot
+from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, BASE_PROFILE_ID, uki_profiles, uki_sections
+from mkosi_initrd_builder.checking.qemu import boot, esp_drive
+from mkosi_initrd_builder.util.fsutil import sha256_file
 from tests.conftest import FIXTURE_VARIANTS, require_root, require_tools
 from tests.support.bootmarker import fixture_probe
 from tests.support.cli import run_cli
@@ -24,11 +26,16 @@ pytestmark = pytest.mark.integration
 VARIANT = "profiled"
 # A word the kernel passes on untouched and that appears in no other command line of the test.
 RESCUE_WORD = "fixture.profile=rescue"
+ADDON_WORD = "fixture.addon=debug"
 PROFILES = f'''
 [[uki-profiles]]
 id = "rescue"
 title = "Fixture rescue profile"
 kernel-command-line = "console=ttyS0 panic=-1 {RESCUE_WORD}"
+
+[[uki-addons]]
+name = "debug"
+kernel-command-line = "{ADDON_WORD}"
 '''
 
 
@@ -122,3 +129,51 @@ def test_each_profile_boots_with_its_own_command_line(built, fixture_repo, tmp_p
         assert all(base_cmdline() in line for line in lines), lines
     else:
         assert all(word in line for line in lines), lines
+
+
+def test_addon_is_built_listed_and_verified(built):
+    addon = built / VARIANT / ADDONS_DIR / "debug.addon.efi"
+    sections = uki_sections(addon)
+    assert sections[".cmdline"].rstrip(b"\0").decode() == ADDON_WORD
+    assert ".linux" not in sections and ".initrd" not in sections
+    manifest = json.loads((built / VARIANT / "manifest.json").read_text())
+    assert manifest["uki-addons"] == [{"name": "debug", "kernel-command-line": ADDON_WORD,
+                                       "file": f"{ADDONS_DIR}/debug.addon.efi", "sha256": sha256_file(addon),
+                                       "size": addon.stat().st_size}]
+    out = subprocess.run([*_ukify(), "inspect", str(addon)], capture_output=True, text=True, check=True).stdout
+    assert "uki-addon" in out, out  # ukify's .sbat line for addons
+    r = run_cli(["inspect", built / VARIANT])
+    assert "debug.addon.efi" in r.stdout and ADDON_WORD in r.stdout, r.stdout
+
+
+def test_verify_refuses_a_changed_or_stray_addon(built, tmp_path):
+    import shutil
+    copy = tmp_path / "out"
+    shutil.copytree(built, copy)
+    addon = copy / VARIANT / ADDONS_DIR / "debug.addon.efi"
+    data = bytearray(addon.read_bytes())
+    data[-1] ^= 0xFF
+    addon.write_bytes(bytes(data))
+    r = run_cli(["verify", copy / VARIANT])
+    assert r.returncode != 0 and "FAIL UKI addon debug is the manifest's" in r.stdout, r.stdout
+    shutil.copy(built / VARIANT / ADDONS_DIR / "debug.addon.efi", addon)
+    (copy / VARIANT / ADDONS_DIR / "stray.addon.efi").write_bytes(b"x")
+    r = run_cli(["verify", copy / VARIANT])
+    assert r.returncode != 0 and f"FAIL {ADDONS_DIR}/ holds exactly the manifest's addons" in r.stdout, r.stdout
+
+
+@pytest.mark.boot
+def test_addon_from_the_esp_extends_the_command_line(built, fixture_repo, tmp_path):
+    """The UKI as the removable-media boot path of a FAT ESP, its addon in <uki>.extra.d/ beside it."""
+    import shutil
+    require_tools("qemu-system-x86_64")
+    esp = tmp_path / "esp"
+    (esp / "EFI/BOOT").mkdir(parents=True)
+    shutil.copy(built / VARIANT / "uki.efi", esp / "EFI/BOOT/BOOTX64.EFI")
+    shutil.copytree(built / VARIANT / ADDONS_DIR, esp / "EFI/BOOT/BOOTX64.EFI.extra.d")
+    console = tmp_path / "console.log"
+    r = boot(kernel=None, uefi=True, extra_args=esp_drive(esp), console_log=console,
+             probe=fixture_probe(VARIANT, fixture_repo.kernel_version))
+    assert r.ok, r.console_tail
+    lines = [line for line in console.read_text(errors="replace").splitlines() if "Command line:" in line]
+    assert lines and all(f"{base_cmdline()} {ADDON_WORD}" in line for line in lines), lines

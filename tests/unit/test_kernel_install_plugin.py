@@ -3,7 +3,6 @@ puts in the staging area for each layout, generator setting and configuration.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 

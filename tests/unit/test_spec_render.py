@@ -145,3 +145,19 @@ def test_product_variants_buildrequire_mkosi_initrds_own_package_list():
     assert {"systemd", "udev", "bash", "util-linux-core", "basesystem"} <= set(packages)
     assert {"cryptsetup", "lvm2", "mdadm", "nfs-utils", "systemd-networkd"} <= set(packages)
     assert list(packages) == sorted(set(packages))
+
+
+def test_uki_addons_are_installed_and_listed_under_the_image_directory(tmp_path):
+    from mkosi_initrd_builder.building.variants import load_variant
+    from mkosi_initrd_builder.spec.template import addon_files, addons_install
+
+    (tmp_path / "a.toml").write_text('summary = "s"\ndescription = "d"\npackages = ["x"]\nformats = ["initrd", "uki"]\n'
+                                     '[[uki-addons]]\nname = "zz"\nkernel-command-line = "z=1"\n'
+                                     '[[uki-addons]]\nname = "debug"\nkernel-command-line = "rd.debug"\n')
+    v = load_variant(tmp_path / "a.toml")
+    install = addons_install(v).splitlines()
+    assert install == ["install -d %{buildroot}%{imagedir}/a/uki.efi.extra.d",
+                       "install -p -m 0644 out/a/uki.efi.extra.d/zz.addon.efi out/a/uki.efi.extra.d/debug.addon.efi "
+                       "%{buildroot}%{imagedir}/a/uki.efi.extra.d/"]
+    assert addon_files(v) == ["%dir %{imagedir}/a/uki.efi.extra.d", "%{imagedir}/a/uki.efi.extra.d/debug.addon.efi",
+                              "%{imagedir}/a/uki.efi.extra.d/zz.addon.efi"]

@@ -247,3 +247,21 @@ def test_bad_uki_profiles_are_refused_naming_file_and_key(tmp_path, profiles, ke
     with pytest.raises(VariantError) as e:
         load_variant(path)
     assert str(path) in str(e.value) and key in str(e.value) and message in str(e.value), str(e.value)
+
+
+ADDON = '[[uki-addons]]\nname = "debug"\nkernel-command-line = "rd.debug"\n'
+
+
+@pytest.mark.parametrize("addons, key, message", [
+    (ADDON, "uki-addons", "need the 'uki' format"),
+    (ADDON.replace('"debug"', '"../x"'), "uki-addons[1].name", "must match"),
+    (ADDON.replace('"rd.debug"', '""'), "uki-addons[1].kernel-command-line", "must not be empty"),
+    (ADDON + ADDON, "uki-addons", "listed twice: debug"),
+    (ADDON + 'title = "t"\n', "uki-addons[1].title", "unknown key"),
+])
+def test_bad_uki_addons_are_refused_naming_file_and_key(tmp_path, addons, key, message):
+    formats = "" if "need the" in message else 'formats = ["initrd", "uki"]\n'
+    path = write(tmp_path, "bad", MINIMAL + formats + addons)
+    with pytest.raises(VariantError) as e:
+        load_variant(path)
+    assert str(path) in str(e.value) and key in str(e.value) and message in str(e.value), str(e.value)

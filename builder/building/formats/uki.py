@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
@@ -14,16 +14,21 @@ from mkosi_initrd_builder.checking.cpio import resolve
 from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm
 from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError, VerifyError
-from mkosi_initrd_builder.util.fsutil import atomic_write
+from mkosi_initrd_builder.util.fsutil import atomic_write, sha256_file
 from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.run import run
 from mkosi_initrd_builder.util.tools import find_tool
+
+if TYPE_CHECKING:  # variants.py imports the format registry
+    from mkosi_initrd_builder.building.variants import VariantSpec
 
 # Sections every UKI we build carries; .cmdline only when the variant sets a command line.
 REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname")
 STUB_PATH = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 # The stub ukify builds a profile's PE on (sections only, no code run): systemd-boot-unsigned ships it.
 ADDON_STUB_PATH = "/usr/lib/systemd/boot/efi/addonx64.efi.stub"
+# Where the stub looks for the UKI's own addons: a directory named after the UKI file, beside it.
+ADDONS_DIR = "uki.efi.extra.d"
 # The base profile's ID in a UKI with extra profiles (profile 0, what the stub boots without "@N").
 BASE_PROFILE_ID = "default"
 STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who ships the stub
@@ -82,6 +87,17 @@ class UkiFormat(Format):
                       microcode=microcode if microcode.exists() else None, output=tmp,
                       profile=profile_text(BASE_PROFILE_ID, variant.summary) if profiles else None,
                       join_profiles=profiles)
+        if variant.uki_addons:
+            with step(f"[{variant.name}] Building {len(variant.uki_addons)} UKI addon(s) with ukify"):
+                if prepared.addon is None:
+                    raise PackageMissingError([f"{ADDON_STUB_PATH} ({prepared.nevra}), for the UKI addons"],
+                                              inputs.repo.path, variant=variant.name)
+                tmp_dir = image.final / f".{ADDONS_DIR}.tmp"
+                tmp_dir.mkdir()
+                for addon in variant.uki_addons:
+                    build_addon(stub=prepared.addon, cmdline=addon.kernel_command_line,
+                                output=tmp_dir / addon.file_name)
+                tmp_dir.rename(image.final / ADDONS_DIR)
             tmp.rename(image.final / self.file_name)
 
     def manifest_entry(self, prepared: Stub) -> Mapping[str, Any]:
@@ -120,6 +136,7 @@ class UkiFormat(Format):
             if len(wanted) > 1 or len(found) > 1:
                 checks.append(Check("UKI profiles are the variant's, in order (ID, command line)", found == wanted,
                                     f"{found}" if found != wanted else ", ".join(i for i, _ in found)))
+        checks += verify_addons(path.parent, built.manifest.get("uki-addons", []))
         return checks
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
@@ -131,9 +148,15 @@ class UkiFormat(Format):
             lines.append("UKI profiles (systemd-stub: @N as the first command-line word):")
             lines += [f"  @{i} {p.fields.get('ID', '')}: {p.fields.get('TITLE', '')}: {p.cmdline}"
                       for i, p in enumerate(profiles)]
+        addons = [(a.name, len(a.read_bytes()), _text(uki_sections(a).get(".cmdline", b"")).strip())
+                  for a in sorted((path.parent / ADDONS_DIR).glob("*.addon.efi"))]
+        if addons:
+            lines.append(f"UKI addons ({ADDONS_DIR}/, appended to the command line by systemd-stub):")
+            lines += [f"  {n:30} {size:>10,} B  {cmdline}" for n, size, cmdline in addons]
         return Inspection({"uki-sections": [[n, s] for n, s in sections],
                            "uki-profiles": [{"index": i, **p.fields, "cmdline": p.cmdline}
-                                            for i, p in enumerate(profiles)]},
+                                            for i, p in enumerate(profiles)],
+                           "uki-addons": [{"file": n, "size": size, "cmdline": c} for n, size, c in addons]},
                           tuple(lines))
 
     def boot_kernel(self, built: BuiltVariant, dest: Path) -> Optional[Path]:
@@ -165,6 +188,41 @@ def build_profile(*, stub: Path, profile: str, cmdline: str, output: Path) -> No
     _check_cmdline(cmdline)
     run([find_tool("ukify"), "build", f"--stub={stub}", f"--profile={profile}", f"--cmdline={cmdline}",
          f"--output={output}"], capture=True)
+
+
+def build_addon(*, stub: Path, cmdline: str, output: Path) -> None:
+    """A command-line addon: a PE on the addon stub holding .cmdline (and ukify's uki-addon .sbat)."""
+    _check_cmdline(cmdline)
+    run([find_tool("ukify"), "build", f"--stub={stub}", f"--cmdline={cmdline}", f"--output={output}"], capture=True)
+
+
+def addon_manifest(final: Path, variant: "VariantSpec") -> list[dict[str, Any]]:
+    """The manifest's uki-addons: each addon's name, command line, file, sha256 and size."""
+    entries = []
+    for addon in variant.uki_addons:
+        f = final / ADDONS_DIR / addon.file_name
+        entries.append({**addon.to_dict(), "file": f"{ADDONS_DIR}/{addon.file_name}", "sha256": sha256_file(f),
+                        "size": f.stat().st_size})
+    return entries
+
+
+def verify_addons(directory: Path, entries: Sequence[Mapping[str, Any]]) -> list[Check]:
+    """Every addon the manifest lists is there, unchanged, carrying its command line; nothing else is."""
+    addons_dir = directory / ADDONS_DIR
+    present = sorted(p.name for p in addons_dir.iterdir()) if addons_dir.is_dir() else []
+    listed = sorted(Path(e["file"]).name for e in entries)
+    checks = []
+    if entries or present:
+        checks.append(Check(f"{ADDONS_DIR}/ holds exactly the manifest's addons", present == listed,
+                            f"present {present}, manifest {listed}" if present != listed else ", ".join(listed)))
+    for e in entries:
+        f = directory / e["file"]
+        ok = f.is_file() and sha256_file(f) == e["sha256"] and f.stat().st_size == e["size"]
+        cmdline = _text(uki_sections(f).get(".cmdline", b"")).strip() if f.is_file() else ""
+        checks.append(Check(f"UKI addon {e['name']} is the manifest's (sha256, command line)",
+                            ok and cmdline == e["kernel-command-line"],
+                            f"{f}: sha256/size differ" if not ok else cmdline))
+    return checks
 
 
 def _check_cmdline(cmdline: str) -> None:
