@@ -212,6 +212,15 @@ def parse_size(path: Path, key: str, value: Any) -> int:
         raise _fail(path, key, str(e)) from None
 
 
+def parse_generation(path: Path, key: str, value: Any) -> int:
+    """An SBAT generation: a positive integer that only ever grows."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, key, "expected a positive integer")
+    if not 1 <= value <= 2**31 - 1:
+        raise _fail(path, key, "must be between 1 and 2147483647")
+    return value
+
+
 def parse_mkosi(path: Path, key: str, value: Any) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     """[mkosi.<Section>] tables: Setting = "value" or ["values", ...], passed to mkosi as written."""
     if not isinstance(value, dict):
@@ -291,6 +300,9 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "The UKI's .cmdline section: one line, not starting with '@'."),
     VariantField("formats", parse_formats, (OutputFormat.initrd,),
                  "Outputs to build: " + ", ".join(f"'{k.value}' ({f.file_name})" for k, f in FORMATS.items()) + "."),
+    VariantField("sbat-generation", parse_generation, 1,
+                 "Generation of the UKI's SBAT entry mkosi-initrd-initrd-<variant>; raise it to revoke every "
+                 "earlier build of the variant through SBAT."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("mkosi", parse_mkosi, (), "[mkosi.<Section>] tables passed through to mkosi verbatim."),
 )
@@ -310,6 +322,7 @@ class VariantSpec:
     kernel_modules_exclude: tuple[str, ...]
     kernel_command_line: str
     formats: tuple[OutputFormat, ...]
+    sbat_generation: int
     size_budget: int
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
 

@@ -167,7 +167,7 @@ class MicrocodeFormat(Format):
         shutil.copyfile(prepared.path, tmp)
         tmp.rename(image.final / self.file_name)
 
-    def manifest_entry(self, prepared: EarlyArchive) -> Mapping[str, Any]:
+    def manifest_entry(self, prepared: EarlyArchive, output: Path) -> Mapping[str, Any]:
         return {
             "packages": sorted({n for b in prepared.blobs for n in b.packages}),
             "vendors": {b.vendor.cpuid: {"file": b.vendor.early_name, "sha256": hash_bytes(b.data),

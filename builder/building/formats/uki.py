@@ -7,9 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
+from mkosi_initrd_builder.building.formats.base import (BuildInputs, BuiltVariant, Check, Format, Inspection,
+                                                        VariantImage, file_matches)
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.building.formats.microcode import MICROCODE
+from mkosi_initrd_builder.building.secureboot import (PRODUCT_PACKAGE, SBAT_HEADER, SbatIdentity, SigningKey,
+                                                      authenticode_sha256, parse_sbat, signatures)
 from mkosi_initrd_builder.checking.cpio import resolve
 from mkosi_initrd_builder.checking.qemu import BootProbe, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm
@@ -17,10 +20,11 @@ from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError, 
 from mkosi_initrd_builder.util.fsutil import atomic_write
 from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.run import run
-from mkosi_initrd_builder.util.tools import find_tool
+from mkosi_initrd_builder.util.tools import find_tool, tool_version
 
 # Sections every UKI we build carries; .cmdline only when the variant sets a command line.
-REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname")
+REQUIRED_SECTIONS = (".linux", ".initrd", ".osrel", ".uname", ".sbat")
+SIGNTOOL = "sbsign"  # what ukify signs a local build with (koji signs with pesign after the build)
 STUB_PATH = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who ships the stub
 
@@ -29,6 +33,17 @@ STUB_PACKAGE = "systemd-boot-unsigned"  # when the repository does not say who s
 class Stub:
     nevra: str
     path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class UkiSettings:
+    """What prepare() hands every variant's build step: the stub, the SBAT identity, the signing key."""
+
+    stub: Stub
+    sbat: SbatIdentity
+    signing: Optional[SigningKey]
+    certificate_sha256: Optional[str]   # the signing certificate's fingerprint
+    signtool: Optional[str]             # "sbsign 0.9.4" when signing
 
 
 class UkiFormat(Format):
@@ -40,16 +55,22 @@ class UkiFormat(Format):
         owners = repo.package_owning(STUB_PATH)
         return (owners[-1].nevra.name if owners else STUB_PACKAGE,)
 
-    def prepare(self, inputs: BuildInputs) -> Stub:
+    def prepare(self, inputs: BuildInputs) -> UkiSettings:
         owners = inputs.repo.package_owning(STUB_PATH)
         if not owners:
             raise PackageMissingError([f"{STUB_PATH} ({STUB_PACKAGE})"], inputs.repo.path)
         pkg = owners[-1]
         dest = inputs.work / "stub"
         extract_rpm(inputs.repo.path / pkg.href, dest, [f".{STUB_PATH}"])
-        return Stub(str(pkg.nevra), dest / STUB_PATH.lstrip("/"))
+        signing, fingerprint, signtool = inputs.signing, None, None
+        if signing is not None:
+            find_tool(SIGNTOOL)
+            fingerprint = signing.certificate_sha256()
+            signtool = f"{SIGNTOOL} {tool_version(SIGNTOOL)}"
+        return UkiSettings(Stub(str(pkg.nevra), dest / STUB_PATH.lstrip("/")), inputs.sbat, signing, fingerprint,
+                           signtool)
 
-    def build(self, image: VariantImage, inputs: BuildInputs, prepared: Stub) -> None:
+    def build(self, image: VariantImage, inputs: BuildInputs, prepared: UkiSettings) -> None:
         variant = image.variant
         with step(f"[{variant.name}] Assembling the UKI with ukify"):
             osrel = resolve(image.entries, "usr/lib/os-release") or resolve(image.entries, "etc/os-release")
@@ -61,13 +82,42 @@ class UkiFormat(Format):
             # Built before the UKI when the variant asks for it (FORMATS' order): the stub hands .ucode
             # to the kernel in front of .initrd.
             microcode = image.final / MICROCODE.file_name
-            build_uki(kernel=inputs.kernel_image, initrd=image.final / INITRD.file_name, stub=prepared.path,
+            sbat = image.work / "sbat.csv"
+            sbat.write_text(prepared.sbat.sbat(variant.name, variant.sbat_generation))
+            build_uki(kernel=inputs.kernel_image, initrd=image.final / INITRD.file_name, stub=prepared.stub.path,
                       os_release=os_release, uname=inputs.kernel_version, cmdline=variant.kernel_command_line,
-                      microcode=microcode if microcode.exists() else None, output=tmp)
+                      microcode=microcode if microcode.exists() else None, sbat=sbat, signing=prepared.signing,
+                      output=tmp)
             tmp.rename(image.final / self.file_name)
 
-    def manifest_entry(self, prepared: Stub) -> Mapping[str, Any]:
-        return {"stub": prepared.nevra}
+    def input_facts(self, prepared: UkiSettings) -> Mapping[str, Any]:
+        facts: dict[str, Any] = {"sbat": dataclasses.asdict(prepared.sbat)}
+        if prepared.certificate_sha256:
+            facts["secureboot-certificate-sha256"] = prepared.certificate_sha256
+        return facts
+
+    def manifest_entry(self, prepared: UkiSettings, output: Path) -> Mapping[str, Any]:
+        # Read back from the file: the .sbat as ukify merged it (ours, then the stub's entries), and the
+        # digest a signature covers, which lets verify accept the UKI once koji has signed it.
+        entry: dict[str, Any] = {"stub": prepared.stub.nevra,
+                                 "sbat": parse_sbat(uki_sections(output).get(".sbat", b"")),
+                                 "authenticode-sha256": authenticode_sha256(output)}
+        if prepared.signing is not None:
+            entry["signed"] = {"certificate-sha256": prepared.certificate_sha256, "tool": prepared.signtool}
+        return entry
+
+    def matches_manifest(self, path: Path, meta: Mapping[str, Any]) -> Check:
+        check = file_matches(path, meta)
+        if check.ok or "authenticode-sha256" not in meta:
+            return check
+        sigs = signatures(path)
+        digest = authenticode_sha256(path)
+        if sigs and digest == meta["authenticode-sha256"]:
+            return Check(check.name, True, f"signed after the build ({len(sigs)} signature(s)); the content "
+                                           f"under the signature is the built one (Authenticode sha256 {digest})")
+        why = (f"; Authenticode sha256 {digest} vs {meta['authenticode-sha256']}: the signed content changed"
+               if sigs else "")
+        return Check(check.name, False, check.detail + why)
 
     def verify(self, built: BuiltVariant) -> Sequence[Check]:
         path = built.output(self)
@@ -81,6 +131,13 @@ class UkiFormat(Format):
             missing.append(".ucode")
         checks = [Check("UKI has its sections", not missing,
                         f"missing {missing}" if missing else ", ".join(sorted(sections)))]
+        if ".sbat" in sections:
+            checks += _sbat_checks(parse_sbat(sections[".sbat"]), built)
+        meta = built.manifest["outputs"].get(self.file_name, {})
+        if "signed" in meta and path.exists():
+            sigs = signatures(path)
+            checks.append(Check("UKI carries the Authenticode signature made at build time", bool(sigs),
+                                f"{len(sigs)} signature(s)" if sigs else "no certificate table"))
         if sections:
             initrd = built.output(INITRD)
             checks.append(Check("UKI .initrd is the initrd",
@@ -99,9 +156,20 @@ class UkiFormat(Format):
         return checks
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
-        sections = [(n, len(d)) for n, d in uki_sections(built.output(self)).items()]
-        return Inspection({"uki-sections": [[n, s] for n, s in sections]},
-                          ("UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections)))
+        path = built.output(self)
+        contents = uki_sections(path)
+        sections = [(n, len(d)) for n, d in contents.items()]
+        sbat = parse_sbat(contents.get(".sbat", b""))
+        sigs = signatures(path)
+        digest = authenticode_sha256(path)
+        signed = (f"signed: {len(sigs)} Authenticode signature(s) ("
+                  + ", ".join(f"{s.kind_name}, {s.size:,} B" for s in sigs) + ")") if sigs else "signed: no"
+        return Inspection({"uki-sections": [[n, s] for n, s in sections], "uki-sbat": sbat,
+                           "uki-signatures": [{"type": s.kind_name, "size": s.size} for s in sigs],
+                           "uki-authenticode-sha256": digest},
+                          ("UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections),
+                           "UKI .sbat:", *(f"  {line}" for line in sbat),
+                           f"UKI Secure Boot: {signed}; Authenticode sha256 {digest}"))
 
     def boot_kernel(self, built: BuiltVariant, dest: Path) -> Optional[Path]:
         path = built.output(self)
@@ -121,12 +189,32 @@ def _text(section: bytes) -> str:
     return section.rstrip(b"\0").decode(errors="replace")
 
 
+def _sbat_checks(lines: list[str], built: BuiltVariant) -> list[Check]:
+    recorded = built.manifest["outputs"].get(UKI.file_name, {}).get("sbat")
+    product = f"{PRODUCT_PACKAGE}-{built.manifest['variant']},"
+    mine = [line for line in lines if line.startswith(product)]
+    return [
+        Check("UKI .sbat starts with the SBAT header", bool(lines) and lines[0] == SBAT_HEADER,
+              lines[0] if lines else "empty"),
+        Check("UKI .sbat names the variant's package", len(mine) == 1,
+              mine[0] if len(mine) == 1 else f"{len(mine)} lines start with {product!r}"),
+        Check("UKI .sbat names the stub", any(line.startswith("systemd-stub,") for line in lines)),
+        Check("UKI .sbat is the one the manifest records", lines == recorded,
+              "" if lines == recorded else f"manifest: {recorded}"),
+    ]
+
+
 def build_uki(*, kernel: Path, initrd: Path, stub: Path, os_release: Path, uname: str, cmdline: str,
-              output: Path, microcode: Optional[Path] = None) -> None:
+              output: Path, sbat: Path, microcode: Optional[Path] = None, signing: Optional[SigningKey] = None) -> None:
     argv = [find_tool("ukify"), "build", f"--linux={kernel}", f"--initrd={initrd}", f"--stub={stub}",
-            f"--os-release=@{os_release}", f"--uname={uname}", f"--output={output}"]
+            f"--os-release=@{os_release}", f"--uname={uname}", f"--sbat=@{sbat}", f"--output={output}"]
     if microcode is not None:
         argv.append(f"--microcode={microcode}")
+    if signing is not None:
+        # The kernel stays as its package ships it (Fedora signs it in kernel.spec): the stub vouches
+        # for the .linux of a UKI the firmware accepted, and re-signing would change its bytes.
+        argv += [f"--signtool={SIGNTOOL}", f"--secureboot-private-key={signing.key}",
+                 f"--secureboot-certificate={signing.certificate}", "--no-sign-kernel"]
     if cmdline:
         if cmdline.startswith("@"):
             # Variant loading refuses this; here it would make ukify embed the file it names.
