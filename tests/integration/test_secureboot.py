@@ -213,3 +213,57 @@ def test_uki_tampered_after_signing_is_refused_by_the_firmware(signed, firmware,
     r = secure_boot(tampered, firmware, fixture_repo.kernel_version)
     assert not r.ok
     assert re.search(r"BdsDxe: failed to load .*: Access Denied", r.marker_line), r.console_tail
+
+
+# ---- the spec's signing hook, kernel.spec's way ----
+
+@pytest.fixture(scope="module")
+def rendered_spec(fixture_repo, tmp_path_factory):
+    require_tools("rpmbuild")
+    spec = tmp_path_factory.mktemp("spec") / "src" / "mkosi-initrd-initrd.spec"
+    spec.parent.mkdir()
+    r = run_cli(["--quiet", "spec", "--kernel-version", fixture_repo.kernel_version, "--repo", fixture_repo.path,
+                 "--variants-dir", FIXTURE_VARIANTS, "--packager", "Test <test@example.org>", "--output", spec])
+    assert r.returncode == 0, r.stderr
+    return spec
+
+
+def rpmbuild(spec: Path, topdir: Path, mode: str, *defines: str) -> subprocess.CompletedProcess:
+    argv = ["rpmbuild", mode, "--nodeps", "--with", "uki_signing", "--define", f"_topdir {topdir}",
+            "--define", f"_sourcedir {spec.parent}"]
+    for d in defines:
+        argv += ["--define", d]
+    return subprocess.run([*argv, str(spec)], capture_output=True, text=True, timeout=900)
+
+
+def test_spec_with_uki_signing_signs_every_uki_with_pesign_and_check_accepts_it(rendered_spec, fixture_repo, keys,
+                                                                                tmp_path):
+    """%pesign stands in here as sbsign with the throw-away key: on koji's signing builders pesign's
+    helper asks the pesign daemon instead, with the same arguments."""
+    require_tools("mkosi", "ukify", "rpm2cpio", "cpio", "zstd", "sbsign")
+    require_root()
+    key, cert = keys
+    r = rpmbuild(rendered_spec, tmp_path, "-bi",
+                 f"mkosi_initrd_repo {fixture_repo.path}",
+                 f"mkosi_initrd_build {sys.executable} -m mkosi_initrd_builder",
+                 f"pesign(i:o:C:e:c:n:a:s) sbsign --key {key} --cert %{{-c*}} --output %{{-o*}} %{{-i*}}",
+                 f"secureboot_ca_0 {cert}", f"secureboot_key_0 {cert}", "pesign_name_0 throw-away",
+                 "vendor Test Vendor")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"sbsign --key {key} --cert {cert} --output out/minimal/uki.efi.signed out/minimal/uki.efi" in r.stderr
+    installed = list((tmp_path / "BUILDROOT").rglob("minimal/uki.efi"))
+    assert len(installed) == 1
+    assert sbverify(installed[0], cert).returncode == 0
+    # %check's verify passed on the signed UKI; the manifest beside it says what was built
+    manifest = json.loads((installed[0].parent / "manifest.json").read_text())
+    meta = manifest["outputs"]["uki.efi"]
+    assert meta["authenticode-sha256"] == authenticode_sha256(installed[0])
+    version = subprocess.run(["rpmspec", "-q", "--srpm", "--qf", "%{VERSION}-%{RELEASE}", str(rendered_spec)],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"mkosi-initrd-initrd-minimal,1,Test Vendor,mkosi-initrd-initrd-minimal,{version}," in "\n".join(meta["sbat"])
+
+
+def test_spec_with_uki_signing_and_no_pesign_macro_stops_before_building(rendered_spec, tmp_path):
+    r = rpmbuild(rendered_spec, tmp_path, "-bc", "mkosi_initrd_repo /nonexistent")
+    assert r.returncode != 0
+    assert "--with uki_signing signs with %pesign, a macro of the pesign package" in r.stderr
