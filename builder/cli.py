@@ -99,6 +99,9 @@ VERIFY_OPTIONS = (
     Option(("--settle",), "seconds /init must run without a panic when no --expect is given", type=float,
            default=DEFAULT_SETTLE, metavar="S"),
     Option(("--timeout",), "seconds to wait for each boot", type=float, default=DEFAULT_TIMEOUT, metavar="S"),
+    Option(("--secure-boot-vars",), "boot the UKI with Secure Boot enforced: OVMF's Secure Boot build with this "
+           "variable store (PK, KEK and db enrolled, Secure Boot on; copied, never written), the UKI loaded by "
+           "the firmware from a disk", type=Path, metavar="FILE"),
 )
 
 
@@ -141,12 +144,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mkosi_initrd_builder.checking.qemu import BootProbe
+    from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, find_secure_boot_code
     from mkosi_initrd_builder.checking.verify import verify_variant
+    from mkosi_initrd_builder.util.errors import SettingError
 
     probe = BootProbe(expect=args.expect, settle=args.settle)
+    secure_boot = None
+    if args.secure_boot_vars is not None:
+        if not args.boot:
+            raise SettingError("secure_boot_vars", "is only used with --boot", spelling="--secure-boot-vars")
+        if not args.secure_boot_vars.is_file():
+            raise SettingError("secure_boot_vars", f"{args.secure_boot_vars}: no such file",
+                               spelling="--secure-boot-vars")
+        secure_boot = SecureBootFirmware(find_secure_boot_code(), args.secure_boot_vars)
     checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, probe=probe,
-                            timeout=args.timeout)
+                            timeout=args.timeout, secure_boot=secure_boot)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail and (not c.ok or args.boot) else ""))
     failed = [c.name for c in checks if not c.ok]

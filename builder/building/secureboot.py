@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ssl
 import struct
 from pathlib import Path
 from typing import Optional
@@ -66,6 +65,8 @@ class SigningKey:
 
     def certificate_sha256(self) -> str:
         """The certificate's fingerprint (sha256 of its DER form), for the manifest and the inputs hash."""
+        import ssl  # here: the builder runs without it unless it signs
+
         try:
             pem = self.certificate.read_text(encoding="ascii")
             der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])

@@ -9,7 +9,7 @@ from typing import Optional
 from mkosi_initrd_builder.building.formats import formats_in
 from mkosi_initrd_builder.building.formats.base import BuiltVariant, Check, file_matches
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, load_manifest
-from mkosi_initrd_builder.checking.qemu import DEFAULT_TIMEOUT, BootProbe
+from mkosi_initrd_builder.checking.qemu import DEFAULT_TIMEOUT, BootProbe, SecureBootFirmware
 from mkosi_initrd_builder.rpmmeta.repo import extract_rpm, open_repository
 from mkosi_initrd_builder.util.errors import VerifyError
 
@@ -24,6 +24,7 @@ def verify_variant(
     repo: Optional[Path] = None,
     probe: BootProbe = BootProbe(),
     timeout: float = DEFAULT_TIMEOUT,
+    secure_boot: Optional[SecureBootFirmware] = None,
 ) -> list[Check]:
     built = BuiltVariant(directory, load_manifest(directory))
     outputs = built.manifest["outputs"]
@@ -48,7 +49,7 @@ def verify_variant(
     for fmt in formats_in(outputs):
         checks += fmt.verify(built)
     if boot_test:
-        checks += boot_checks(built, kernel=kernel, repo=repo, probe=probe, timeout=timeout)
+        checks += boot_checks(built, kernel=kernel, repo=repo, probe=probe, timeout=timeout, secure_boot=secure_boot)
     return checks
 
 
@@ -69,7 +70,7 @@ def kernel_from_repo(repo_path: Path, manifest: dict, dest: Path) -> Path:
 
 
 def boot_checks(built: BuiltVariant, *, kernel: Optional[Path], repo: Optional[Path], probe: BootProbe,
-                timeout: float) -> list[Check]:
+                timeout: float, secure_boot: Optional[SecureBootFirmware] = None) -> list[Check]:
     """Boot every output that boots; the kernel for those that need one comes from --kernel, else the
     repository's kernel package, else an output that carries one (the UKI's .linux)."""
     formats = formats_in(built.manifest["outputs"])
@@ -82,7 +83,7 @@ def boot_checks(built: BuiltVariant, *, kernel: Optional[Path], repo: Optional[P
                 break
             kernel = fmt.boot_kernel(built, Path(tmp))
         for fmt in formats:
-            check = fmt.boot(built, kernel, probe, timeout)
+            check = fmt.boot(built, kernel, probe, timeout, secure_boot=secure_boot)
             if check is not None:
                 checks.append(check)
     return checks

@@ -198,6 +198,22 @@ def test_signed_uki_boots_with_secure_boot_enforced(signed, firmware, fixture_re
 
 
 @pytest.mark.boot
+def test_verify_boots_the_signed_uki_with_secure_boot_enforced(signed, firmware, fixture_repo):
+    store = firmware.variables.read_bytes()
+    r = run_cli(["verify", "--boot", "--secure-boot-vars", firmware.variables, "--expect",
+                 fixture_probe(VARIANT, fixture_repo.kernel_version).expect, signed], timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^ok   boots \(UKI under OVMF, Secure Boot enforced\): .*BOOT-OK", r.stdout, re.MULTILINE)
+    assert firmware.variables.read_bytes() == store  # each boot writes to a copy
+
+
+def test_verify_takes_secure_boot_vars_only_with_boot(signed, firmware):
+    r = run_cli(["verify", "--secure-boot-vars", firmware.variables, signed])
+    assert r.returncode == 1
+    assert "error: --secure-boot-vars: is only used with --boot" in r.stderr
+
+
+@pytest.mark.boot
 def test_unsigned_uki_is_refused_by_the_firmware(unsigned, firmware, fixture_repo):
     r = secure_boot(unsigned / "uki.efi", firmware, fixture_repo.kernel_version)
     assert not r.ok

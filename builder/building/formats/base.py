@@ -18,7 +18,7 @@ from mkosi_initrd_builder.util.fsutil import sha256_file
 
 if TYPE_CHECKING:  # variants.py imports the registry for its OutputFormat enum
     from mkosi_initrd_builder.building.variants import VariantSpec
-    from mkosi_initrd_builder.checking.qemu import BootProbe
+    from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,8 @@ class Format(abc.ABC):
         """A kernel image this output carries (written under `dest`), for boots that need one."""
         return None
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: "BootProbe", timeout: float) -> Optional[Check]:
-        """Boot the output in QEMU and report whether `probe` saw the image's init come up."""
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: "BootProbe", timeout: float,
+             secure_boot: Optional["SecureBootFirmware"] = None) -> Optional[Check]:
+        """Boot the output in QEMU and report whether `probe` saw the image's init come up; an output the
+        firmware loads does so with `secure_boot` when it is given."""
         return None

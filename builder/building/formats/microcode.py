@@ -19,7 +19,7 @@ from typing import Any, Optional
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, iter_cpio
-from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, Repository, extract_rpm
 from mkosi_initrd_builder.util.compress import decompress_file
 from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError
@@ -207,7 +207,8 @@ class MicrocodeFormat(Format):
         return Inspection({"microcode-files": files, "microcode-packages": list(meta.get("packages", []))},
                           tuple(lines))
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float,
+             secure_boot: Optional[SecureBootFirmware] = None) -> Optional[Check]:
         name = "boots (kernel + early microcode cpio + initrd)"
         if kernel is None:
             return Check(name, False, "no kernel to boot with: pass --kernel or --repo")

@@ -14,7 +14,7 @@ from mkosi_initrd_builder.building.formats.microcode import MICROCODE
 from mkosi_initrd_builder.building.secureboot import (PRODUCT_PACKAGE, SBAT_HEADER, SbatIdentity, SigningKey,
                                                       authenticode_sha256, parse_sbat, signatures)
 from mkosi_initrd_builder.checking.cpio import resolve
-from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm
 from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError, VerifyError
 from mkosi_initrd_builder.util.fsutil import atomic_write
@@ -178,11 +178,14 @@ class UkiFormat(Format):
         atomic_write(dest / "vmlinuz", uki_sections(path)[".linux"])
         return dest / "vmlinuz"
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
-        # Booted whole, under OVMF: the stub hands its own .cmdline and .initrd to its own .linux.
-        r = boot(kernel=built.output(self), uefi=True, probe=probe, timeout=timeout)
-        return Check("boots (UKI under OVMF)", r.ok,
-                     f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else f"console tail:\n{r.console_tail}")
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float,
+             secure_boot: Optional[SecureBootFirmware] = None) -> Optional[Check]:
+        # Booted whole, under OVMF: the stub hands its own .cmdline and .initrd to its own .linux. With
+        # Secure Boot, the firmware loads it from a disk and checks its signature against the db.
+        r = boot(kernel=built.output(self), uefi=True, probe=probe, timeout=timeout, secure_boot=secure_boot)
+        name = "boots (UKI under OVMF, Secure Boot enforced)" if secure_boot else "boots (UKI under OVMF)"
+        return Check(name, r.ok, f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else
+                     (f"{r.marker_line}\n" if r.marker_line else "") + f"console tail:\n{r.console_tail}")
 
 
 def _text(section: bytes) -> str:
