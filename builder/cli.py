@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi_initrd_builder import __version__
+from mkosi_initrd_builder.building.secureboot import DEFAULT_SBAT_URL, DEFAULT_SBAT_VENDOR
 from mkosi_initrd_builder.checking.qemu import DEFAULT_SETTLE, DEFAULT_TIMEOUT
 from mkosi_initrd_builder.util.cliopts import Command, Option, epoch, positive_int
 from mkosi_initrd_builder.util.errors import BuilderError
@@ -34,6 +35,24 @@ def release_name(text: str) -> str:
         raise argparse.ArgumentTypeError(e.reason) from None
 
 
+def sbat_field(setting: str) -> Any:
+    """An argparse type for a field of the UKI's SBAT entry (no comma, one line)."""
+    from mkosi_initrd_builder.building.secureboot import check_sbat_field
+    from mkosi_initrd_builder.util.errors import SettingError
+
+    def parse(text: str) -> str:
+        try:
+            return check_sbat_field(setting, text)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(e.reason) from None
+    return parse
+
+
+# The build's settings that are not the command's own flags, as the CLI spells them.
+BUILD_SPELLINGS = {"secureboot_key": "--secureboot-key", "secureboot_certificate": "--secureboot-certificate",
+                   "package_version": "--package-version", "sbat_vendor": "--sbat-vendor", "sbat_url": "--sbat-url",
+                   "release": "--release"}
+
 VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: the product variants "
                       "installed with the builder)", type=Path, default=None, metavar="DIR")
 KERNEL_VERSION = Option(("--kernel-version",), "kernel version (uname -r) to build for", required=True,
@@ -53,6 +72,17 @@ BUILD_OPTIONS = (
            type=release_name, default="rawhide", metavar="RELEASE"),
     Option(("--cache-dir",), "mkosi's package caches (one subdirectory per variant), kept between builds", type=Path,
            metavar="DIR"),
+    Option(("--package-version",), "version-release of the package shipping the images, for the UKI's SBAT entry "
+           "(the spec passes %%{version}-%%{release}; default: the kernel version)", type=sbat_field("package_version"),
+           metavar="EVR"),
+    Option(("--sbat-vendor",), "vendor named in the UKI's SBAT entry", type=sbat_field("sbat_vendor"),
+           default=DEFAULT_SBAT_VENDOR, metavar="NAME"),
+    Option(("--sbat-url",), "where the vendor publishes advisories, for the UKI's SBAT entry",
+           type=sbat_field("sbat_url"), default=DEFAULT_SBAT_URL, metavar="URL"),
+    Option(("--secureboot-key",), "sign each UKI with this private key (PEM, with --secureboot-certificate) "
+           "using sbsign: for local builds and tests; in koji the spec's %%pesign hook signs after the build",
+           type=Path, metavar="FILE"),
+    Option(("--secureboot-certificate",), "the certificate (PEM) of --secureboot-key", type=Path, metavar="FILE"),
 )
 INSPECT_OPTIONS = (
     Option(("directory",), "a variant's output directory (OUTPUT/<variant>)", type=Path),
@@ -69,6 +99,9 @@ VERIFY_OPTIONS = (
     Option(("--settle",), "seconds /init must run without a panic when no --expect is given", type=float,
            default=DEFAULT_SETTLE, metavar="S"),
     Option(("--timeout",), "seconds to wait for each boot", type=float, default=DEFAULT_TIMEOUT, metavar="S"),
+    Option(("--secure-boot-vars",), "boot the UKI with Secure Boot enforced: OVMF's Secure Boot build with this "
+           "variable store (PK, KEK and db enrolled, Secure Boot on; copied, never written), the UKI loaded by "
+           "the firmware from a disk", type=Path, metavar="FILE"),
 )
 
 
@@ -77,13 +110,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     from mkosi_initrd_builder.util.resources import product_variants_dir
     from mkosi_initrd_builder.building.variants import load_variants
 
-    variants_dir = args.variants_dir or product_variants_dir()
-    variants = load_variants(variants_dir, args.variant_names or ())
-    results = build(BuildRequest(
-        repo=args.repo, kernel_version=args.kernel_version, output=args.output, variants=tuple(variants),
-        jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
-        cache_dir=args.cache_dir,
-    ))
+    from mkosi_initrd_builder.building.secureboot import optional_signing
+    from mkosi_initrd_builder.util.errors import SettingError
+
+    try:
+        signing = optional_signing(args.secureboot_key, args.secureboot_certificate)
+        variants_dir = args.variants_dir or product_variants_dir()
+        variants = load_variants(variants_dir, args.variant_names or ())
+        results = build(BuildRequest(
+            repo=args.repo, kernel_version=args.kernel_version, output=args.output, variants=tuple(variants),
+            jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
+            cache_dir=args.cache_dir, package_version=args.package_version, sbat_vendor=args.sbat_vendor,
+            sbat_url=args.sbat_url, signing=signing,
+        ))
+    except SettingError as e:
+        raise e.spelled(BUILD_SPELLINGS) from None
     from mkosi_initrd_builder.building.formats import FORMATS
 
     print(f"{'variant':16}" + "".join(f" {k.value:>12}" for k in FORMATS) + f" {'seconds':>8}")
@@ -103,12 +144,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mkosi_initrd_builder.checking.qemu import BootProbe
+    from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, find_secure_boot_code
     from mkosi_initrd_builder.checking.verify import verify_variant
+    from mkosi_initrd_builder.util.errors import SettingError
 
     probe = BootProbe(expect=args.expect, settle=args.settle)
+    secure_boot = None
+    if args.secure_boot_vars is not None:
+        if not args.boot:
+            raise SettingError("secure_boot_vars", "is only used with --boot", spelling="--secure-boot-vars")
+        if not args.secure_boot_vars.is_file():
+            raise SettingError("secure_boot_vars", f"{args.secure_boot_vars}: no such file",
+                               spelling="--secure-boot-vars")
+        secure_boot = SecureBootFirmware(find_secure_boot_code(), args.secure_boot_vars)
     checks = verify_variant(args.directory, boot_test=args.boot, kernel=args.kernel, repo=args.repo, probe=probe,
-                            timeout=args.timeout)
+                            timeout=args.timeout, secure_boot=secure_boot)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail and (not c.ok or args.boot) else ""))
     failed = [c.name for c in checks if not c.ok]

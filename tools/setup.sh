@@ -20,18 +20,21 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 DEBIAN_PKGS=(rpm createrepo-c python3-createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
              libarchive13 python3-venv busybox-static
              cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
-             ca-certificates dpkg-dev file apt debian-archive-keyring coreutils)
+             ca-certificates dpkg-dev file apt debian-archive-keyring coreutils sbsigntool openssl)
 FEDORA_PKGS=(rpm-build createrepo_c python3-createrepo_c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
              libarchive busybox cpio zstd
              binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg apt debian-keyring
-             coreutils)
+             coreutils sbsigntools pesign openssl)
+# sbsign, sbverify and openssl: the Secure Boot tests sign UKIs with a throw-away key (ukify signs a
+# local build with sbsign); the OVMF Secure Boot build comes with ovmf / edk2-ovmf.
 NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb apt-get
-             chroot unshare setpriv)
+             chroot unshare setpriv sbsign sbverify openssl)
 
 missing_cmds() {
     local c
     for c in "${NEEDED_CMDS[@]}"; do command -v "$c" >/dev/null || { echo "$c"; return; }; done
     [[ -e /usr/share/ovmf/OVMF.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.fd ]] || echo ovmf
+    [[ -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd || -e /usr/share/edk2/ovmf/OVMF_CODE.secboot.fd ]] || echo ovmf
     [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || echo debian-archive-keyring
     /usr/bin/python3 -c 'import dnf, rpm, pefile, createrepo_c, zstandard' 2>/dev/null || echo python3-modules
     # libarchive-c (pip, for tests/bench/library_bench.py) loads the host's libarchive.

@@ -23,6 +23,7 @@ from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, se
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
 from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, addon_manifest
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant, write_variant_files
+from mkosi_initrd_builder.building.secureboot import DEFAULT_SBAT_URL, DEFAULT_SBAT_VENDOR, SbatIdentity, SigningKey
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.rpmmeta.repo import Repository, extract_rpm, open_repository
@@ -52,6 +53,10 @@ class BuildRequest:
     source_date_epoch: Optional[int] = None
     release: str = DEFAULT_RELEASE
     cache_dir: Optional[Path] = None  # mkosi's package caches, one subdirectory per variant; temporary when None
+    package_version: Optional[str] = None  # the RPM's version-release, for the UKI's SBAT entry; else the kernel's
+    sbat_vendor: str = DEFAULT_SBAT_VENDOR
+    sbat_url: str = DEFAULT_SBAT_URL
+    signing: Optional[SigningKey] = None   # sign the UKIs (a local build); koji signs after the build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +239,9 @@ def build(request: BuildRequest) -> list[VariantResult]:
 
 
 def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[VariantResult]:
+    sbat = SbatIdentity(request.package_version or request.kernel_version, request.sbat_vendor, request.sbat_url)
+    if request.signing is not None:
+        request.signing.check()
     wanted = [k for k in FORMATS if any(k in v.formats for v in request.variants)]
     # mkosi compresses with zstd; extract_rpm runs rpm2cpio and cpio.
     for tool in ("mkosi", "rpm2cpio", "cpio", "zstd", *(t for k in wanted for t in FORMATS[k].tools)):
@@ -261,7 +269,7 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
     try:
         kernel = extract_kernel(repo, request.kernel_version, work / "kernel")
-        inputs = BuildInputs(repo, kernel.version, kernel.image, work)
+        inputs = BuildInputs(repo, kernel.version, kernel.image, work, sbat, request.signing)
         prepared = {k: FORMATS[k].prepare(inputs) for k in wanted}
         write_sandbox_tree(work / "sandbox", repo.path, request.release)
         cache = request.cache_dir or work / "pkgcache"
@@ -370,13 +378,14 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "source-date-epoch": ctx.source_date_epoch,
         "release": req.release,
         "tools": ctx.tools,
+        "formats": {k.value: facts for k in chosen if (facts := FORMATS[k].input_facts(ctx.prepared[k]))},
     }
     outputs = {}
     for kind in chosen:
         fmt = FORMATS[kind]
         path = final / fmt.file_name
         outputs[fmt.file_name] = {"sha256": sha256_file(path), "size": path.stat().st_size,
-                                  **fmt.manifest_entry(ctx.prepared[kind])}
+                                  **fmt.manifest_entry(ctx.prepared[kind], path)}
     manifest = {
         "manifest-version": MANIFEST_VERSION,
         "variant": variant.name,

@@ -212,6 +212,15 @@ def parse_size(path: Path, key: str, value: Any) -> int:
         raise _fail(path, key, str(e)) from None
 
 
+def parse_generation(path: Path, key: str, value: Any) -> int:
+    """An SBAT generation: a positive integer that only ever grows."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, key, "expected a positive integer")
+    if not 1 <= value <= 2**31 - 1:
+        raise _fail(path, key, "must be between 1 and 2147483647")
+    return value
+
+
 def parse_mkosi(path: Path, key: str, value: Any) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     """[mkosi.<Section>] tables: Setting = "value" or ["values", ...], passed to mkosi as written."""
     if not isinstance(value, dict):
@@ -420,6 +429,9 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
     VariantField("uki-addons", parse_uki_addons, (),
                  "[[uki-addons]] tables (name, kernel-command-line): command-line addons shipped beside the UKI "
                  "as uki.efi.extra.d/<name>.addon.efi; needs the 'uki' format."),
+    VariantField("sbat-generation", parse_generation, 1,
+                 "Generation of the UKI's SBAT entry mkosi-initrd-initrd-<variant>; raise it to revoke every "
+                 "earlier build of the variant through SBAT."),
     VariantField("size-budget", parse_size, 0, "Largest allowed initrd.cpio.zst, e.g. \"60M\"; 0: no limit."),
     VariantField("files", parse_files, (),
                  '[files] table of "/etc/..." or "/usr/..." = "contents": text files the image carries '
@@ -444,6 +456,7 @@ class VariantSpec:
     formats: tuple[OutputFormat, ...]
     uki_profiles: tuple[UkiProfile, ...]
     uki_addons: tuple[UkiAddon, ...]
+    sbat_generation: int
     size_budget: int
     files: tuple[tuple[str, str], ...]
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]

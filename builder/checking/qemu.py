@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -26,6 +27,15 @@ OVMF_CANDIDATES = (
     Path("/usr/share/edk2/ovmf/OVMF_CODE.fd"),
     Path("/usr/share/OVMF/OVMF_CODE.fd"),
 )
+# OVMF built with SMM, which Secure Boot needs to keep its variables from the guest (Debian, Fedora).
+SECURE_BOOT_CODE_CANDIDATES = (
+    Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+    Path("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd"),
+)
+# What OVMF's boot manager prints when Secure Boot refuses an image (unsigned: no signature the db
+# trusts; tampered: its digest no longer matches the signature's), as observed with edk2 2022.11:
+#   BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0): Access Denied
+FIRMWARE_REFUSED = r"BdsDxe: failed to (?:load|start) .*: (?:Access Denied|Security Violation)"
 # The kernel prints this (KERN_INFO) when it executes the initrd's /init: the image was unpacked and
 # its init is executable, whatever the init is (systemd in product images, anything in others).
 INIT_STARTED = r"Run /init as init process"
@@ -59,6 +69,23 @@ def esp_drive(directory: Path) -> list[str]:
     return ["-drive", f"if=virtio,format=raw,readonly=on,file=fat:{directory}"]
 
 
+@dataclasses.dataclass(frozen=True)
+class SecureBootFirmware:
+    """OVMF with Secure Boot: its code (built with SMM) and a variable store holding the enrolled keys
+    (PK, KEK, db) with Secure Boot on. Each boot works on a copy of the store: the firmware writes to it."""
+
+    code: Path
+    variables: Path
+
+
+def find_secure_boot_code() -> Path:
+    for p in SECURE_BOOT_CODE_CANDIDATES:
+        if p.exists():
+            return p
+    raise BootError("no Secure Boot OVMF firmware found (looked in "
+                    + ", ".join(map(str, SECURE_BOOT_CODE_CANDIDATES)) + ")", hint="run 'make setup' to install ovmf")
+
+
 def find_ovmf() -> Path:
     for p in OVMF_CANDIDATES:
         if p.exists():
@@ -79,22 +106,41 @@ def boot(
     extra_args: Sequence[str] = (),
     console_log: Optional[Path] = None,
     cpu: str = "max",
+    secure_boot: Optional[SecureBootFirmware] = None,
 ) -> BootResult:
     """Boot in QEMU with TCG; return as soon as `probe` decides, when the guest powers off, or when
     `timeout` passes. The QEMU process never outlives this call. With `kernel` None (under `uefi`)
-    the firmware boots whatever `extra_args` attach, e.g. an ESP from `esp_drive()`."""
+    the firmware boots whatever `extra_args` attach, e.g. an ESP from `esp_drive()`.
+
+    With `secure_boot`, `kernel` is an EFI image (a UKI) that the firmware's boot manager loads from a
+    disk, \\EFI\\BOOT\\BOOTX64.EFI of an ESP, as on a real machine: that is the load Secure Boot
+    guards. A refusal (FIRMWARE_REFUSED) fails the boot at once."""
     qemu = find_tool("qemu-system-x86_64")
-    tmp = None
+    tmp = tempfile.TemporaryDirectory(prefix="mkosi-initrd-boot-")
+    work = Path(tmp.name)
     if console_log is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mkosi-initrd-boot-")
-        console_log = Path(tmp.name) / "console.log"
+        console_log = work / "console.log"
     console_log.write_bytes(b"")
-    argv = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", cpu, "-m", memory, "-smp", "1",
+    machine = "q35,smm=on" if secure_boot else "q35"
+    argv = [qemu, "-machine", machine, "-accel", "tcg", "-cpu", cpu, "-m", memory, "-smp", "1",
             "-nographic", "-no-reboot", "-nodefaults", "-display", "none",
             "-serial", f"file:{console_log}"]
-    if kernel is not None:
+    if secure_boot is not None:
+        if kernel is None:
+            raise BootError("a Secure Boot boot needs the EFI image to put on its ESP")
+        esp = work / "esp/EFI/BOOT"
+        esp.mkdir(parents=True)
+        shutil.copyfile(kernel, esp / "BOOTX64.EFI")
+        variables = work / "vars.fd"
+        shutil.copyfile(secure_boot.variables, variables)
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on",
+                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={secure_boot.code}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
+                 *esp_drive(work / "esp")]
+        probe = dataclasses.replace(probe, fail=f"{probe.fail}|{FIRMWARE_REFUSED}")
+    elif kernel is not None:
         argv += ["-kernel", str(kernel)]
-    if uefi:
+    if uefi and secure_boot is None:
         argv += ["-bios", str(find_ovmf())]
     if initrd is not None:
         argv += ["-initrd", str(initrd)]
@@ -142,8 +188,7 @@ def boot(
         if proc.stdout:
             proc.stdout.close()
     text = console_log.read_bytes().decode(errors="replace")
-    if tmp is not None:
-        tmp.cleanup()
+    tmp.cleanup()
     tail = "\n".join((text + ("\n" + qemu_out if qemu_out.strip() else "")).splitlines()[-30:])
     if not marker and time.monotonic() - start > timeout:
         tail += f"\n(timed out after {timeout:.0f}s)"

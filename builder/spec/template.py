@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi_initrd_builder.building.formats import formats_of
-from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR
+from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, UKI
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME
 from mkosi_initrd_builder.building.variants import VariantSpec
 from mkosi_initrd_builder.spec.inputs import (BUILDER_PACKAGE, MKOSI_PACKAGE, SpecInputs, check_variants,
@@ -94,6 +94,23 @@ def earlier_builds(inputs: SpecInputs) -> list[str]:
     return [f"{kernel.version}-{release_for(kernel, n)}" for n in range(1, inputs.build_counter)]
 
 
+def sign_uki(variant: VariantSpec) -> str:
+    """The %build lines that sign the variant's UKI (and its addons) in place with %pesign, kernel.spec's way; empty
+    (the line is dropped) for a variant without a UKI."""
+    if UKI not in formats_of(variant.formats):
+        return ""
+    lines = []
+    # The UKI and its addons: under Secure Boot the stub loads only addons the firmware accepts.
+    for pe in [f"out/{variant.name}/{UKI.file_name}",
+               *(f"out/{variant.name}/{ADDONS_DIR}/{a.file_name}" for a in variant.uki_addons)]:
+        lines += [
+            f"%pesign -s -i {pe} -o {pe}.signed -a %{{secureboot_ca_0}} -c %{{secureboot_key_0}} -n %{{pesign_name_0}}",
+            f"test -s {pe}.signed || {{ echo 'error: %%pesign wrote no {pe}.signed' >&2; exit 1; }}",
+            f"mv -f {pe}.signed {pe}",
+        ]
+    return "\n".join(lines)
+
+
 def variant_values(variant: VariantSpec, index: int, inputs: SpecInputs) -> dict[str, str]:
     outputs = [f.file_name for f in formats_of(variant.formats)] + [MANIFEST_NAME]
     obsoletes = ""
@@ -103,6 +120,7 @@ def variant_values(variant: VariantSpec, index: int, inputs: SpecInputs) -> dict
         obsoletes = "\n".join(["# Earlier builds for this same kernel install the same files: replace them.",
                                *(f"Obsoletes:      %{{name}}-{variant.name} = {e}" for e in earlier)])
     return {
+        "VARIANT_SIGN": sign_uki(variant),
         "VARIANT_OBSOLETES": obsoletes,
         "VARIANT": variant.name,
         "SOURCE_NUMBER": str(VARIANT_SOURCE_BASE + index),

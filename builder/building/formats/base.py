@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from mkosi_initrd_builder.building.secureboot import SbatIdentity, SigningKey
 from mkosi_initrd_builder.checking.cpio import CpioEntry
 from mkosi_initrd_builder.rpmmeta.repo import Repository
+from mkosi_initrd_builder.util.fsutil import sha256_file
 
 if TYPE_CHECKING:  # variants.py imports the registry for its OutputFormat enum
     from mkosi_initrd_builder.building.variants import VariantSpec
-    from mkosi_initrd_builder.checking.qemu import BootProbe
+    from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +30,25 @@ class Check:
     detail: str = ""
 
 
+def file_matches(path: Path, meta: Mapping[str, Any]) -> Check:
+    """Whether `path` has the sha256 and size its manifest entry records."""
+    digest, size = sha256_file(path), path.stat().st_size
+    ok = digest == meta["sha256"] and size == meta["size"]
+    return Check(f"{path.name} matches manifest", ok,
+                 "" if ok else f"sha256 {digest} size {size} vs {meta['sha256']} {meta['size']}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildInputs:
-    """What every variant of one build shares: the repository, the kernel and a work directory."""
+    """What every variant of one build shares: the repository, the kernel, a work directory, who ships
+    the images (the UKI's SBAT entry) and the Secure Boot key of a local build that signs."""
 
     repo: Repository
     kernel_version: str
     kernel_image: Path
     work: Path
+    sbat: SbatIdentity
+    signing: Optional[SigningKey] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +106,19 @@ class Format(abc.ABC):
         """Write image.final / file_name (a temporary name and a rename; final/ is renamed into place
         only once every format is done)."""
 
-    def manifest_entry(self, prepared: Any) -> Mapping[str, Any]:
-        """Facts recorded next to the output's sha256 and size in manifest["outputs"]."""
+    def input_facts(self, prepared: Any) -> Mapping[str, Any]:
+        """Settings of the build step beyond the variant, the repository and the tools (those are hashed
+        already): they go into the manifest's inputs hash."""
         return {}
+
+    def manifest_entry(self, prepared: Any, output: Path) -> Mapping[str, Any]:
+        """Facts recorded next to the output's sha256 and size in manifest["outputs"]; `output` is the
+        file as built."""
+        return {}
+
+    def matches_manifest(self, path: Path, meta: Mapping[str, Any]) -> Check:
+        """Whether the file is the one the manifest describes."""
+        return file_matches(path, meta)
 
     def verify(self, built: BuiltVariant) -> Sequence[Check]:
         """Checks of the output's content beyond its sha256 (the caller checks that)."""
@@ -108,6 +131,8 @@ class Format(abc.ABC):
         """A kernel image this output carries (written under `dest`), for boots that need one."""
         return None
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: "BootProbe", timeout: float) -> Optional[Check]:
-        """Boot the output in QEMU and report whether `probe` saw the image's init come up."""
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: "BootProbe", timeout: float,
+             secure_boot: Optional["SecureBootFirmware"] = None) -> Optional[Check]:
+        """Boot the output in QEMU and report whether `probe` saw the image's init come up; an output the
+        firmware loads does so with `secure_boot` when it is given."""
         return None

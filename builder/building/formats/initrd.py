@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, read_cpio, resolve
-from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
 
@@ -64,7 +64,8 @@ class InitrdFormat(Format):
         return Inspection({"entries": len(entries), "uncompressed-size": uncompressed, "kernel-modules": modules,
                            "largest-files": [[n, s] for n, s in largest]}, tuple(lines))
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float,
+             secure_boot: Optional[SecureBootFirmware] = None) -> Optional[Check]:
         name = "boots (kernel + initrd)"
         if kernel is None:
             return Check(name, False, "no kernel to boot with: pass --kernel or --repo (the variant has no UKI "

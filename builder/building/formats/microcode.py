@@ -19,7 +19,7 @@ from typing import Any, Optional
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, iter_cpio
-from mkosi_initrd_builder.checking.qemu import BootProbe, boot
+from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, Repository, extract_rpm
 from mkosi_initrd_builder.util.compress import decompress_file
 from mkosi_initrd_builder.util.errors import BuilderError, PackageMissingError
@@ -167,7 +167,7 @@ class MicrocodeFormat(Format):
         shutil.copyfile(prepared.path, tmp)
         tmp.rename(image.final / self.file_name)
 
-    def manifest_entry(self, prepared: EarlyArchive) -> Mapping[str, Any]:
+    def manifest_entry(self, prepared: EarlyArchive, output: Path) -> Mapping[str, Any]:
         return {
             "packages": sorted({n for b in prepared.blobs for n in b.packages}),
             "vendors": {b.vendor.cpuid: {"file": b.vendor.early_name, "sha256": hash_bytes(b.data),
@@ -207,7 +207,8 @@ class MicrocodeFormat(Format):
         return Inspection({"microcode-files": files, "microcode-packages": list(meta.get("packages", []))},
                           tuple(lines))
 
-    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float) -> Optional[Check]:
+    def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float,
+             secure_boot: Optional[SecureBootFirmware] = None) -> Optional[Check]:
         name = "boots (kernel + early microcode cpio + initrd)"
         if kernel is None:
             return Check(name, False, "no kernel to boot with: pass --kernel or --repo")
