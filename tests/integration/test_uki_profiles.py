@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, BASE_PROFILE_ID, uki_profiles, uki_sections
+from mkosi_initrd_builder.building.secureboot import authenticode_sha256
 from mkosi_initrd_builder.checking.qemu import boot, esp_drive
 from mkosi_initrd_builder.util.fsutil import sha256_file
 from tests.conftest import FIXTURE_VARIANTS, require_root, require_tools
@@ -139,7 +140,8 @@ def test_addon_is_built_listed_and_verified(built):
     manifest = json.loads((built / VARIANT / "manifest.json").read_text())
     assert manifest["uki-addons"] == [{"name": "debug", "kernel-command-line": ADDON_WORD,
                                        "file": f"{ADDONS_DIR}/debug.addon.efi", "sha256": sha256_file(addon),
-                                       "size": addon.stat().st_size}]
+                                       "size": addon.stat().st_size,
+                                       "authenticode-sha256": authenticode_sha256(addon)}]
     out = subprocess.run([*_ukify(), "inspect", str(addon)], capture_output=True, text=True, check=True).stdout
     assert "uki-addon" in out, out  # ukify's .sbat line for addons
     r = run_cli(["inspect", built / VARIANT])
