@@ -57,6 +57,12 @@ def render_variant(
 ) -> RenderedConfig:
     """The mkosi configuration and command line for one variant.
 
+    No ImageId=: mkosi would write IMAGE_ID=<variant> into the image's os-release, and systemd's
+    hibernate-resume generator in the initrd refuses a HibernateLocation EFI variable whose
+    os-release ID and IMAGE_ID differ from the initrd's own (systemd-sleep writes the host's, which
+    has no IMAGE_ID on Fedora), so resume without resume= on the command line never happened. The
+    initrd keeps the distribution's os-release as its packages ship it, as dracut's does.
+
     mkosi 25 parses an Include= where it stands, and an Include= at the top of mkosi.conf loses
     the ExtraTrees= that follow it, so the include goes last. Settings the included mkosi-initrd
     configuration also sets (format, output name, manifest format) go on the command line, which
@@ -70,7 +76,6 @@ def render_variant(
             ("RepositoryKeyFetch", ("no",)),
         ],
         "Output": [
-            ("ImageId", (variant.name,)),
             ("OutputDirectory", (str(paths.output_dir),)),
             ("CompressOutput", ("zstd",)),
         ],

@@ -152,11 +152,14 @@ if [ -e /etc/realcontent-swap ]; then
     swap=$(/bin/busybox cat /etc/realcontent-swap)
     echo "{HIBERNATE_MARKER} case=$case token=$token swap=$swap" > /dev/console
     # What systemd-sleep does before hibernating on EFI: tell the next boot's initrd where the image
-    # is (EFI variable HibernateLocation: attributes NV|BS|RT, then the JSON), so that it can
-    # resume without resume= on the command line.
-    if [ -d {EFIVARS} ]; then
-        printf '\\007\\000\\000\\000%s' "$(/bin/busybox cat /etc/realcontent-hibernate-location)" > \\
-            {EFIVARS}/{HIBERNATE_LOCATION_VAR}
+    # is, so that it can resume without resume= on the command line. The file holds the variable as
+    # efivarfs takes it: attributes NV|BS|RT, then the JSON in UTF-16LE with its NUL, as systemd's
+    # efi_set_variable_string() writes it; cat hands it over in the one write efivarfs needs.
+    if [ -d /sys/firmware/efi ]; then
+        /bin/busybox grep -q " {EFIVARS} " /proc/mounts ||
+            /bin/busybox mount -t efivarfs efivarfs {EFIVARS}
+        /bin/busybox cat /etc/realcontent-hibernate-location > {EFIVARS}/{HIBERNATE_LOCATION_VAR} ||
+            echo "REALCONTENT-EFIVAR-FAILED {HIBERNATE_LOCATION_VAR}" > /dev/console
     fi
     /bin/busybox swapon "$swap" && echo shutdown > /sys/power/disk && echo disk > /sys/power/state
     status=$?
@@ -241,7 +244,7 @@ printf 'label: gpt\\nstart=2048, size=%s, type=%s, name=root\\nstart=%s, type=%s
 i=0; while [ ! -b /dev/vdg2 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
 root_tree resume
 echo /dev/vda2 > /tmp/root/etc/realcontent-swap
-cp /hibernate-location.json /tmp/root/etc/realcontent-hibernate-location
+cp /hibernate-location.var /tmp/root/etc/realcontent-hibernate-location
 mkfs.ext4 -q -U {UUIDS['resume_fs']} -L rcresume -d /tmp/root /dev/vdg1
 # by path: busybox sh prefers its own applets, and busybox mkswap has no -U
 /usr/sbin/mkswap -U {UUIDS['swap']} /dev/vdg2
@@ -279,6 +282,12 @@ def make_root_tree(dest: Path, busybox: Path) -> None:
     (dest / "sbin/init").chmod(0o755)
     # systemd switches root only into a tree that looks like an OS.
     (dest / "usr/lib/os-release").write_text("ID=realcontent-root\nNAME=\"real-content test root\"\n")
+
+
+def efi_variable(text: str) -> bytes:
+    """A string EFI variable as efivarfs reads and writes it: the attributes (non-volatile, boot
+    service and runtime access), then the text in UTF-16LE with a NUL, as systemd stores strings."""
+    return (0x7).to_bytes(4, "little") + (text + "\0").encode("utf-16-le")
 
 
 def hibernate_location(repo: RealRepo, builder: DistributionBuilder) -> str:
@@ -322,7 +331,7 @@ def make_provisioning_initrd(dest: Path, work: Path, repo: RealRepo, builder: Di
     subprocess.run(["depmod", "-b", str(tree), kver], check=True, env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"})
     make_root_tree(tree / "rootfs", busybox)
     (tree / "key").write_bytes(key)
-    (tree / "hibernate-location.json").write_text(hibernate_location(repo, builder))
+    (tree / "hibernate-location.var").write_bytes(efi_variable(hibernate_location(repo, builder)))
     (tree / "init").write_text(PROVISION_INIT)
     (tree / "init").chmod(0o755)
     (tree / "provision").write_text(PROVISION_SCRIPT)
