@@ -227,14 +227,18 @@ def test_verify_boot_reaches_marker_with_initrd_and_uki(built, fixture_repo):
 
 def with_init(initrd: Path, script: str, dest: Path) -> Path:
     """`initrd` with an archive appended whose /init replaces the image's: the kernel unpacks
-    concatenated archives in order, a later entry overwriting an earlier one."""
+    concatenated archives in order, a later entry overwriting an earlier one. It takes a cpio
+    header after a compressed archive only at a 4-byte aligned offset and skips zero bytes on the
+    way (init/initramfs.c, unpack_to_rootfs), so the compressed image is padded with zeros first:
+    unpadded, the appended archive was ignored whenever the image's size was not a multiple of 4."""
     root = dest.parent / f"{dest.name}.root"
     root.mkdir()
     (root / "init").write_text(script)
     (root / "init").chmod(0o755)
     extra = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=b"init\n",
                            capture_output=True, check=True).stdout
-    dest.write_bytes(initrd.read_bytes() + extra)
+    image = initrd.read_bytes()
+    dest.write_bytes(image + b"\0" * (-len(image) % 4) + extra)
     return dest
 
 
