@@ -92,8 +92,10 @@ VERIFY_OPTIONS = (
     Option(("directory",), "a variant's output directory (OUTPUT/<variant>)", type=Path),
     Option(("--boot",), "also boot the initrd (and the UKI under OVMF) in QEMU", action="store_true"),
     Option(("--kernel",), "kernel image for the initrd boot", type=Path, metavar="FILE"),
-    Option(("--repo",), "take the kernel for the initrd boot from the manifest's kernel package in this "
-           "repository (default: the UKI's .linux section)", type=Path, metavar="DIR"),
+    Option(("--repo",), "the repository the image was made from: check that no firmware listed as not "
+           "found is shipped by the manifest's firmware packages there, and take the kernel for the initrd "
+           "boot from the manifest's kernel package (default: the UKI's .linux section)", type=Path,
+           metavar="DIR"),
     Option(("--expect",), "regex a console line must match for a boot to pass (default: the kernel started "
            "/init and the machine ran on without a panic for --settle seconds)", metavar="REGEX"),
     Option(("--settle",), "seconds /init must run without a panic when no --expect is given", type=float,

@@ -111,6 +111,9 @@ if [[ "$ID" == debian ]]; then
     # CPU microcode for the fixtures' microcode_ctl and amd-ucode-firmware (Fedora's names); Debian
     # keeps it in non-free-firmware.
     extract_deb_tool microcode trixie/non-free-firmware intel-microcode amd64-microcode
+    # Device firmware for the fixtures' linux-firmware (Fedora's name): the bnx2 NIC's, small, and
+    # declared by a module the fixture kernel ships (modinfo -F firmware bnx2).
+    extract_deb_tool firmware trixie/non-free-firmware firmware-bnx2
     # Wrappers so the builder finds them on PATH; they run under Debian's python3, which sees
     # python3-pefile and python3-dnf (the pyenv python3 first on PATH does not).
     mkdir -p "$TOOLS/bin"

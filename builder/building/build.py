@@ -19,6 +19,8 @@ from mkosi_initrd_builder import __version__
 from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
 from mkosi_initrd_builder.building.formats.base import BuildInputs, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
+from mkosi_initrd_builder.building.firmware import (FIRMWARE_DIR, accepted_suffixes, install_firmware,
+                                                    kernel_config, newest_packages)
 from mkosi_initrd_builder.building.kmod import expand_default, prune_modules, select_modules
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, MANIFEST_VERSION, inputs_hash, write_manifest
 from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, addon_manifest
@@ -263,6 +265,7 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
         # extracted by rpm2cpio, which checks nothing: the kernel's and each format's packages
         extracted = {p.nevra.name for p in repo.kernel_packages(request.kernel_version)}
         extracted.update(name for k in wanted for name in FORMATS[k].spec_packages(repo))
+        extracted.update(p.nevra.name for v in request.variants for p in newest_packages(repo, v.firmware_packages))
         for pkg in repo.packages:
             if pkg.nevra.name in extracted:
                 repo.check_package_file(pkg)
@@ -319,7 +322,7 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
 def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     watch = Stopwatch()
     req = ctx.request
-    missing = ctx.repo.missing(variant.packages)
+    missing = ctx.repo.missing([*variant.packages, *variant.firmware_packages])
     if missing:
         raise PackageMissingError(missing, ctx.repo.path, variant=variant.name)
     vwork = ctx.work / "variants" / variant.name
@@ -337,6 +340,14 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         logger.info("  [%s] %d modules kept, %d left out", variant.name, len(selection.kept), len(selection.removed))
         for m in selection.missing_dependencies:
             logger.warning("  [%s] module dependency %s is not shipped by the kernel packages", variant.name, m)
+
+    with step(f"[{variant.name}] Adding the kept modules' firmware"):
+        firmware = install_firmware(ctx.repo, newest_packages(ctx.repo, variant.firmware_packages), selection.firmware,
+                                    accepted_suffixes(kernel_config(moddir)), kernel_tree / FIRMWARE_DIR, vwork)
+        logger.info("  [%s] %d firmware file(s), %s B, for %d wanted name(s); not found in %s: %d",
+                    variant.name, len(firmware.files), f"{sum(f.size for f in firmware.files):,}",
+                    len(selection.firmware), ", ".join(variant.firmware_packages) or "(no firmware-packages)",
+                    len(firmware.missing))
 
     # One package cache per variant. mkosi locks the cache's metadata directories only when they
     # already exist, so two variants starting on a fresh shared cache (every %build starts with
@@ -394,6 +405,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "packages": image_packages,
         "kernel-modules": list(selection.kept),
         "firmware-wanted": list(selection.firmware),
+        **firmware.manifest(),
         "kernel-command-line": variant.kernel_command_line,
         # Only when the variant has them, so the manifests of every other variant stay as they were.
         **({"uki-profiles": [p.to_dict() for p in variant.uki_profiles]} if variant.uki_profiles else {}),

@@ -10,7 +10,8 @@ from mkosi_initrd_builder.util.errors import VerifyError
 from mkosi_initrd_builder.util.fsutil import atomic_write, hash_bytes
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+# 2: the firmware added for the kept modules ("firmware", "firmware-missing", "firmware-packages").
+MANIFEST_VERSION = 2
 
 
 def canonical_json(data: Any) -> str:
@@ -38,7 +39,8 @@ def load_manifest(directory: Path) -> dict[str, Any]:
         raise VerifyError(f"{path}: unreadable manifest: {e}") from None
     if not isinstance(data, dict) or data.get("manifest-version") != MANIFEST_VERSION:
         raise VerifyError(f"{path}: not a version {MANIFEST_VERSION} manifest")
-    for key in ("variant", "kernel", "packages", "outputs", "inputs-hash"):
+    for key in ("variant", "kernel", "packages", "outputs", "inputs-hash", "firmware", "firmware-wanted",
+                "firmware-missing", "firmware-packages"):
         if key not in data:
             raise VerifyError(f"{path}: manifest lacks {key!r}")
     return data

@@ -418,6 +418,9 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "'default' stands for mkosi-initrd's list. Empty: every module the kernel package ships."),
     VariantField("kernel-modules-exclude", parse_regex_list, (),
                  "Regexes of modules to leave out even when included; dependencies of kept modules stay."),
+    VariantField("firmware-packages", parse_packages, (),
+                 "Packages the kept modules' firmware (modinfo firmware=) is taken from; only the files those "
+                 "modules name go into the image. Empty: no firmware."),
     VariantField("kernel-command-line", parse_kernel_command_line, "",
                  "The UKI's .cmdline section: one line, not starting with '@'."),
     VariantField("formats", parse_formats, (OutputFormat.initrd,),
@@ -452,6 +455,7 @@ class VariantSpec:
     packages: tuple[str, ...]
     kernel_modules_include: tuple[str, ...]
     kernel_modules_exclude: tuple[str, ...]
+    firmware_packages: tuple[str, ...]
     kernel_command_line: str
     formats: tuple[OutputFormat, ...]
     uki_profiles: tuple[UkiProfile, ...]

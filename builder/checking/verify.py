@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from mkosi_initrd_builder.building.firmware import available_names, satisfied
 from mkosi_initrd_builder.building.formats import formats_in
 from mkosi_initrd_builder.building.formats.base import BuiltVariant, Check, file_matches
 from mkosi_initrd_builder.building.manifest import MANIFEST_NAME, load_manifest
@@ -48,9 +49,26 @@ def verify_variant(
         checks.append(by_file[name].matches_manifest(path, meta) if name in by_file else file_matches(path, meta))
     for fmt in formats_in(outputs):
         checks += fmt.verify(built)
+    if repo is not None:
+        checks.append(firmware_availability(built.manifest, repo))
     if boot_test:
         checks += boot_checks(built, kernel=kernel, repo=repo, probe=probe, timeout=timeout, secure_boot=secure_boot)
     return checks
+
+
+def firmware_availability(manifest: dict, repo_path: Path) -> Check:
+    """No firmware listed as not found is in fact shipped by the firmware packages the image was made
+    from (read from the repository, by their exact NEVRAs)."""
+    name = "no wanted firmware the firmware packages ship is missing"
+    wanted = set(manifest["firmware-packages"])
+    packages = [p for p in open_repository(repo_path).packages if str(p.nevra) in wanted]
+    lacking = sorted(wanted - {str(p.nevra) for p in packages})
+    if lacking:
+        return Check(name, False, f"repository {repo_path} lacks {', '.join(lacking)}")
+    names = available_names(packages)
+    shipped = [m for m in manifest["firmware-missing"] if satisfied(m, names)]
+    return Check(name, not shipped, f"shipped but not in the image: {', '.join(shipped)}" if shipped else
+                 f"{len(manifest['firmware-missing'])} not found, none shipped by {len(packages)} package(s)")
 
 
 def kernel_from_repo(repo_path: Path, manifest: dict, dest: Path) -> Path:

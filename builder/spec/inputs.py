@@ -132,6 +132,7 @@ def image_packages(variants: Sequence[VariantSpec], release: str) -> tuple[str, 
     names: set[str] = set(MKOSI_IMPLICIT_PACKAGES)
     for v in variants:
         names.update(v.packages)
+        names.update(v.firmware_packages)
         names.update(base_packages(v, release))
     return tuple(sorted(names))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import re
 import shutil
 import signal
@@ -118,6 +119,78 @@ def test_verify_detects_tampering(built, tmp_path):
     assert "check(s) failed" in r.stderr and "Traceback" not in r.stderr
 
 
+def rpm_files(rpm: Path, dest: Path) -> Path:
+    """`rpm` unpacked by the real rpm2cpio and cpio (not the builder's code) into `dest`."""
+    dest.mkdir(parents=True)
+    payload = subprocess.run(["rpm2cpio", rpm], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=payload, cwd=dest, check=True)
+    return dest
+
+
+def test_firmware_the_kept_modules_declare_comes_from_the_firmware_package(built, fixture_repo, tmp_path):
+    require_tools("modinfo", "rpm2cpio", "cpio")
+    kver = fixture_repo.kernel_version
+    kernel = rpm_files(fixture_repo.rpms["kernel-core"], tmp_path / "kernel") / f"usr/lib/modules/{kver}"
+    firmware = rpm_files(fixture_repo.rpms["linux-firmware"], tmp_path / "firmware") / "usr/lib/firmware"
+    m = json.loads((built / "storage/manifest.json").read_text())
+    wanted = set()
+    for module in m["kernel-modules"]:  # kmod's own modinfo, not the builder's .modinfo reader
+        r = subprocess.run(["modinfo", "-F", "firmware", kernel / module], capture_output=True, text=True, check=True)
+        wanted.update(r.stdout.split())
+    assert m["firmware-wanted"] == sorted(wanted)
+    # What the package ships, by the name the loader asks for; the kernel's configuration says
+    # whether its loader reads the package's xz files as they are.
+    shipped = {str(p.relative_to(firmware)).removesuffix(".xz"): p for p in firmware.rglob("*") if p.is_file()}
+    xz_read = "CONFIG_FW_LOADER_COMPRESS_XZ=y" in (kernel / "config").read_text().splitlines()
+    served = sorted(wanted & set(shipped))
+    assert served and set(m["firmware-missing"]) == wanted - set(shipped) != set()
+    entries = {e.name: e for e in read_cpio(built / "storage/initrd.cpio.zst")}
+    in_image = sorted(n for n, e in entries.items() if n.startswith("usr/lib/firmware/") and e.is_file)
+    suffix = ".xz" if xz_read else ""
+    assert in_image == [f"usr/lib/firmware/{w}{suffix}" for w in served]
+    for w in served:
+        data = shipped[w].read_bytes() if xz_read else lzma.decompress(shipped[w].read_bytes())
+        assert entries[f"usr/lib/firmware/{w}{suffix}"].data == data, w
+        assert m["firmware"][f"{w}{suffix}"]["wanted"] == [w]
+    assert m["firmware-packages"] == [p.rsplit("/", 1)[-1].removesuffix(".rpm")
+                                      for p in [str(fixture_repo.rpms["linux-firmware"])]]
+    # A variant naming no firmware packages gets none, whatever its modules declare.
+    minimal = json.loads((built / "minimal/manifest.json").read_text())
+    assert minimal["firmware"] == {} and minimal["firmware-packages"] == []
+    assert minimal["firmware-missing"] == minimal["firmware-wanted"]
+    assert not any(e.name.startswith("usr/lib/firmware") for e in read_cpio(built / "minimal/initrd.cpio.zst"))
+
+
+def test_verify_and_inspect_show_the_firmware_and_what_was_not_found(built, fixture_repo, tmp_path):
+    r = run_cli(["verify", "--repo", fixture_repo.path, built / "storage"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok   no wanted firmware the firmware packages ship is missing" in r.stdout
+    m = json.loads((built / "storage/manifest.json").read_text())
+    r = run_cli(["inspect", "--json", built / "storage"])
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["firmware-missing"] == m["firmware-missing"]
+    assert info["firmware"] == {p: f["size"] for p, f in m["firmware"].items()}
+    assert info["firmware-size"] == sum(f["size"] for f in m["firmware"].values())
+    text = run_cli(["inspect", built / "storage"]).stdout
+    assert f"firmware wanted but not found ({len(m['firmware-missing'])}):" in text
+    assert all(f"  {n}" in text.splitlines() for n in m["firmware-missing"])
+
+    # A manifest claiming a shipped firmware was not found: the image holds a file it does not
+    # list, and the repository's package ships the name.
+    copy = tmp_path / "storage"
+    shutil.copytree(built / "storage", copy)
+    path, entry = sorted(m["firmware"].items())[0]
+    forged = dict(m, firmware={p: f for p, f in m["firmware"].items() if p != path},
+                  **{"firmware-missing": sorted([*m["firmware-missing"], *entry["wanted"]])})
+    (copy / "manifest.json").write_text(json.dumps(forged))
+    r = run_cli(["verify", "--repo", fixture_repo.path, copy])
+    assert r.returncode == 1
+    assert "FAIL firmware in the image is what the manifest lists" in r.stdout
+    assert "FAIL no wanted firmware the firmware packages ship is missing" in r.stdout
+    assert entry["wanted"][0] in r.stdout
+
+
 def test_offline_rebuild_is_byte_identical(built, fixture_repo, tmp_path):
     """A second build, cold cache, one job, inside a network namespace with no interfaces but lo
     (down): same bytes as the first."""
@@ -156,14 +229,18 @@ def test_verify_boot_reaches_marker_with_initrd_and_uki(built, fixture_repo):
 
 def with_init(initrd: Path, script: str, dest: Path) -> Path:
     """`initrd` with an archive appended whose /init replaces the image's: the kernel unpacks
-    concatenated archives in order, a later entry overwriting an earlier one."""
+    concatenated archives in order, a later entry overwriting an earlier one. It takes a cpio
+    header after a compressed archive only at a 4-byte aligned offset and skips zero bytes on the
+    way (init/initramfs.c, unpack_to_rootfs), so the compressed image is padded with zeros first:
+    unpadded, the appended archive was ignored whenever the image's size was not a multiple of 4."""
     root = dest.parent / f"{dest.name}.root"
     root.mkdir()
     (root / "init").write_text(script)
     (root / "init").chmod(0o755)
     extra = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=b"init\n",
                            capture_output=True, check=True).stdout
-    dest.write_bytes(initrd.read_bytes() + extra)
+    image = initrd.read_bytes()
+    dest.write_bytes(image + b"\0" * (-len(image) % 4) + extra)
     return dest
 
 

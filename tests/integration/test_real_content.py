@@ -174,6 +174,30 @@ def test_variant_builds_within_its_size_budget(built, variant):
     assert not any(e.startswith("usr/share/locale/") and e.endswith(".mo") for e in entries)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_firmware_of_the_kept_drivers_is_in_the_image_and_accounted_for(built, real_repo, variant):
+    """verify --repo checks the image's firmware byte for byte against the manifest and that nothing
+    listed as not found is shipped by the variant's firmware packages; here, independently, rpm's own
+    file list of those packages says which wanted names had to come along."""
+    r = run_cli(["verify", "--repo", real_repo.path, built / variant])
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((built / variant / "manifest.json").read_text())
+    shipped = set()
+    for nevra in m["firmware-packages"]:
+        rpm = real_repo.path / real_repo.rpms[nevra.rsplit("-", 2)[0]]
+        shipped |= {f.removeprefix("/usr/lib/firmware/") for f in rpm_query(rpm, "[%{FILENAMES}\n]").split()}
+    wanted_and_shipped = set(m["firmware-wanted"]) & shipped
+    served = {w for f in m["firmware"].values() for w in f["wanted"]}
+    assert served == wanted_and_shipped
+    assert set(m["firmware-missing"]) == set(m["firmware-wanted"]) - shipped
+    if m["firmware-packages"]:
+        # Debian's firmware packages link versioned files under stable names (cxgb4/t4fw.bin):
+        # the link and the file it leads to both come along.
+        links = {p: f["link"] for p, f in m["firmware"].items() if "link" in f}
+        assert links and all(any(q != p and q.endswith(t.rsplit("/", 1)[-1]) for q in m["firmware"])
+                             for p, t in links.items())
+
+
 @pytest.mark.parametrize("variant,case", [(v, c) for v in VARIANTS for c in CASE_NAMES])
 def test_initrd_switches_to_the_real_root(built, real_repo, disks, variant, case, tmp_path):
     from tests.realcontent.matrix import boot_case

@@ -97,6 +97,9 @@ class FixtureInputs:
     intel_ucode_package: DebianVersion
     amd_ucode_package: DebianVersion
     microcode_debs: str
+    firmware_dir: Path           # Debian's firmware-bnx2, extracted: the fixture linux-firmware
+    linux_firmware_package: DebianVersion
+    firmware_debs: str
 
     def spec_defines(self) -> dict[str, str]:
         """The rpmbuild --define values the specs in tests/fixtures/SPECS expect."""
@@ -116,6 +119,9 @@ class FixtureInputs:
             "intel_ucode_release": self.intel_ucode_package.release,
             "amd_ucode_version": self.amd_ucode_package.version,
             "amd_ucode_release": self.amd_ucode_package.release,
+            "firmware_dir": str(self.firmware_dir),
+            "linux_firmware_version": self.linux_firmware_package.version,
+            "linux_firmware_release": self.linux_firmware_package.release,
         }
 
 
@@ -232,6 +238,8 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
     microcode_dir = tools_dir / "microcode"
     _, intel_ucode = _deb_from_list(microcode_dir / ".debs", "intel-microcode_")
     _, amd_ucode = _deb_from_list(microcode_dir / ".debs", "amd64-microcode_")
+    firmware_dir = tools_dir / "firmware"
+    _, linux_firmware = _deb_from_list(firmware_dir / ".debs", "firmware-bnx2_")
     if busybox is None:
         found = Path("/bin/busybox") if Path("/bin/busybox").exists() else shutil.which("busybox")
         if not found:
@@ -252,6 +260,9 @@ def find_fixture_inputs(tools_dir: Path = DEFAULT_TOOLS_DIR, busybox: Path | Non
         intel_ucode_package=intel_ucode,
         amd_ucode_package=amd_ucode,
         microcode_debs=" ".join(sorted((microcode_dir / ".debs").read_text().split())),
+        firmware_dir=firmware_dir.resolve(),
+        linux_firmware_package=linux_firmware,
+        firmware_debs=" ".join(sorted((firmware_dir / ".debs").read_text().split())),
     )
 
 
@@ -294,7 +305,8 @@ def fixture_hash(inputs: FixtureInputs, buildroot_key: str = "") -> str:
     add("stub-debs", inputs.stub_debs)
     add("busybox-sha256", inputs.busybox_sha256)
     add("microcode-debs", inputs.microcode_debs)
-    # xz: amd-ucode-firmware's files are compressed with it.
+    add("firmware-debs", inputs.firmware_debs)
+    # xz: amd-ucode-firmware's and linux-firmware's files are compressed with it.
     for tool in (["rpmbuild", "--version"], ["createrepo_c", "--version"], ["depmod", "--version"],
                  ["xz", "--version"]):
         add(f"tool:{tool[0]}", tool_version(tool))
@@ -493,6 +505,7 @@ def build_fixture_repo(
                 "stub_debs": inputs.stub_debs,
                 "busybox_sha256": inputs.busybox_sha256,
                 "microcode_debs": inputs.microcode_debs,
+                "firmware_debs": inputs.firmware_debs,
             },
         }
         (staged / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -29,7 +29,7 @@ def kernel_package(evr: str, uname: str = UNAME, name: str = "kernel-core") -> R
 
 
 def fake_repo(*kernels: RepoPackage, extra: Sequence[RepoPackage] = ()) -> Repository:
-    others = [package(n, "1-1", "noarch") for n in ("basesystem", "busybox", "initrd-init", "kmod")]
+    others = [package(n, "1-1", "noarch") for n in ("basesystem", "busybox", "initrd-init", "kmod", "linux-firmware")]
     others.append(package("systemd-boot-unsigned", "257-1",
                           files=("/usr/lib/systemd/boot/efi/linuxx64.efi.stub",)))
     return Repository(Path("/srv/fake-repo"), "1", (*(kernels or (kernel_package("7.0.42-2"),)), *others, *extra))

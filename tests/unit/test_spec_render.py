@@ -50,6 +50,8 @@ def test_buildrequires_are_the_exact_kernel_the_tools_and_the_image_packages():
     assert brs[:2] == ["kernel-core = 7.0.42-2", "kernel-modules-core = 7.0.42-2"]
     assert {"mkosi", "mkosi-initrd-builder", "systemd-ukify", "systemd-boot-unsigned"} <= set(brs)
     assert {"basesystem", "busybox", "initrd-init", "kmod"} <= set(brs)
+    # the storage variant takes its modules' firmware from linux-firmware: the package is an input
+    assert "linux-firmware" in brs
     assert re.search(r"^Requires:\s+%\{kernel_name\}%\{\?_isa\} = %\{kernel_evr\}$", text, re.MULTILINE)
     assert "%global kernel_name     kernel-core\n%global kernel_evr      7.0.42-2\n" in text
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from mkosi_initrd_builder.building.firmware import FIRMWARE_DIR, manifest_firmware
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, read_cpio, resolve
 from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
+from mkosi_initrd_builder.util.fsutil import hash_bytes
 
 
 def is_module(entry: CpioEntry) -> bool:
@@ -50,7 +52,7 @@ class InitrdFormat(Format):
         if wanted:
             dep = entries.get(f"usr/lib/modules/{built.kernel_version}/modules.dep")
             checks.append(Check("modules.dep regenerated in the image", dep is not None and dep.size > 0))
-        return checks
+        return checks + firmware_checks(built.manifest, entries)
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
         entries = read_cpio(built.output(self))
@@ -58,10 +60,22 @@ class InitrdFormat(Format):
         modules = sorted(e.name.rsplit("/", 1)[-1] for e in files if is_module(e))
         largest = sorted(((e.name, e.size) for e in files), key=lambda t: (-t[1], t[0]))[:top]
         uncompressed = sum(e.size for e in files)
+        firmware = sorted((e.name[len(FIRMWARE_DIR) + 1:], e) for e in entries
+                          if e.name.startswith(f"{FIRMWARE_DIR}/") and not e.is_dir)
+        firmware_bytes = sum(e.size for _, e in firmware if e.is_file)
+        not_found = list(built.manifest.get("firmware-missing", []))
         lines = [f"initrd: {len(entries)} entries, {uncompressed:,} B of files uncompressed",
                  f"kernel modules ({len(modules)}):", *(f"  {m}" for m in modules),
+                 f"firmware ({len(firmware)} files, {firmware_bytes:,} B as stored; from "
+                 f"{', '.join(built.manifest.get('firmware-packages', [])) or 'no firmware packages'}):",
+                 *(f"  {e.size:>12,} B  {n}" if e.is_file
+                   else f"  {'link':>14}  {n} -> {e.data.decode(errors='replace')}" for n, e in firmware),
+                 f"firmware wanted but not found ({len(not_found)}):", *(f"  {n}" for n in not_found),
                  "largest files:", *(f"  {s:>12,} B  /{n}" for n, s in largest)]
         return Inspection({"entries": len(entries), "uncompressed-size": uncompressed, "kernel-modules": modules,
+                           "firmware": {n: e.size if e.is_file else {"link": e.data.decode(errors="replace")}
+                                        for n, e in firmware},
+                           "firmware-size": firmware_bytes, "firmware-missing": not_found,
                            "largest-files": [[n, s] for n, s in largest]}, tuple(lines))
 
     def boot(self, built: BuiltVariant, kernel: Optional[Path], probe: BootProbe, timeout: float,
@@ -74,6 +88,41 @@ class InitrdFormat(Format):
         r = boot(kernel=kernel, initrd=built.output(self), append=" ".join(dict.fromkeys(words)), probe=probe,
                  timeout=timeout)
         return Check(name, r.ok, f"{r.seconds:.1f}s: {r.marker_line}" if r.ok else f"console tail:\n{r.console_tail}")
+
+
+def firmware_checks(manifest: Mapping[str, Any], entries: Mapping[str, CpioEntry]) -> list[Check]:
+    """The image's /usr/lib/firmware is exactly what the manifest lists, byte for byte, and every
+    firmware name the kept modules declare is either provided by a listed file or listed as not found."""
+    listed = manifest_firmware(manifest)
+    prefix = f"{FIRMWARE_DIR}/"
+    in_image = {n[len(prefix):]: e for n, e in entries.items() if n.startswith(prefix) and not e.is_dir}
+    extra, absent = sorted(set(in_image) - set(listed)), sorted(set(listed) - set(in_image))
+    checks = [Check("firmware in the image is what the manifest lists", not extra and not absent,
+                    f"not listed: {extra}, not in the image: {absent}" if extra or absent
+                    else f"{len(listed)} file(s)")]
+    wrong = []
+    for path, meta in sorted(listed.items()):
+        e = in_image.get(path)
+        if e is None:
+            continue
+        if "link" in meta:
+            target = resolve(dict(entries), prefix + path)
+            ok = (e.is_symlink and e.data.decode(errors="replace") == meta["link"]
+                  and target is not None and target.is_file)
+        else:
+            ok = e.is_file and e.size == meta.get("size") and hash_bytes(e.data) == meta.get("sha256")
+        if not ok:
+            wrong.append(path)
+    checks.append(Check("firmware files match manifest (sha256, size, link targets)", not wrong, ", ".join(wrong)))
+    wanted = set(manifest.get("firmware-wanted", []))
+    missing = set(manifest.get("firmware-missing", []))
+    provided = {w for meta in listed.values() for w in meta.get("wanted", [])}
+    ok = provided | missing == wanted and not provided & missing
+    checks.append(Check("every wanted firmware is in the image or listed as not found", ok,
+                        f"{len(provided)} provided, {len(missing)} not found" if ok else
+                        f"neither: {sorted(wanted - provided - missing)}, both: {sorted(provided & missing)}, "
+                        f"not wanted: {sorted((provided | missing) - wanted)}"))
+    return checks
 
 
 def size_report(variant: str, path: Path, budget: int, size: int, entries: Iterable[CpioEntry],

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from mkosi_initrd_builder.building.firmware import FIRMWARE_ROOTS
 from mkosi_initrd_builder.building.formats.base import BuildInputs, BuiltVariant, Check, Format, Inspection, VariantImage
 from mkosi_initrd_builder.building.formats.initrd import INITRD
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, iter_cpio
@@ -54,7 +55,6 @@ VENDORS = (
     Vendor("GenuineIntel", "microcode_ctl", "intel-ucode",
            re.compile(r"[0-9a-f]{2}-[0-9a-f]{2}-[0-9a-f]{2}" + COMPRESSED_SUFFIX)),
 )
-FIRMWARE_ROOTS = ("/usr/lib/firmware", "/lib/firmware")
 
 
 def vendor_files(vendor: Vendor, paths: Iterable[str]) -> list[str]:
