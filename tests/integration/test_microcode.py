@@ -21,7 +21,7 @@ from mkosi_initrd_builder.building.manifest import load_manifest
 from mkosi_initrd_builder.checking.verify import kernel_from_repo
 from mkosi_initrd_builder.util.fsutil import hash_bytes
 from tests.conftest import FIXTURE_VARIANTS, require_root, require_tools
-from tests.support.bootmarker import fixture_marker, fixture_probe
+from tests.support.bootmarker import fixture_marker, fixture_probe, renamed_fixture_variant
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,7 @@ def microcode_variant(directory: Path) -> Path:
     text = (FIXTURE_VARIANTS / "minimal.toml").read_text()
     assert 'formats = ["initrd", "uki"]' in text
     directory.mkdir()
+    text = renamed_fixture_variant(text, "minimal", VARIANT)
     (directory / f"{VARIANT}.toml").write_text(text.replace('formats = ["initrd", "uki"]',
                                                             'formats = ["initrd", "microcode", "uki"]'))
     return directory

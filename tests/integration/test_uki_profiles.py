@@ -19,7 +19,7 @@ from mkosi_initrd_builder.building.secureboot import authenticode_sha256
 from mkosi_initrd_builder.checking.qemu import boot, esp_drive
 from mkosi_initrd_builder.util.fsutil import sha256_file
 from tests.conftest import FIXTURE_VARIANTS, require_root, require_tools
-from tests.support.bootmarker import fixture_probe
+from tests.support.bootmarker import fixture_probe, renamed_fixture_variant
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
@@ -42,9 +42,9 @@ kernel-command-line = "{ADDON_WORD}"
 
 def profiled_variant(directory: Path) -> Path:
     """The minimal fixture variant with one extra UKI profile, the test's own."""
-    text = (FIXTURE_VARIANTS / "minimal.toml").read_text()
+    text = renamed_fixture_variant((FIXTURE_VARIANTS / "minimal.toml").read_text(), "minimal", VARIANT)
     directory.mkdir()
-    (directory / f"{VARIANT}.toml").write_text(text + PROFILES)
+    (directory / f"{VARIANT}.toml").write_text(text.replace("\n[files]", PROFILES + "\n[files]", 1))
     return directory
 
 

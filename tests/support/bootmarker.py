@@ -18,3 +18,12 @@ def fixture_marker(variant: str, kernel_version: str) -> str:
 
 def fixture_probe(variant: str, kernel_version: str) -> BootProbe:
     return BootProbe(expect=fixture_marker(variant, kernel_version), fail=rf"{FAIL_MARKER}|Kernel panic - not syncing")
+
+
+def renamed_fixture_variant(text: str, old: str, new: str) -> str:
+    """A fixture variant file's text for a copy named `new`: the name the fixture init prints comes
+    from the variant's own [files] entry, which must follow the file's new name."""
+    line = f'"/etc/mkosi-initrd-fixture-variant" = "{old}\\n"'
+    if line not in text:
+        raise AssertionError(f"the fixture variant {old} no longer names itself with {line}")
+    return text.replace(line, f'"/etc/mkosi-initrd-fixture-variant" = "{new}\\n"')
