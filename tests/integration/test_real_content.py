@@ -3,7 +3,8 @@
 Debian trixie packages are repackaged as Fedora-named RPMs (tests/realcontent/mapping.toml), the
 builder builds `virt` and `generic` from them unchanged, and each image boots in QEMU (TCG) to a
 real root on plain ext4, on LVM2 and on LUKS2; `generic` also to ext4 on MD RAID1 (clean and
-degraded), and it hibernates and resumes. A generic dracut initrd for the same kernel and drivers
+degraded), to an NFS root (v4.1 and v3, served from this machine by nfs-ganesha), and it
+hibernates and resumes. A generic dracut initrd for the same kernel and drivers
 boots through the same cases as the baseline. Deliberately broken setups must give up visibly
 within a bound, naming the failing unit: emergency mode, or a fresh boot when a hibernation image
 is lost. Every console log is kept in build/realcontent-boots/. Slow (about twenty minutes under
