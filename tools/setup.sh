@@ -20,15 +20,18 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 DEBIAN_PKGS=(rpm createrepo-c python3-createrepo-c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
              libarchive13 python3-venv busybox-static
              cpio zstd binutils qemu-system-x86 ovmf kmod iproute2 util-linux rpmlint
-             ca-certificates dpkg-dev file apt debian-archive-keyring coreutils sbsigntool openssl)
+             ca-certificates dpkg-dev file apt debian-archive-keyring coreutils sbsigntool openssl
+             nfs-ganesha nfs-ganesha-vfs rpcbind)
 FEDORA_PKGS=(rpm-build createrepo_c python3-createrepo_c dnf python3-dnf python3-rpm python3-pefile python3-zstandard
              libarchive busybox cpio zstd
              binutils qemu-system-x86-core edk2-ovmf kmod iproute util-linux rpmlint dpkg apt debian-keyring
-             coreutils sbsigntools pesign openssl)
+             coreutils sbsigntools pesign openssl nfs-ganesha nfs-ganesha-vfs rpcbind)
 # sbsign, sbverify and openssl: the Secure Boot tests sign UKIs with a throw-away key (ukify signs a
 # local build with sbsign); the OVMF Secure Boot build comes with ovmf / edk2-ovmf.
+# ganesha.nfsd and rpcbind: the NFS-root boots export a root from this machine
+# (tests/realcontent/nfs.py); the container has no kernel nfsd.
 NEEDED_CMDS=(rpm rpmbuild createrepo_c dnf qemu-system-x86_64 cpio zstd busybox rpmlint dpkg-deb apt-get
-             chroot unshare setpriv sbsign sbverify openssl)
+             chroot unshare setpriv sbsign sbverify openssl ganesha.nfsd rpcbind)
 
 missing_cmds() {
     local c

@@ -3,7 +3,8 @@
 Debian trixie packages are repackaged as Fedora-named RPMs (tests/realcontent/mapping.toml), the
 builder builds `virt` and `generic` from them unchanged, and each image boots in QEMU (TCG) to a
 real root on plain ext4, on LVM2 and on LUKS2; `generic` also to ext4 on MD RAID1 (clean and
-degraded), and it hibernates and resumes. A generic dracut initrd for the same kernel and drivers
+degraded), to an NFS root (v4.1 and v3, served from this machine by nfs-ganesha), and it
+hibernates and resumes. A generic dracut initrd for the same kernel and drivers
 boots through the same cases as the baseline. Deliberately broken setups must give up visibly
 within a bound, naming the failing unit: emergency mode, or a fresh boot when a hibernation image
 is lost. Every console log is kept in build/realcontent-boots/. Slow (about twenty minutes under
@@ -48,6 +49,9 @@ DRACUT_BROKEN_SKIP = ("dracut's degraded and broken-setup boots wait out its ini
                       "under TCG, which would push .ci/run past its hour; "
                       "set MKOSI_INITRD_REALCONTENT_DRACUT_BROKEN=1 to run them")
 BROKEN_CASES = ("raid-wrong-uuid",)
+# NFS roots, served from this machine by nfs-ganesha (tests/realcontent/nfs.py), each case with
+# the one protocol version its mount options ask for.
+NFS_VERSIONS = {"nfs-v4": "4", "nfs-v3": "3"}
 # A broken setup gives up after its device job times out (systemd's default: 90 s) or dracut's
 # initqueue retries (rd.retry: 180 s), which under TCG on a loaded host takes minutes, but not ten.
 BROKEN_TIMEOUT = 600.0
@@ -327,3 +331,48 @@ def test_generic_uki_resumes_through_the_efi_hibernate_location(built, disks, bo
                              prefix="generic-uki", efi_variables=True)
     assert r.token and r.hibernated, r.describe()
     assert r.resumed and not r.second_boot_fresh, r.describe()
+
+
+@pytest.fixture(scope="module")
+def nfs_root(tmp_path_factory):
+    """The root tree the NFS cases export; the server runs only while a case boots."""
+    from tests.realcontent.disks import busybox_path
+    from tests.realcontent.nfs import make_nfs_root, server_tools
+
+    if missing := server_tools():
+        pytest.skip("NFS server tools missing: " + ", ".join(missing) + " (apt-get install "
+                    + " ".join(sorted(set(missing.values()))) + ")")
+    return make_nfs_root(tmp_path_factory.mktemp("nfs") / "root", "nfs", busybox_path())
+
+
+@pytest.mark.parametrize("case", NFS_VERSIONS)
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_nfs_root_mounts_over_dhcp_configured_network(request, real_repo, nfs_root, boot_logs, image, case):
+    """ip=dhcp brings the network up in the initrd (QEMU's DHCP), the root is mounted from the server
+    on this machine, and its init runs from NFS."""
+    from tests.realcontent.disks import NFS_EXPORT, NFS_SERVER
+    from tests.realcontent.matrix import boot_case
+    from tests.realcontent.nfs import nfs_server
+
+    with nfs_server(nfs_root, versions=(NFS_VERSIONS[case],)):
+        r = boot_case(case, None, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                      console_log=boot_logs / f"{image}-{case}.log", dracut=image.startswith("dracut"))
+    assert r.ok, r.describe()
+    assert r.root_device == f"{NFS_SERVER}:{NFS_EXPORT}", r.describe()
+    assert not r.failed_units, r.failed_units
+
+
+@pytest.mark.parametrize("image", SETUP_IMAGES)
+def test_unreachable_nfs_server_gives_up_naming_the_root_mount(request, real_repo, boot_logs, image):
+    """No server listens: the network comes up, the mount is refused until its job times out, and
+    the initrd names sysroot.mount on its way to emergency mode; nothing waits forever."""
+    from tests.realcontent.matrix import boot_case
+
+    if image.startswith("dracut") and not DRACUT_BROKEN:
+        pytest.skip(DRACUT_BROKEN_SKIP)
+    r = boot_case("nfs-unreachable", None, kernel=real_repo.vmlinuz, initrd=setup_initrd(request, image),
+                  timeout=BROKEN_TIMEOUT, console_log=boot_logs / f"{image}-nfs-unreachable.log",
+                  dracut=image.startswith("dracut"))
+    assert r.ok, r.describe()
+    assert r.root_device is None, r.describe()
+    assert any(re.search(UNIT_NAME_RE, line) for line in r.failure_lines), r.describe()

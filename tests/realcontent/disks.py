@@ -83,9 +83,24 @@ DISK_SIZES_MB = {"plain": 64, "lvm": 64, "luks": 96, "key": 8, "raid_a": 64, "ra
                  "resume": 64 + RESUME_SWAP_MB + 2}
 
 
+# NFS roots, exported by nfs.py from this machine. QEMU's user network shows the guest this
+# machine's 127.0.0.1 as its gateway 10.0.2.2 (nothing leaves the machine); the server's ports are
+# fixed and unprivileged, and the mount options name them, so the guest asks no portmapper. NFSv3
+# needs nolock besides: no rpc.statd runs in an initrd.
+NFS_SERVER = "10.0.2.2"
+NFS_EXPORT = "/realcontent"
+NFS_PORT, NFS_MOUNT_PORT = 20490, 20048
+NFS_PORT_UNUSED = 20491   # the broken case's: no server ever listens there
+# vers=4.1, not 4.2: with nfs-ganesha 4.3 a 4.2 mount succeeded but the kernel then failed to execute
+# the root's /sbin/init from it ("Exec format error"); 4.1 reads it correctly.
+NFS_OPTIONS = {"4": f"vers=4.1,port={NFS_PORT}", "4-unused-port": f"vers=4.1,port={NFS_PORT_UNUSED}",
+               "3": f"vers=3,proto=tcp,port={NFS_PORT},mountport={NFS_MOUNT_PORT},mountproto=tcp,nolock"}
+
+
 @dataclasses.dataclass(frozen=True)
 class BootCase:
-    """One row of the boot matrix: which disks are attached and the kernel command line."""
+    """One row of the boot matrix: which disks are attached and the kernel command line (and, where
+    dracut's syntax differs, the line a dracut user types for the same setup)."""
 
     name: str
     disks: tuple[str, ...]
@@ -93,13 +108,18 @@ class BootCase:
     method: str
     root: str = ""          # the root whose marker proves the boot (its /etc/realcontent-case): name if empty
     broken: bool = False    # a deliberately broken setup: the boot must fail visibly, never reach a root
+    nic: bool = False       # a virtio NIC on QEMU's user network (DHCP from the emulator)
+    dracut_cmdline: str = ""
 
     @property
     def root_case(self) -> str:
         return self.root or self.name
 
-    def append(self, console: str = "console=ttyS0") -> str:
-        return f"{self.cmdline.format(**UUIDS, vg=VOLUME_GROUP, key=KEY_PATH, label=KEY_LABEL)} {console} panic=-1"
+    def append(self, console: str = "console=ttyS0", *, dracut: bool = False) -> str:
+        line = (self.dracut_cmdline if dracut and self.dracut_cmdline else self.cmdline).format(
+            **UUIDS, vg=VOLUME_GROUP, key=KEY_PATH, label=KEY_LABEL, server=NFS_SERVER, export=NFS_EXPORT,
+            nfs4=NFS_OPTIONS["4"], nfs3=NFS_OPTIONS["3"], nfs4_unused=NFS_OPTIONS["4-unused-port"])
+        return f"{line} {console} panic=-1"
 
 
 BOOT_CASES = (
@@ -132,6 +152,18 @@ BOOT_CASES = (
              "root=UUID={resume_fs} rw resume=UUID={swap} resumeflags=x-systemd.device-timeout=30s",
              "broken: the hibernation image's swap signature is overwritten before the second boot, so the "
              "resume device never appears", root="resume", broken=True),
+    # systemd's fstab-generator leaves dracut's root=nfs:... to dracut's scripts and takes the server
+    # and path as root=, the type and options apart; ip= asks for the network (DHCP).
+    BootCase("nfs-v4", (), "systemd.mount-extra={server}\\x3a{export}:/:nfs:{nfs4},rw ip=dhcp",
+             "NFSv4.2 root from nfs-ganesha on this machine, network by DHCP from QEMU (ip=dhcp)", root="nfs",
+             nic=True, dracut_cmdline="root=nfs4:{server}:{export}:{nfs4} rw ip=dhcp"),
+    BootCase("nfs-v3", (), "systemd.mount-extra={server}\\x3a{export}:/:nfs:{nfs3},rw ip=dhcp",
+             "NFSv3 root over TCP, as nfs-v4; the options name the MOUNT port and turn locking off",
+             root="nfs", nic=True, dracut_cmdline="root=nfs:{server}:{export}:{nfs3} rw ip=dhcp"),
+    BootCase("nfs-unreachable", (), "systemd.mount-extra={server}\\x3a{export}:/:nfs:{nfs4_unused},rw ip=dhcp",
+             "broken: nfs-v4 with no server listening on the port it names: the network comes up, every "
+             "connection is refused", root="nfs", nic=True, broken=True,
+             dracut_cmdline="root=nfs4:{server}:{export}:{nfs4_unused} rw ip=dhcp"),
 )
 CASES = {c.name: c for c in BOOT_CASES}
 

@@ -31,11 +31,16 @@ log = logging.getLogger("tests.realcontent.dracut")
 
 CACHE_FORMAT = "realcontent-dracut-root/1"
 # dracut and what its modules look for: systemd (+ systemd-sysv for poweroff/reboot), udev,
-# device mapper, LVM, LUKS, MD RAID (mdadm), an NFS root (nfs-common), file system checkers, and
-# the tools dracut itself runs. A module whose tools are missing is left out silently.
+# device mapper, LVM, LUKS, MD RAID (mdadm), an NFS root (nfs-common; dracut-network, as Debian
+# ships dracut's network and nfs modules apart from dracut-core; iproute2 and mawk, without whose `ip`
+# and `awk` dracut's net-lib and systemd-networkd modules cannot be installed and `network` falls back
+# to network-legacy, which needs dhclient; netbase for the /etc/protocols dracut's nfs module copies,
+# without which mount.nfs fails an NFSv3 mount over TCP), file system checkers, and the tools dracut
+# itself runs. A module whose tools are missing is left out silently.
 DRACUT_PACKAGES = ("dracut-core", "systemd", "systemd-sysv", "udev", "systemd-cryptsetup", "lvm2", "dmsetup",
                    "cryptsetup-bin", "kmod", "e2fsprogs", "util-linux", "mount", "bash", "coreutils", "zstd",
-                   "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils", "mdadm", "nfs-common")
+                   "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils", "mdadm", "nfs-common",
+                   "dracut-network", "iproute2", "mawk", "netbase")
 # Left out of the chroot: maintainer-script machinery that a chroot of unpacked packages never runs.
 CHROOT_EXCLUDE = ("debconf", "perl-base", "libpam-runtime", "libpam-modules", "libpam-modules-bin", "dpkg",
                   "initramfs-tools", "initramfs-tools-core", "initramfs-tools-bin", "klibc-utils", "libklibc")
@@ -77,12 +82,14 @@ def prepare_chroot(builder: DistributionBuilder) -> Path:
         root = Path(tmp) / "root"
         for name in names:
             extract_deb(debs[name], root)
-        # What maintainer scripts would have done: users and groups, the linker cache, and a
-        # /bin/sh (Debian's is dash, which is not needed otherwise; Fedora's is bash).
+        # What maintainer scripts would have done: users and groups, the linker cache, a /bin/sh
+        # (Debian's is dash, which is not needed otherwise; Fedora's is bash) and awk (mawk's
+        # postinst makes the alternative; dracut's net-lib module requires `awk`).
         for master, target in (("passwd.master", "passwd"), ("group.master", "group")):
             shutil.copy2(root / "usr/share/base-passwd" / master, root / "etc" / target)
-        if not (root / "usr/bin/sh").exists():
-            (root / "usr/bin/sh").symlink_to("bash")
+        for link, target in (("usr/bin/sh", "bash"), ("usr/bin/awk", "mawk")):
+            if not (root / link).exists():
+                (root / link).symlink_to(target)
         for argv in (["systemd-sysusers"], ["ldconfig"]):
             subprocess.run(["chroot", str(root), *argv], check=True, stdout=subprocess.DEVNULL, env=_tools_env())
         (root / ".complete").write_text(json.dumps(sorted(names)) + "\n")

@@ -58,22 +58,33 @@ def failed_units(console: str, pattern: re.Pattern[str] = FAILED_UNIT_RE) -> tup
     return tuple(re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)).strip() for m in pattern.finditer(console))
 
 
-def boot_case(case_name: str, disks: RootDisks, *, kernel: Path, initrd: Optional[Path] = None,
+# The guest's network: a virtio NIC on QEMU's user network, which answers DHCP and shows this
+# machine's loopback at the gateway address (disks.NFS_SERVER).
+NIC_ARGS = ("-netdev", "user,id=rcnet", "-device", "virtio-net-pci,netdev=rcnet")
+
+
+def boot_case(case_name: str, disks: Optional[RootDisks], *, kernel: Path, initrd: Optional[Path] = None,
               uefi: bool = False, timeout: float = BOOT_TIMEOUT, console_log: Optional[Path] = None,
-              extra_args: Sequence[str] = ()) -> CaseResult:
+              extra_args: Sequence[str] = (), dracut: bool = False) -> CaseResult:
     """Boot kernel+initrd (or, with uefi=True, the UKI `kernel` under OVMF, which passes the
-    command line to the stub) with the case's disks; the marker must name the case's root.
-    A broken case stops at the initrd's emergency mode instead; `ok` then says it gave up."""
+    command line to the stub) with the case's disks (None: a case without disks) and NIC; the marker
+    must name the case's root.
+    A broken case stops at the initrd's emergency mode instead; `ok` then says it gave up.
+    dracut=True boots the case's dracut command line, where it has one."""
     case = CASES[case_name]
+    drives = disks.drive_args(case) if disks is not None else []
+    if case.disks and disks is None:
+        raise ValueError(f"case {case_name} needs the disks {', '.join(case.disks)}")
     # A boot that should reach the root stops waiting too once the initrd has given up: emergency
     # mode never recovers by itself.
     root_marker = f"{ROOT_MARKER} case={case.root_case} "
     expect = GAVE_UP_RE if case.broken else f"{root_marker}|{GAVE_UP_RE}"
     with tempfile.TemporaryDirectory(prefix="realcontent-boot-") as tmp:
         log = console_log or Path(tmp) / "console.log"
-        result = boot(kernel=kernel, initrd=initrd, append=case.append(), uefi=uefi,
+        result = boot(kernel=kernel, initrd=initrd, append=case.append(dracut=dracut), uefi=uefi,
                       probe=BootProbe(expect=expect), timeout=timeout, memory=BOOT_MEMORY,
-                      extra_args=[*disks.drive_args(case), *extra_args], console_log=log)
+                      extra_args=[*drives, *(NIC_ARGS if case.nic else ()), *extra_args],
+                      console_log=log)
         console = log.read_bytes().decode(errors="replace")
     m = MARKER_RE.search(console)
     ok = result.ok and (case.broken or (m is not None and root_marker in result.marker_line))

@@ -2,10 +2,11 @@
 userspace server from Debian's packages (the container has no kernel nfsd).
 
 It listens on 127.0.0.1 only. The guest reaches it through QEMU's user networking, whose gateway
-address (10.0.2.2) is this machine's loopback, so no traffic leaves the machine. The ports are
-unprivileged and fixed per server, and the guest names them in its mount options (port=,
-mountport=), so it needs no portmapper. ganesha itself refuses to start NFSv3 unless it can
-register with rpcbind; for v3 an rpcbind is started too, unless one is already listening.
+address (disks.NFS_SERVER) is this machine's loopback, so no traffic leaves the machine. The ports
+are unprivileged and fixed (disks.NFS_PORT, NFS_MOUNT_PORT), and the guest names them in its mount
+options (disks.NFS_OPTIONS), so it needs no portmapper. ganesha itself refuses to start NFSv3 unless
+it can register with rpcbind; for v3 an rpcbind is started too, unless one is already listening.
+Both versions mount the same path (the export's pseudo path: Mount_Path_Pseudo).
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .disks import make_root_tree
+from .disks import NFS_EXPORT, NFS_MOUNT_PORT, NFS_PORT, make_root_tree
 
-GATEWAY = "10.0.2.2"        # QEMU user networking: the host's 127.0.0.1 as the guest sees it
-EXPORT_PSEUDO = "/realcontent"
 START_TIMEOUT = 60.0
 # Host tools and the Debian packages that carry them.
 SERVER_PACKAGES = {"ganesha.nfsd": "nfs-ganesha nfs-ganesha-vfs", "rpcbind": "rpcbind"}
@@ -38,6 +37,7 @@ NFS_CORE_PARAM {{
     Enable_NLM = false;
     Enable_RQUOTA = false;
     Protocols = {protocols};
+    Mount_Path_Pseudo = true;
 }}
 NFSV4 {{
     Graceless = true;
@@ -67,12 +67,7 @@ class NfsExport:
     path: Path           # the exported directory on this machine
     nfs_port: int
     mount_port: int
-
-    def mount_options(self, version: str) -> str:
-        """Mount options naming the server's ports, so the client asks no portmapper."""
-        if version == "3":
-            return f"vers=3,proto=tcp,port={self.nfs_port},mountport={self.mount_port},mountproto=tcp,nolock"
-        return f"vers={version},port={self.nfs_port}"
+    versions: tuple[str, ...]
 
 
 def server_tools() -> dict[str, str]:
@@ -118,7 +113,7 @@ def make_nfs_root(dest: Path, case: str, busybox: Path) -> Path:
 
 
 @contextlib.contextmanager
-def nfs_server(root: Path, *, nfs_port: int = 20490, mount_port: int = 20048, nlm_port: int = 20049,
+def nfs_server(root: Path, *, nfs_port: int = NFS_PORT, mount_port: int = NFS_MOUNT_PORT, nlm_port: int = 20049,
                versions: tuple[str, ...] = ("3", "4")) -> Iterator[NfsExport]:
     """Export `root` read-write (no root squash) while the block runs."""
     if missing := server_tools():
@@ -129,7 +124,7 @@ def nfs_server(root: Path, *, nfs_port: int = 20490, mount_port: int = 20048, nl
         protocols = ", ".join("3" if v == "3" else "4" for v in versions)
         (state / "ganesha.conf").write_text(GANESHA_CONF.format(
             nfs_port=nfs_port, mount_port=mount_port, nlm_port=nlm_port, protocols=protocols,
-            state=state, path=root.resolve(), pseudo=EXPORT_PSEUDO))
+            state=state, path=root.resolve(), pseudo=NFS_EXPORT))
         if "3" in versions and not _listening(111):
             rpcbind = subprocess.Popen([_tool("rpcbind"), "-f", "-w"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
@@ -143,9 +138,5 @@ def nfs_server(root: Path, *, nfs_port: int = 20490, mount_port: int = 20048, nl
         _wait_listening(nfs_port, ganesha, "ganesha.nfsd", log)
         if "3" in versions:
             _wait_listening(mount_port, ganesha, "ganesha.nfsd (MOUNT)", log)
-        yield NfsExport(root, nfs_port, mount_port)
+        yield NfsExport(root, nfs_port, mount_port, versions)
 
-
-def guest_network_args() -> list[str]:
-    """A virtio NIC on QEMU's user network: DHCP from the emulator, the host at GATEWAY."""
-    return ["-netdev", "user,id=rcnet", "-device", "virtio-net-pci,netdev=rcnet"]
