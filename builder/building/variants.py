@@ -314,32 +314,51 @@ class UkiProfile:
         return {"id": self.id, "title": self.title, "kernel-command-line": self.kernel_command_line}
 
 
-def parse_uki_profiles(path: Path, key: str, value: Any) -> tuple[UkiProfile, ...]:
-    """[[uki-profiles]] tables, profiles 1, 2, ... after the base (profile 0: kernel-command-line)."""
+def _tables(path: Path, key: str, value: Any, keys: Sequence[str]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """("<key>[n]", table) for each table of an array of tables whose keys are exactly `keys`; an
+    error names the table and the key at fault."""
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise _fail(path, key, "expected [[uki-profiles]] tables with id, title and kernel-command-line")
-    profiles = []
+        raise _fail(path, key, f"expected [[{key}]] tables with {', '.join(keys[:-1])} and {keys[-1]}")
     for n, table in enumerate(value, start=1):
         where = f"{key}[{n}]"
-        unknown = sorted(set(table) - set(PROFILE_KEYS))
+        unknown = sorted(set(table) - set(keys))
         if unknown:
-            raise _fail(path, f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(PROFILE_KEYS)})")
-        missing = [k for k in PROFILE_KEYS if k not in table]
+            raise _fail(path, f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(keys)})")
+        missing = [k for k in keys if k not in table]
         if missing:
             raise _fail(path, f"{where}.{missing[0]}", "required key is missing")
-        pid = parse_nonempty_str(path, f"{where}.id", table["id"])
-        if not PROFILE_ID_RE.match(pid):
-            raise _fail(path, f"{where}.id", f"{pid!r} must match {PROFILE_ID_RE.pattern}")
-        title = parse_summary(path, f"{where}.title", table["title"])
-        cmdline = parse_kernel_command_line(path, f"{where}.kernel-command-line", table["kernel-command-line"])
-        if not cmdline:
-            raise _fail(path, f"{where}.kernel-command-line", "must not be empty: a profile without its own "
-                                                             "command line would boot like the base")
-        profiles.append(UkiProfile(pid, title, cmdline))
-    ids = [p.id for p in profiles]
-    if len(set(ids)) != len(ids):
-        raise _fail(path, key, f"profile id listed twice: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}")
-    return tuple(profiles)
+        yield where, table
+
+
+def _table_name(path: Path, where: str, value: Any, purpose: str = "") -> str:
+    name = parse_nonempty_str(path, where, value)
+    if not PROFILE_ID_RE.match(name):
+        raise _fail(path, where, f"{name!r} must match {PROFILE_ID_RE.pattern}{purpose}")
+    return name
+
+
+def _table_cmdline(path: Path, where: str, value: Any, why: str) -> str:
+    cmdline = parse_kernel_command_line(path, f"{where}.kernel-command-line", value)
+    if not cmdline:
+        raise _fail(path, f"{where}.kernel-command-line", f"must not be empty: {why}")
+    return cmdline
+
+
+def _unique(path: Path, key: str, names: Sequence[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        raise _fail(path, key, f"{what} listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+
+
+def parse_uki_profiles(path: Path, key: str, value: Any) -> tuple[UkiProfile, ...]:
+    """[[uki-profiles]] tables, profiles 1, 2, ... after the base (profile 0: kernel-command-line)."""
+    profiles = tuple(
+        UkiProfile(_table_name(path, f"{where}.id", table["id"]),
+                   parse_summary(path, f"{where}.title", table["title"]),
+                   _table_cmdline(path, where, table["kernel-command-line"],
+                                  "a profile without its own command line would boot like the base"))
+        for where, table in _tables(path, key, value, PROFILE_KEYS))
+    _unique(path, key, [p.id for p in profiles], "profile id")
+    return profiles
 
 
 ADDON_KEYS = ("name", "kernel-command-line")
@@ -363,29 +382,12 @@ class UkiAddon:
 
 def parse_uki_addons(path: Path, key: str, value: Any) -> tuple[UkiAddon, ...]:
     """[[uki-addons]] tables: name and kernel-command-line."""
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise _fail(path, key, "expected [[uki-addons]] tables with name and kernel-command-line")
-    addons = []
-    for n, table in enumerate(value, start=1):
-        where = f"{key}[{n}]"
-        unknown = sorted(set(table) - set(ADDON_KEYS))
-        if unknown:
-            raise _fail(path, f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(ADDON_KEYS)})")
-        missing = [k for k in ADDON_KEYS if k not in table]
-        if missing:
-            raise _fail(path, f"{where}.{missing[0]}", "required key is missing")
-        name = parse_nonempty_str(path, f"{where}.name", table["name"])
-        if not PROFILE_ID_RE.match(name):
-            raise _fail(path, f"{where}.name", f"{name!r} must match {PROFILE_ID_RE.pattern} (it names the file)")
-        cmdline = parse_kernel_command_line(path, f"{where}.kernel-command-line", table["kernel-command-line"])
-        if not cmdline:
-            raise _fail(path, f"{where}.kernel-command-line", "must not be empty: the command line is all an "
-                                                             "addon carries")
-        addons.append(UkiAddon(name, cmdline))
-    names = [a.name for a in addons]
-    if len(set(names)) != len(names):
-        raise _fail(path, key, f"addon name listed twice: {', '.join(sorted({i for i in names if names.count(i) > 1}))}")
-    return tuple(addons)
+    addons = tuple(
+        UkiAddon(_table_name(path, f"{where}.name", table["name"], " (it names the file)"),
+                 _table_cmdline(path, where, table["kernel-command-line"], "the command line is all an addon carries"))
+        for where, table in _tables(path, key, value, ADDON_KEYS))
+    _unique(path, key, [a.name for a in addons], "addon name")
+    return addons
 
 
 @dataclasses.dataclass(frozen=True)
