@@ -154,7 +154,9 @@ class UkiFormat(Format):
 
     def verify(self, built: BuiltVariant) -> Sequence[Check]:
         path = built.output(self)
-        sections = uki_sections(path) if path.exists() else {}
+        # Read once: the base's sections and the profiles both come from this listing.
+        listing = pe_sections(path) if path.exists() else []
+        sections = base_sections(listing)
         cmdline_wanted = built.manifest.get("kernel-command-line", "")
         missing = [s for s in REQUIRED_SECTIONS if s not in sections]
         if cmdline_wanted and ".cmdline" not in sections:
@@ -188,7 +190,7 @@ class UkiFormat(Format):
                 checks.append(Check("UKI .cmdline matches the variant", cmdline == cmdline_wanted, cmdline))
             wanted = [(BASE_PROFILE_ID, built.manifest.get("kernel-command-line", ""))] + [
                 (p["id"], p["kernel-command-line"]) for p in built.manifest.get("uki-profiles", [])]
-            found = [(p.fields.get("ID", ""), p.cmdline) for p in uki_profiles(path)]
+            found = [(p.fields.get("ID", ""), p.cmdline) for p in profiles_of(listing)]
             if len(wanted) > 1 or len(found) > 1:
                 checks.append(Check("UKI profiles are the variant's, in order (ID, command line)", found == wanted,
                                     f"{found}" if found != wanted else ", ".join(i for i, _ in found)))
@@ -197,14 +199,15 @@ class UkiFormat(Format):
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
         path = built.output(self)
-        contents = uki_sections(path)
-        sections = [(n, len(d)) for n, d in pe_sections(path)]
+        listing = pe_sections(path)
+        contents = base_sections(listing)
+        sections = [(n, len(d)) for n, d in listing]
         sbat = parse_sbat(contents.get(".sbat", b""))
         sigs = signatures(path)
         digest = authenticode_sha256(path)
         signed = (f"signed: {len(sigs)} Authenticode signature(s) ("
                   + ", ".join(f"{s.kind_name}, {s.size:,} B" for s in sigs) + ")") if sigs else "signed: no"
-        profiles = uki_profiles(path)
+        profiles = profiles_of(listing)
         lines = ["UKI sections:", *(f"  {n:10} {s:>12,} B" for n, s in sections),
                  "UKI .sbat:", *(f"  {line}" for line in sbat),
                  f"UKI Secure Boot: {signed}; Authenticode sha256 {digest}"]
@@ -212,7 +215,7 @@ class UkiFormat(Format):
             lines.append("UKI profiles (systemd-stub: @N as the first command-line word):")
             lines += [f"  @{i} {p.fields.get('ID', '')}: {p.fields.get('TITLE', '')}: {p.cmdline}"
                       for i, p in enumerate(profiles)]
-        addons = [(a.name, len(a.read_bytes()), _text(uki_sections(a).get(".cmdline", b"")).strip())
+        addons = [(a.name, a.stat().st_size, addon_cmdline(a))
                   for a in sorted((path.parent / ADDONS_DIR).glob("*.addon.efi"))]
         if addons:
             lines.append(f"UKI addons ({ADDONS_DIR}/, appended to the command line by systemd-stub):")
@@ -293,7 +296,7 @@ def verify_addons(directory: Path, entries: Sequence[Mapping[str, Any]]) -> list
         # must be the built one.
         signed_later = (not ok and f.is_file() and bool(signatures(f))
                         and authenticode_sha256(f) == e.get("authenticode-sha256"))
-        cmdline = _text(uki_sections(f).get(".cmdline", b"")).strip() if f.is_file() else ""
+        cmdline = addon_cmdline(f) if f.is_file() else ""
         checks.append(Check(f"UKI addon {e['name']} is the manifest's (sha256, command line)",
                             (ok or signed_later) and cmdline == e["kernel-command-line"],
                             f"{f}: sha256/size differ" if not (ok or signed_later)
@@ -304,6 +307,11 @@ def verify_addons(directory: Path, entries: Sequence[Mapping[str, Any]]) -> list
 def _signing_args(signing: SigningKey) -> list[str]:
     return [f"--signtool={SIGNTOOL}", f"--secureboot-private-key={signing.key}",
             f"--secureboot-certificate={signing.certificate}"]
+
+
+def addon_cmdline(addon: Path) -> str:
+    """The command line an addon carries (its .cmdline)."""
+    return _text(uki_sections(addon).get(".cmdline", b"")).strip()
 
 
 def _check_cmdline(cmdline: str) -> None:
@@ -348,10 +356,16 @@ def build_uki(*, kernel: Path, initrd: Path, stub: Path, os_release: Path, uname
 
 
 def uki_sections(path: Path) -> dict[str, bytes]:
-    """Section name -> content of the UKI's base: where a name repeats (a multi-profile UKI's .cmdline,
-    .profile), the first one, which is what the stub uses for profile 0 unless the profile overrides it."""
+    """Section name -> content of the UKI's base; see base_sections()."""
+    return base_sections(pe_sections(path))
+
+
+def base_sections(listing: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Section name -> content of a UKI's base, from pe_sections(): where a name repeats (a
+    multi-profile UKI's .cmdline, .profile), the first one, which is what the stub uses for profile 0
+    unless the profile overrides it."""
     sections: dict[str, bytes] = {}
-    for name, data in pe_sections(path):
+    for name, data in listing:
         sections.setdefault(name, data)
     return sections
 
@@ -365,12 +379,17 @@ class ProfileView:
 
 
 def uki_profiles(path: Path) -> list[ProfileView]:
-    """The profiles of a UKI, profile 0 first. Sections before the first .profile are shared; each
-    .profile starts a profile whose sections override the shared ones (systemd-stub(7)). A UKI with no
-    .profile has one profile, the shared sections."""
+    """The profiles of the UKI at `path`; see profiles_of()."""
+    return profiles_of(pe_sections(path))
+
+
+def profiles_of(listing: Sequence[tuple[str, bytes]]) -> list[ProfileView]:
+    """The profiles of a UKI from pe_sections(), profile 0 first. Sections before the first .profile
+    are shared; each .profile starts a profile whose sections override the shared ones
+    (systemd-stub(7)). A UKI with no .profile has one profile, the shared sections."""
     shared: dict[str, bytes] = {}
     profiles: list[tuple[dict[str, str], dict[str, bytes]]] = []
-    for name, data in pe_sections(path):
+    for name, data in listing:
         if name == ".profile":
             fields = dict(line.split("=", 1) for line in _text(data).splitlines() if "=" in line)
             profiles.append((fields, {}))
