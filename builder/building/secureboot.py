@@ -4,12 +4,12 @@ and, read back from a PE file, its Authenticode digest and the signatures it car
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import struct
 from pathlib import Path
 from typing import Optional
 
 from mkosi_initrd_builder.util.errors import SettingError, VerifyError
+from mkosi_initrd_builder.util.fsutil import Digests, hash_bytes
 
 # The first line of every .sbat (shim's SBAT.md), and the generic UKI entry ukify writes when it is
 # given no --sbat: ours replaces ukify's default, so it is kept (revoking "uki" revokes every UKI).
@@ -74,7 +74,7 @@ class SigningKey:
             raise SettingError("secureboot_certificate", f"{self.certificate}: cannot read: {e}") from None
         except ValueError:
             raise SettingError("secureboot_certificate", f"{self.certificate}: not a PEM certificate") from None
-        return hashlib.sha256(der).hexdigest()
+        return hash_bytes(der)
 
     def check(self) -> None:
         if not self.key.is_file():
@@ -130,13 +130,13 @@ def authenticode_sha256(path: Path) -> str:
     data = path.read_bytes()
     pe = _layout(data, path)
     end = pe.table if pe.table else len(data)
-    h = hashlib.sha256()
-    h.update(data[:pe.checksum])
-    h.update(data[pe.checksum + 4:pe.security_entry])
-    h.update(data[pe.security_entry + 8:end])
+    digests = Digests(("sha256",))
+    digests.update(data[:pe.checksum])
+    digests.update(data[pe.checksum + 4:pe.security_entry])
+    digests.update(data[pe.security_entry + 8:end])
     if pe.table:
-        h.update(data[pe.table + pe.table_size:])
-    return h.hexdigest()
+        digests.update(data[pe.table + pe.table_size:])
+    return digests.hexdigests()["sha256"]
 
 
 def signatures(path: Path) -> list[Signature]:
