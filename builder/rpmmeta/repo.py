@@ -57,6 +57,7 @@ class RepoPackage:
     files: tuple[str, ...]
     # xml:base of <location>: mergerepo_c --koji points external repositories' packages elsewhere with it.
     location_base: str = ""
+    file_time: int = 0  # <time file>: the file's mtime when the repository was made (0: not given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +212,7 @@ def _repo_package(repo: Path, p: "createrepo_c.Package") -> RepoPackage:
             provides=tuple(entry[0] for entry in p.provides),
             files=(),
             location_base=p.location_base or "",
+            file_time=int(p.time_file or 0),
         )
     except ValueError as e:  # an epoch that is no integer
         raise RepositoryError(repo, f"primary metadata entry of {p.name!r}: {e}") from None

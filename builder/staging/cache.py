@@ -5,8 +5,10 @@ Layout under the cache root: ``<algorithm>/<xx>/<checksum>.rpm`` (keyed by the r
 checksum of the file) next to ``<checksum>.json`` (the header facts seen when the file was
 verified), ``tmp/`` for files being fetched (in one owned directory per staging, see
 util/workdirs.py), ``locks/<xx>`` for flock(2) stripes. A ``.rpm`` is
-renamed into place only after it was verified and its ``.json`` written, so every entry present is
-complete; the stripe lock makes concurrent stagings fetch each file once.
+renamed into place only after it was verified and its ``.json`` written, so every entry present was
+complete (nothing is fsynced: a crash may tear one, and every staging checks the bytes it takes);
+the stripe lock makes concurrent stagings fetch each file once. Entries are read-only (0444) unless
+they are hard links to a directory source's own files, whose mode the cache leaves alone.
 
 The cache touches only what it can prove it made. A directory becomes a cache when it is new or
 empty: the marker file (MARKER) is written into it first, under an flock on the directory so two
@@ -212,7 +214,10 @@ class PackageCache:
         """Move a verified file into the cache (call with the stripe lock held)."""
         rpm, facts_file = self._paths(checksum_type, checksum)
         rpm.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(facts_file, json.dumps(facts, sort_keys=True) + "\n")
+        # No fsync: an entry a crash left empty or torn fails the check every staging makes of what it
+        # takes from the cache (or its facts do not parse and it counts as absent), and is fetched
+        # again. An fsync per entry was a third of a cold staging's time.
+        atomic_write(facts_file, json.dumps(facts, sort_keys=True) + "\n", durable=False)
         os.replace(temp, rpm)
         st = rpm.stat()
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))

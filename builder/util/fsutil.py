@@ -102,6 +102,26 @@ def private_copy(src: Path, dst: Path, algorithms: Iterable[str]) -> tuple[int, 
     return dst.stat().st_size, hash_file(dst, algorithms), True
 
 
+# What os.link() says when this file system, or this file, takes no (further) hard link: another
+# file system, too many links, links not supported, or fs.protected_hardlinks refusing a file the
+# caller does not own.
+LINK_REFUSED = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP, errno.EACCES})
+
+
+def link_or_private_copy(src: Path, dst: Path, algorithms: Iterable[str]) -> Optional[tuple[int, dict[str, str]]]:
+    """Hard-link `src` to `dst` (it must not exist); where the file system refuses the link, make a
+    private copy instead (private_copy) and return its size and the digests of what it holds. None
+    when it was linked: the caller hashes the linked bytes itself, if it needs them."""
+    try:
+        os.link(src, dst)
+        return None
+    except OSError as e:
+        if e.errno not in LINK_REFUSED:
+            raise
+    size, digests, _ = private_copy(src, dst, algorithms)
+    return size, digests
+
+
 def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link `src` to `dst` where the file system allows it, else copy it (with its times);
     True when it was linked."""
@@ -115,15 +135,17 @@ def link_or_copy(src: Path, dst: Path) -> bool:
         return False
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Write to a temporary name in the same directory, then rename over `path`."""
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write to a temporary name in the same directory, then rename over `path`. durable=False skips
+    the fsync, for files whose loss in a crash is noticed and repaired (the package cache's)."""
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -294,10 +295,12 @@ def test_second_staging_is_served_from_cache(koji_tree, tree_server, tmp_path):
     assert read_manifest(tmp_path / "two")["totals"]["bytes-from-cache"] == cold.total_bytes
     for p in warm.packages:  # each package was downloaded once, by the cold run
         assert tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1
-        # a private copy: a later write to the cache (or to another staging) cannot reach it
-        assert not os.path.samefile(tmp_path / "one" / p.file, tmp_path / "two" / p.file)
-        assert not os.path.samefile(cache_entry(cache, p), tmp_path / "two" / p.file)
-        assert sha256_of(tmp_path / "two" / p.file) == p.sha256
+        # cache and destinations share a file system: both stagings hard-link the one read-only entry
+        staged = tmp_path / "two" / p.file
+        assert os.path.samefile(cache_entry(cache, p), staged)
+        assert os.path.samefile(tmp_path / "one" / p.file, staged)
+        assert staged.stat().st_mode & 0o7777 == 0o444
+        assert sha256_of(staged) == p.sha256
     # restaging into the same destination replaces it as a whole
     again = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
     assert sorted(p.name for p in (tmp_path / "two").glob("*.rpm")) == sorted(p.file for p in again.packages)
@@ -310,8 +313,9 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     init = next(p for p in first.packages if p.nevra.name == "initrd-init")
     entry = cache_entry(cache, init)
     flip_byte(entry)
-    # the repository staged before the damage keeps its own, intact file
-    assert sha256_of(tmp_path / "one" / init.file) == init.sha256
+    # the repository staged before the damage shares the entry's inode: what was checked at staging
+    # time is damaged now too (dnf refuses it: test_damage_after_staging_is_refused_by_dnf)
+    assert sha256_of(tmp_path / "one" / init.file) != init.sha256
     with caplog.at_level("WARNING", logger="mkosi_initrd_builder.staging.stage"):
         second = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
     again = next(p for p in second.packages if p.nevra.name == "initrd-init")
@@ -324,8 +328,65 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     subprocess.run(["rpm", "-K", "--nosignature", str(staged)], check=True, capture_output=True)
     described = {p.nevra.name: p for p in open_repository(tmp_path / "two", with_files=False).packages}
     assert described["initrd-init"].checksum == init.sha256
-    assert sha256_of(entry) == init.sha256  # the cache holds the good file again
+    assert sha256_of(entry) == init.sha256  # the cache holds the good file again, in a new inode
+    assert os.path.samefile(entry, staged) and not os.path.samefile(entry, tmp_path / "one" / init.file)
     assert list((cache / "tmp").iterdir()) == [] and leftovers(tmp_path) == []
+
+
+def dnf_fetch_from(repo: Path, name: str, work: Path) -> None:
+    """What dnf does before installing a package of a local repository: check the file against the
+    repodata's checksum (dnf.Base.download_packages; the file stays where it is)."""
+    import dnf
+
+    conf = dnf.conf.Conf()
+    conf.installroot, conf.cachedir = str(work / "root"), str(work / "cache")
+    conf.logdir, conf.persistdir = str(work / "log"), str(work / "persist")
+    conf.reposdir, conf.varsdir, conf.pluginconfpath, conf.gpgcheck = [], [], [], False
+    conf.substitutions["releasever"] = "staged"
+    for d in (conf.installroot, conf.logdir):
+        os.makedirs(d, exist_ok=True)
+    base = dnf.Base(conf)
+    try:
+        base.repos.add_new_repo("staged", conf, baseurl=[repo.as_uri()])
+        base.fill_sack(load_system_repo=False)
+        base.download_packages(list(base.sack.query().available().filter(name=name)))
+    finally:
+        base.close()
+
+
+def test_damage_after_staging_is_refused_by_dnf(koji_tree, tree_server, tmp_path):
+    """The staged file is the cache entry's inode: a write to the cache after staging reaches the
+    repository, and dnf's own checksum check of a local repository's packages refuses it."""
+    import dnf.exceptions
+
+    cache = tmp_path / "cache"
+    staged = stage(koji_url(tree_server, koji_tree), tmp_path / "one", packages=["initrd-init"], cache=cache)
+    init = next(p for p in staged.packages if p.nevra.name == "initrd-init")
+    dnf_fetch_from(tmp_path / "one", "initrd-init", tmp_path / "dnf-good")  # the intact repository passes
+    flip_byte(cache_entry(cache, init))
+    with pytest.raises(dnf.exceptions.Error, match="incorrect checksum"):
+        dnf_fetch_from(tmp_path / "one", "initrd-init", tmp_path / "dnf-bad")
+
+
+def test_cache_on_another_file_system_is_copied_and_checked(koji_tree, tree_server, tmp_path):
+    """No hard link across file systems (/dev/shm is a tmpfs, the destination is not): each staged
+    file is a private copy of its entry, checked as it is copied."""
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on the same file system as the test's directory")
+    cache = Path(tempfile.mkdtemp(prefix="mkosi-initrd-test-cache-", dir="/dev/shm"))
+    try:
+        source = koji_url(tree_server, koji_tree)
+        cold = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
+        warm = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
+        assert {p.via for p in warm.packages} == {Via.cache}
+        for p in [*cold.packages, *warm.packages]:
+            dest = tmp_path / ("one" if p in cold.packages else "two") / p.file
+            assert not os.path.samefile(cache_entry(cache, p), dest)
+            assert dest.stat().st_mode & 0o7777 == 0o444 and sha256_of(dest) == p.sha256
+        flip_byte(cache_entry(cache, next(p for p in warm.packages if p.nevra.name == "initrd-init")))
+        assert {sha256_of(tmp_path / "two" / p.file) for p in warm.packages} == {p.sha256 for p in warm.packages}
+    finally:
+        shutil.rmtree(cache)
 
 
 def test_damaged_cache_entry_of_a_damaged_source_fails_verification(small_tree, tmp_path):
@@ -339,7 +400,8 @@ def test_damaged_cache_entry_of_a_damaged_source_fails_verification(small_tree, 
         stage(small_tree.repo_dir, tmp_path / "two", packages=["initrd-init"], cache=cache)
     assert str(init.nevra) in str(e.value) and "toplink/packages/initrd-init/" in str(e.value) and "sha256" in str(e.value)
     assert not (tmp_path / "two").exists() and leftovers(tmp_path) == []
-    assert sha256_of(tmp_path / "one" / init.file) == init.sha256
+    # the first staging's file was the source's own (hard links all the way), damaged with it
+    assert os.path.samefile(tmp_path / "one" / init.file, small_tree.package_path("initrd-init"))
 
 
 def test_cache_that_is_not_a_cache_is_refused_before_anything_is_written(fixture_repo, tmp_path):
@@ -543,3 +605,38 @@ def test_a_body_larger_than_the_package_is_refused_before_it_is_written(koji_tre
     assert f"{tree_server.url}{path}" in str(e.value)
     assert tree_server.requests_for(path) == 1  # not worth another try
     assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+
+
+def repodata_packages(repo: Path) -> dict[str, str]:
+    """Each package's primary, filelists and other entries as createrepo_c reads them back, by href,
+    with the file time (the staged file's mtime for the createrepo_c command) left out."""
+    import createrepo_c
+
+    md = createrepo_c.Metadata()
+    md.locate_and_load_xml(str(repo))
+    entries = {}
+    for key in md.keys():
+        pkg = md.get(key)
+        pkg.time_file = 0
+        entries[pkg.location_href] = "".join(createrepo_c.xml_dump(pkg))
+    return entries
+
+
+def test_repodata_is_reproducible_and_says_what_createrepo_c_says(koji_tree, tree_server, tmp_path):
+    source, cache = koji_url(tree_server, koji_tree), tmp_path / "cache"
+    cold = stage(source, tmp_path / "cold", packages=MINIMAL_PACKAGES, cache=cache)
+    stage(source, tmp_path / "warm", packages=MINIMAL_PACKAGES, cache=cache)
+    stage(source, tmp_path / "uncached", packages=MINIMAL_PACKAGES)
+    files = {d: sorted((tmp_path / d / "repodata").iterdir()) for d in ("cold", "warm", "uncached")}
+    assert [f.name for f in files["cold"]] == [f.name for f in files["warm"]] == [f.name for f in files["uncached"]]
+    assert len([f for f in files["cold"] if f.name.endswith(".xml.gz")]) == 3  # primary, filelists, other
+    for a, b, c in zip(*files.values()):
+        assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+    # the createrepo_c command, run on the same files, describes every package the same way
+    (tmp_path / "described").mkdir()
+    for p in cold.packages:
+        shutil.copy(tmp_path / "cold" / p.file, tmp_path / "described")
+    subprocess.run(["createrepo_c", "--quiet", "--no-database", str(tmp_path / "described")], check=True)
+    ours, theirs = repodata_packages(tmp_path / "cold"), repodata_packages(tmp_path / "described")
+    assert sorted(ours) == sorted(p.file for p in cold.packages)
+    assert ours == theirs

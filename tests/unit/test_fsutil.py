@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.util.fsutil import atomic_write, is_within, normalized_absolute, private_copy, replace_dir
+from mkosi_initrd_builder.util.fsutil import (
+    atomic_write, is_within, link_or_private_copy, normalized_absolute, private_copy, replace_dir,
+)
 
 
 @pytest.mark.parametrize("path, root, inside", [
@@ -72,4 +75,32 @@ def test_private_copy_never_overwrites(tmp_path):
     (tmp_path / "dst").write_bytes(b"old")
     with pytest.raises(FileExistsError):
         private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
+    assert (tmp_path / "dst").read_bytes() == b"old"
+
+
+def test_link_or_private_copy_links_within_a_file_system(tmp_path):
+    (tmp_path / "src").write_bytes(b"package")
+    assert link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"]) is None
+    assert os.path.samefile(tmp_path / "src", tmp_path / "dst")
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EMLINK, errno.EPERM])
+def test_link_or_private_copy_copies_where_the_link_is_refused(tmp_path, monkeypatch, code):
+    data = os.urandom(70_000)
+    (tmp_path / "src").write_bytes(data)
+
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", refuse)
+    got = link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
+    assert got == (len(data), {"sha256": hashlib.sha256(data).hexdigest()})
+    assert not os.path.samefile(tmp_path / "src", tmp_path / "dst")
+
+
+def test_link_or_private_copy_never_replaces_a_file(tmp_path):
+    (tmp_path / "src").write_bytes(b"new")
+    (tmp_path / "dst").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
     assert (tmp_path / "dst").read_bytes() == b"old"

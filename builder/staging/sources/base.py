@@ -29,7 +29,8 @@ class Via(str, enum.Enum):
     http = "http"
     link = "link"    # hard link to the source's file
     copy = "copy"    # copy of the source's file (another file system)
-    cache = "cache"  # served from the cache: nothing fetched (a private copy of the entry, checked again)
+    cache = "cache"  # served from the cache: nothing fetched (a hard link to the entry, or a private copy
+                     # across file systems, checked again once in place)
 
 
 @dataclasses.dataclass(frozen=True)
