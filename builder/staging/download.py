@@ -237,8 +237,10 @@ class HttpClient:
         last = ""
         status: Optional[int] = None
         for attempt in range(1, self.policy.attempts + 1):
-            out.seek(0)
-            out.truncate()
+            if out.tell():
+                # Only after a failed try: truncating a new file makes ext4 flush it when it is closed.
+                out.seek(0)
+                out.truncate()
             digests = Digests(algorithms)
             try:
                 size = self._attempt(url, out, digests, deadline, max_bytes)
