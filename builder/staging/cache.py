@@ -27,7 +27,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -48,8 +47,8 @@ MARKER = "mkosi-initrd-cache.json"
 MARKER_FORMAT = "mkosi-initrd-package-cache/1"
 # The directories the cache keeps besides its <algorithm>/ trees.
 OWN_DIRS = ("tmp", "locks")
-# What temp_path() names its files: mkstemp's ".<hint>.<8 random characters>.part" (earlier versions
-# put them straight into tmp/).
+# What temp_path() names its files, ".<hint>.<8 characters>.part" (a number now; earlier versions
+# made them with mkstemp, straight into tmp/).
 TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
 # Waiting for another staging's lock: first poll soon (the usual holder is a small package), then
 # back off; an interrupt is seen at once all the same, as stop.wait() wakes when stop is set.
@@ -83,6 +82,7 @@ class PackageCache:
         self._run: Optional[contextlib.ExitStack] = None
         self._run_dir: Optional[Path] = None
         self._run_guard = threading.Lock()
+        self._temps = 0
 
     def _claim(self) -> None:
         """Make sure the root is this cache: marked, or new or empty and marked now."""
@@ -195,13 +195,15 @@ class PackageCache:
             os.close(fd)
 
     def temp_path(self, hint: str) -> Path:
+        """A name for a partial download, unique in this staging's own directory under tmp/; the file
+        is not created (the fetch creates it): creating a file costs more than anything else a cached
+        package's path takes, so each is created once."""
         with self._run_guard:
             if self._run_dir is None:
                 self._run = contextlib.ExitStack()
                 self._run_dir = self._run.enter_context(owned_work_dir(self.root / "tmp", RUN_PREFIX))
-        fd, name = tempfile.mkstemp(prefix=f".{hint[:40]}.", suffix=".part", dir=self._run_dir)
-        os.close(fd)
-        return Path(name)
+            self._temps += 1
+            return self._run_dir / f".{hint[:40]}.{self._temps:08d}.part"
 
     def close(self) -> None:
         """Remove this staging's directory under tmp/ (what a kill leaves there the next staging removes)."""

@@ -264,7 +264,6 @@ class _Stager:
                 return entry, Via.cache, None
             temp = self.cache.temp_path(job.location.name)
             try:
-                temp.unlink()
                 got = self._obtain(job, temp, algorithms)
                 facts, header = self._verify(job, temp, got.size, got.digests)
                 self._check_payloadhash(job, facts["payloadhash"])

@@ -70,6 +70,7 @@ def test_double_slash_root_is_the_root(tmp_path):
 def test_stale_cleanup_removes_only_its_own_temp_files(tmp_path):
     cache = PackageCache(tmp_path / "c")
     live = cache.temp_path("pkg.rpm")  # a staging still running: its partial download stays, however old
+    live.write_text("partial")  # the fetch creates it
     loose = cache.root / "tmp" / ".pkg.rpm.abcdefgh.part"  # as earlier versions left them in tmp/
     loose.write_text("partial")
     fresh = cache.root / "tmp" / ".other.rpm.abcdefgh.part"
