@@ -1,8 +1,8 @@
 """Stage an offline repository: exactly the RPMs a build needs, fetched from a source repository
 (a directory or URL, a koji repo included), each verified against the repository's checksum and its
-own header, with fresh repodata and a stage-manifest.json saying what came from where. Each file's bytes are read
-once: hashed as they arrive (or, from the cache, once after they are linked into place), while its
-header, read with rpm's bindings, gives both the checks and the repodata.
+own header, with fresh repodata and a stage-manifest.json saying what came from where. Each file's
+bytes are read once: hashed as they arrive (or, from the cache, once they are linked into place);
+its header, read with rpm's bindings, gives both the checks and the repodata.
 
 The kojid plugin and `mkosi-initrd-build stage` both call stage_repository().
 """
@@ -34,7 +34,9 @@ from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, instal
 from mkosi_initrd_builder.staging.sources import Source, SourceMetadata, Via, parse_source
 from mkosi_initrd_builder.staging.sources.base import Fetched, PackageLocation
 from mkosi_initrd_builder.util.errors import ResolveError, SettingError, StagingError, VerificationError
-from mkosi_initrd_builder.util.fsutil import atomic_write, hash_file, link_or_private_copy, local_write_error, replace_dir
+from mkosi_initrd_builder.util.fsutil import (
+    atomic_write, hash_file, link_or_private_copy, local_write_error, replace_dir,
+)
 from mkosi_initrd_builder.util.log import step
 from mkosi_initrd_builder.util.workdirs import destination_lock, owned_work_dir, remove_abandoned
 
@@ -336,7 +338,8 @@ class _Stager:
         if header.nevra != job.package.nevra:
             return f"its header says it is {header.nevra}"
         if header.payloadhash != entry.facts.get("payloadhash"):
-            return f"its header's payload hash {header.payloadhash} is not the {entry.facts.get('payloadhash')} recorded"
+            return (f"its header's payload hash {header.payloadhash} is not the {entry.facts.get('payloadhash')} "
+                    "recorded")
         return None
 
     @staticmethod
