@@ -475,9 +475,11 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "fsck.btrfs (which stays) does nothing at boot; repairing btrfs is for the booted system or "
              "rescue media, and dracut's image has no btrfs tool either",
              "/usr/*bin/btrfs"),
-    _removal("glibc's tools for the installed system (ldconfig, localedef, zic, iconv, locale) and libraries "
-             "nothing in the image links or dlopens (libmvec, libnsl, libthread_db, libc_malloc_debug)",
-             "/usr/*bin/ldconfig", "/usr/bin/localedef", "/usr/*bin/zic", "/usr/bin/iconv", "/usr/bin/locale", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
+    _removal("glibc's tools for the installed system (ldconfig with the unit that ran it at every boot, since "
+             "an initrd's /etc never holds .updated; localedef, zic, iconv, locale) and libraries nothing in the "
+             "image links or dlopens (libmvec, libnsl, libthread_db, libc_malloc_debug)",
+             "/usr/*bin/ldconfig", "/usr/lib/systemd/system/ldconfig.service",
+             "/usr/lib/systemd/system/*.wants/ldconfig.service", "/usr/bin/localedef", "/usr/*bin/zic", "/usr/bin/iconv", "/usr/bin/locale", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
              "/usr/lib*/**/libthread_db*.so*", "/usr/lib*/**/libc_malloc_debug.so*"),
     _removal("p11-kit's command-line tools and servers; systemd dlopens only libp11-kit, for PKCS#11 tokens",
              "/usr/bin/trust", "/usr/bin/p11-kit", "/usr/libexec/p11-kit"),
@@ -485,10 +487,11 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "them (less and bash use libtinfo)",
              "/usr/lib*/**/libncurses*.so*", "/usr/lib*/**/libform*.so*", "/usr/lib*/**/libmenu*.so*", "/usr/lib*/**/libpanel*.so*",
              "/usr/lib*/**/libtic.so*"),
-    _removal("LVM monitoring (dmeventd and its plugins, which need liblvm2cmd) and lvmpolld: the real "
-             "root's lvm2-monitor.service starts monitoring, as after a dracut boot, whose image has none",
+    _removal("LVM monitoring (dmeventd, its plugins, which need liblvm2cmd, and their units) and lvmpolld: "
+             "the real root's lvm2-monitor.service starts monitoring, as after a dracut boot, whose image has none",
              "/usr/*bin/dmeventd", "/usr/*bin/lvmpolld", "/usr/lib*/**/liblvm2cmd.so*",
-             "/usr/lib*/**/libdevmapper-event-lvm2*.so*"),
+             "/usr/lib*/**/libdevmapper-event-lvm2*.so*", "/usr/lib/systemd/system/dm-event.*",
+             "/usr/lib/systemd/system/lvm2-lvmpolld.*", "/usr/lib/systemd/system/lvm2-monitor.service"),
     _removal("clients of daemons an initrd does not start (logind, timedated, hostnamed, localed) and "
              "kernel-install with its plugins, which install kernels on the booted system",
              "/usr/bin/loginctl", "/usr/bin/timedatectl", "/usr/bin/hostnamectl", "/usr/bin/localectl",
