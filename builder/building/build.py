@@ -410,6 +410,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         # Only when the variant has them, so the manifests of every other variant stay as they were.
         **({"uki-profiles": [p.to_dict() for p in variant.uki_profiles]} if variant.uki_profiles else {}),
         **({"uki-addons": addon_manifest(final, variant)} if variant.uki_addons else {}),
+        **({"removed-on-purpose": [r.to_dict() for r in variant.removals]} if variant.removals else {}),
         "outputs": outputs,
         "size-budget": variant.size_budget,
         "source-date-epoch": ctx.source_date_epoch,

@@ -10,12 +10,14 @@ from pathlib import Path
 from mkosi_initrd_builder.util.errors import BuilderError
 from mkosi_initrd_builder.building.variants import Base, VariantSpec
 
-# Removed from every image: kernel images (the UKI carries its own) and caches that would make
-# the output depend on when it was built.
+# Removed from every image: kernel images (the UKI carries its own), the kernel's build
+# configuration (the builder reads it to choose firmware compression; nothing in an initrd reads
+# it, and dracut leaves it out too) and caches that would make the output depend on when it was built.
 REMOVE_FILES = (
     "/usr/lib/modules/*/vmlinuz*",
     "/usr/lib/modules/*/vmlinux*",
     "/usr/lib/modules/*/System.map",
+    "/usr/lib/modules/*/config",
     "/var/cache",
     "/var/log",
 )
@@ -78,6 +80,7 @@ def render_variant(
         "Output": [
             ("OutputDirectory", (str(paths.output_dir),)),
             ("CompressOutput", ("zstd",)),
+            ("CompressLevel", (str(variant.compress_level),)),
         ],
         "Content": [
             ("Bootable", ("no",)),
@@ -86,7 +89,7 @@ def render_variant(
             ("SourceDateEpoch", (str(source_date_epoch),)),
             ("Packages", variant.packages),
             ("ExtraTrees", (str(paths.kernel_tree), *((str(paths.files_tree),) if variant.files else ()))),
-            ("RemoveFiles", REMOVE_FILES),
+            ("RemoveFiles", (*REMOVE_FILES, *(g for r in variant.removals for g in r.paths))),
         ],
         "Build": [
             ("ToolsTree", ("",)),

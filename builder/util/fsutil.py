@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -181,6 +182,25 @@ def is_within(path: PurePosixPath | Path, root: PurePosixPath | Path) -> bool:
     """True when `path` is `root` or below it, comparing whole path components (never string prefixes)."""
     p, r = Path(os.path.normpath(path)).parts, Path(os.path.normpath(root)).parts
     return p[: len(r)] == r
+
+
+def glob_removes(pattern: str, name: str) -> bool:
+    """Whether Path.glob(pattern) run at the image root (mkosi's RemoveFiles=) takes away `name`
+    (relative, '/'-separated): the name or one of its parent directories matches, component by
+    component; '*', '?' and '[...]' stay within a component, and '**' stands for any number of them."""
+    want = [c for c in pattern.strip("/").split("/") if c]
+    have = [c for c in name.strip("/").split("/") if c]
+
+    def match(i: int, j: int) -> bool:
+        if i == len(want):
+            return True          # the pattern named this entry or a directory above it
+        if want[i] == "**":
+            return match(i + 1, j) or (j < len(have) and match(i, j + 1))
+        if j == len(have):
+            return False
+        return fnmatch.fnmatchcase(have[j], want[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
 
 
 def link_or_copy_tree(src: Path, dest: Path) -> None:

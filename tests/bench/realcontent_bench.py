@@ -76,7 +76,8 @@ def main() -> int:
         ours_build = time.monotonic() - started
         ours_image = result.directory / "initrd.cpio.zst"
         modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
-        dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img")
+        dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img",
+                                    firmware_from=ours_image)
 
         ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
         mb = 1024 * 1024

@@ -269,9 +269,10 @@ def test_default_boot_probe_needs_an_init_that_keeps_running(built, tmp_path):
     assert "stopped before /init had run long enough" in r.console_tail
 
 
-def write_variant(directory: Path, name: str, text: str) -> None:
+def write_variant(directory: Path, name: str, text: str) -> Path:
     directory.mkdir(exist_ok=True)
     (directory / f"{name}.toml").write_text(text)
+    return directory / f"{name}.toml"
 
 
 def test_failing_variant_neither_hides_nor_corrupts_others(fixture_repo, tmp_path):
@@ -330,6 +331,41 @@ def test_size_budget_exceeded_lists_largest_contributors(fixture_repo, tmp_path)
     assert "(kernel modules)" in packages_line and "busybox" in packages_line
     modules_line = next(line for line in r.stderr.splitlines() if "largest modules:" in line)
     assert "ext4.ko" in modules_line
+    assert list(out.iterdir()) == []
+
+
+SLIM = 'summary = "s"\ndescription = "d"\nbase = "none"\npackages = ["initrd-init", "kmod"]\n'
+
+
+def test_removed_files_leave_the_image_and_the_manifest_says_why(fixture_repo, tmp_path):
+    variants = tmp_path / "variants"
+    write_variant(variants, "slim", SLIM + '[[remove-files]]\nreason = "no module tools"\n'
+                                           'paths = ["/usr/*bin/kmod", "/usr/*bin/*mod", "/usr/*bin/modinfo"]\n')
+    out = tmp_path / "out"
+    r = run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                 "--output", out, "--variants-dir", variants])
+    assert r.returncode == 0, r.stderr
+    names = {e.name for e in read_cpio(out / "slim/initrd.cpio.zst")}
+    assert not [n for n in names if re.fullmatch(r"usr/s?bin/(kmod|\w*mod|modinfo)", n)]
+    assert any(n.endswith("bin/busybox") for n in names)  # the rest of the packages stays
+    manifest = json.loads((out / "slim/manifest.json").read_text())
+    assert manifest["removed-on-purpose"] == [{"reason": "no module tools",
+                                               "paths": ["/usr/*bin/kmod", "/usr/*bin/*mod", "/usr/*bin/modinfo"]}]
+    r = run_cli(["verify", out / "slim"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing removed on purpose is in the image" in r.stdout
+
+
+def test_removing_a_linked_library_fails_naming_the_glob_the_file_and_the_library(fixture_repo, tmp_path):
+    variants = tmp_path / "variants"
+    path = write_variant(variants, "broken", SLIM + '[[remove-files]]\nreason = "too far"\n'
+                                                    'paths = ["/usr/lib*/**/libc.so*"]\n')
+    out = tmp_path / "out"
+    r = run_cli(["build", "--repo", fixture_repo.path, "--kernel-version", fixture_repo.kernel_version,
+                 "--output", out, "--variants-dir", variants])
+    assert r.returncode == 1
+    line = next(line for line in r.stderr.splitlines() if "took libc.so.6 out of the image" in line)
+    assert str(path) in line and "/usr/lib*/**/libc.so*" in line and "links it" in line
     assert list(out.iterdir()) == []
 
 

@@ -120,7 +120,8 @@ def dracut_generic_image(real_repo, distribution, built, tmp_path_factory):
 
     modules = json.loads((built / "generic/manifest.json").read_text())["kernel-modules"]
     return build_dracut_image(real_repo, distribution, modules,
-                              tmp_path_factory.mktemp("dracut-generic") / "dracut.img")
+                              tmp_path_factory.mktemp("dracut-generic") / "dracut.img",
+                              firmware_from=built / "generic/initrd.cpio.zst")
 
 
 def setup_initrd(request, image: str) -> Path:

@@ -23,6 +23,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
+
+from mkosi_initrd_builder.checking.cpio import read_cpio
 
 from .apt import extract_deb, needed_packages
 from .distribution import DistributionBuilder, RealRepo
@@ -44,6 +47,7 @@ DRACUT_PACKAGES = ("dracut-core", "systemd", "systemd-sysv", "udev", "systemd-cr
 # Left out of the chroot: maintainer-script machinery that a chroot of unpacked packages never runs.
 CHROOT_EXCLUDE = ("debconf", "perl-base", "libpam-runtime", "libpam-modules", "libpam-modules-bin", "dpkg",
                   "initramfs-tools", "initramfs-tools-core", "initramfs-tools-bin", "klibc-utils", "libklibc")
+FIRMWARE_PREFIX = "usr/lib/firmware/"
 DRACUT_ARGS = ("--force", "--no-hostonly", "--zstd", "--no-early-microcode")
 
 
@@ -109,10 +113,20 @@ def dracut_version(root: Path) -> str:
 
 
 def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modules: Sequence[str],
-                       output: Path) -> DracutImage:
+                       output: Path, firmware_from: Optional[Path] = None) -> DracutImage:
     """dracut --no-hostonly for repo's kernel with exactly `kernel_modules` (paths relative to
-    /usr/lib/modules/<KVER>/, as in a variant's manifest)."""
+    /usr/lib/modules/<KVER>/, as in a variant's manifest) and, when `firmware_from` names our
+    initrd, exactly the firmware files it carries: dracut installs the firmware its modules declare
+    from what /usr/lib/firmware holds, so both images then have the same drivers' firmware."""
     root = prepare_chroot(builder)
+    fwdir = root / "usr/lib/firmware"
+    shutil.rmtree(fwdir, ignore_errors=True)
+    if firmware_from is not None:
+        for entry in read_cpio(firmware_from):
+            if entry.is_file and entry.name.startswith(FIRMWARE_PREFIX):
+                target = fwdir / entry.name[len(FIRMWARE_PREFIX):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(entry.data)
     kver = repo.kernel_version
     src = repo.kernel_tree / "usr/lib/modules" / kver
     moddir = root / "usr/lib/modules" / kver

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.util.fsutil import (
-    atomic_write, is_within, link_or_private_copy, normalized_absolute, private_copy, replace_dir,
+    atomic_write, glob_removes, is_within, link_or_private_copy, normalized_absolute, private_copy, replace_dir,
 )
 
 
@@ -104,3 +104,32 @@ def test_link_or_private_copy_never_replaces_a_file(tmp_path):
     with pytest.raises(FileExistsError):
         link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
     assert (tmp_path / "dst").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("pattern, name, removed", [
+    ("/usr/bin/btrfs*", "usr/bin/btrfs-convert", True),
+    ("/usr/bin/btrfs*", "usr/sbin/btrfs", False),
+    ("/usr/*bin/mkfs*", "usr/sbin/mkfs.xfs", True),
+    ("/usr/lib*/**/libssl.so*", "usr/lib64/libssl.so.3", True),
+    ("/usr/lib*/**/libssl.so*", "usr/lib/x86_64-linux-gnu/libssl.so.3", True),
+    ("/usr/lib*/**/libssl.so*", "usr/libssl.so.3", False),
+    ("/usr/share/zsh", "usr/share/zsh/functions/_x", True),   # a directory takes its contents along
+    ("/usr/share/zsh", "usr/share/zsh-extra", False),         # whole components, not prefixes
+    ("/usr/*/x", "usr/a/b/x", False),                         # '*' stays within one component
+    ("/usr/**", "usr", True),
+])
+def test_glob_removes_reads_globs_as_path_glob_does(pattern, name, removed):
+    assert glob_removes(pattern, name) is removed
+
+
+def test_glob_removes_agrees_with_path_glob(tmp_path):
+    names = ["usr/bin/btrfs", "usr/bin/btrfs-convert", "usr/sbin/mkfs.xfs", "usr/lib64/libssl.so.3",
+             "usr/lib/x86_64-linux-gnu/libssl.so.3", "usr/lib/x86_64-linux-gnu/engines/x.so", "usr/share/zsh/f/_a"]
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_text("")
+    for pattern in ("/usr/*bin/btrfs*", "/usr/lib*/**/libssl.so*", "/usr/lib*/**/*.so", "/usr/share/zsh",
+                    "/usr/*/x86_64-linux-gnu"):
+        globbed = {p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(pattern.lstrip("/"))}
+        taken = {n for n in names if any(n == g or n.startswith(g + "/") for g in globbed)}
+        assert {n for n in names if glob_removes(pattern, n)} == taken, pattern

@@ -9,7 +9,7 @@ import pytest
 
 from mkosi_initrd_builder.util.errors import VariantError
 from mkosi_initrd_builder.building.variants import (
-    FIELDS_BY_KEY, VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants,
+    BASE_REMOVALS, FIELDS_BY_KEY, VARIANT_FIELDS, Base, OutputFormat, load_variant, load_variants,
 )
 from tests.conftest import FIXTURE_VARIANTS, PRODUCT_VARIANTS
 
@@ -265,3 +265,49 @@ def test_bad_uki_addons_are_refused_naming_file_and_key(tmp_path, addons, key, m
     with pytest.raises(VariantError) as e:
         load_variant(path)
     assert str(path) in str(e.value) and key in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_remove_files_parse_and_follow_the_builders_own(tmp_path):
+    v = load_variant(write(tmp_path, "slim", MINIMAL + """
+compress-level = 12
+[[remove-files]]
+reason = "no btrfs module"
+paths = ["/usr/*bin/fsck.btrfs", "/usr/lib*/**/libbtrfs*.so*"]
+"""))
+    assert v.compress_level == 12
+    assert v.to_dict()["remove-files"] == [{"reason": "no btrfs module",
+                                            "paths": ["/usr/*bin/fsck.btrfs", "/usr/lib*/**/libbtrfs*.so*"]}]
+    assert v.removals[:len(BASE_REMOVALS)] == BASE_REMOVALS
+    assert v.removals[-1].reason == "no btrfs module"
+    assert load_variant(write(tmp_path, "own", MINIMAL + 'base = "none"\n')).removals == ()
+
+
+def test_compress_level_defaults_to_nine(tmp_path):
+    assert load_variant(write(tmp_path, "tiny", MINIMAL)).compress_level == 9
+
+
+@pytest.mark.parametrize("tables, key, message", [
+    ('[[remove-files]]\nreason = "r"\npaths = ["usr/bin/x"]\n', "remove-files[1].paths", "absolute, normalised"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/../etc/x"]\n', "remove-files[1].paths", "absolute, normalised"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/var/x"]\n', "remove-files[1].paths", "below /etc or /usr"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/lib/modules/*/x"]\n', "remove-files[1].paths",
+     "below /usr/lib/modules"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/a**/x"]\n', "remove-files[1].paths", "whole path component"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/a b"]\n', "remove-files[1].paths", "whitespace"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/a,b"]\n', "remove-files[1].paths", "must not contain ','"),
+    ('[[remove-files]]\nreason = "r"\npaths = []\n', "remove-files[1].paths", "non-empty list"),
+    ('[[remove-files]]\npaths = ["/usr/x"]\n', "remove-files[1].reason", "required key is missing"),
+    ('[[remove-files]]\nreason = ""\npaths = ["/usr/x"]\n', "remove-files[1].reason", "must not be empty"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/x"]\n[[remove-files]]\nreason = "s"\npaths = ["/usr/x"]\n',
+     "remove-files", "listed twice: /usr/x"),
+    ('[[remove-files]]\nreason = "r"\npaths = ["/usr/bin/localedef"]\n', "remove-files",
+     "the builder's own removals"),
+    ("compress-level = 20\n", "compress-level", "from 1 to 19"),
+    ("compress-level = true\n", "compress-level", "from 1 to 19"),
+])
+def test_bad_remove_files_and_levels_are_refused_naming_file_and_key(tmp_path, tables, key, message):
+    path = write(tmp_path, "bad", MINIMAL + tables)
+    with pytest.raises(VariantError) as e:
+        load_variant(path)
+    assert e.value.key == key
+    assert message in str(e.value) and str(path) in str(e.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,34 @@ from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, read_
 from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
-from mkosi_initrd_builder.util.fsutil import hash_bytes
+from mkosi_initrd_builder.util.elf import is_elf64, needed
+from mkosi_initrd_builder.util.fsutil import glob_removes, hash_bytes
+
+
+def leftovers(globs: Sequence[str], entries: Iterable[CpioEntry]) -> list[tuple[str, str]]:
+    """(glob, entry name) for every file or link still in the image that a remove-files glob names.
+    Directories are left out: mkosi keeps the directories a glob ending in a file name passes through."""
+    return [(g, e.name) for e in entries if not e.is_dir for g in globs if glob_removes(g, e.name)]
+
+
+def broken_links(globs: Sequence[str], entries: Iterable[CpioEntry]) -> list[tuple[str, str, str]]:
+    """(glob, file, soname) for every ELF file in the image that links a library no longer in it
+    whose name a remove-files glob matches: a removal that took away what something still needs."""
+    entries = list(entries)
+    present = {e.name.rsplit("/", 1)[-1] for e in entries if not e.is_dir}
+    last = [(g, g.rsplit("/", 1)[-1]) for g in globs]
+    broken = []
+    for e in entries:
+        if not e.is_file or not is_elf64(e.data):
+            continue
+        try:
+            sonames = needed(e.data)
+        except ValueError:
+            continue  # not ours to judge; the loader would say more
+        for soname in sonames:
+            if soname not in present:
+                broken += [(g, e.name, soname) for g, name in last if fnmatch.fnmatchcase(soname, name)]
+    return broken
 
 
 def is_module(entry: CpioEntry) -> bool:
@@ -29,6 +57,18 @@ class InitrdFormat(Format):
         if variant.size_budget and size > variant.size_budget:
             raise SizeBudgetError(size_report(variant.name, variant.path, variant.size_budget, size,
                                               image.entries.values(), inputs.repo))
+        globs = [g for r in variant.removals for g in r.paths]
+        broken = broken_links(globs, image.entries.values())
+        if broken:
+            glob, name, soname = broken[0]
+            raise BuilderError(f"variant {variant.name!r} ({variant.path}): removing {glob} took {soname} out of the "
+                               f"image, but /{name} links it ({len(broken)} such link(s) in all)")
+        left = leftovers(globs, image.entries.values())
+        if left:
+            glob, name = left[0]
+            raise BuilderError(f"variant {variant.name!r} ({variant.path}): remove-files glob {glob} did not take "
+                               f"/{name} out of the image ({len(left)} path(s) left in all); mkosi's RemoveFiles= "
+                               "and the builder read the glob differently")
         # mkosi wrote it beside the final directory, on the same file system: a rename.
         os.replace(image.initrd, image.final / self.file_name)
 
@@ -52,6 +92,11 @@ class InitrdFormat(Format):
         if wanted:
             dep = entries.get(f"usr/lib/modules/{built.kernel_version}/modules.dep")
             checks.append(Check("modules.dep regenerated in the image", dep is not None and dep.size > 0))
+        removed = [g for r in built.manifest.get("removed-on-purpose", []) for g in r.get("paths", [])]
+        if removed:
+            left = leftovers(removed, entries.values())
+            checks.append(Check("nothing removed on purpose is in the image", not left,
+                                f"{len(removed)} glob(s)" if not left else f"/{left[0][1]} matches {left[0][0]}"))
         return checks + firmware_checks(built.manifest, entries)
 
     def inspect(self, built: BuiltVariant, top: int) -> Optional[Inspection]:
