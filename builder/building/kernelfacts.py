@@ -52,6 +52,21 @@ class KernelModuleFacts:
         return self.facts[rel]
 
 
+def default_cache_dir() -> Optional[Path]:
+    """Where the command line keeps the facts without --cache-dir: $XDG_CACHE_HOME/mkosi-initrd-builder/
+    kernel-modules, ~/.cache/... when that is unset or not absolute (as the XDG spec says); None
+    without a home directory."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        base = Path(xdg)
+    else:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:
+            return None
+    return base / "mkosi-initrd-builder" / CACHE_SUBDIR
+
+
 def facts_key(kernel_version: str, packages: Sequence[RepoPackage]) -> str:
     """The cache key: the format, the kernel version and each kernel package's checksum. The build
     checks every package it extracts against that checksum, so other bytes mean another key."""
