@@ -140,3 +140,23 @@ def test_default_cache_dir_follows_xdg_cache_home(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home/.cache/mkosi-initrd-builder/kernel-modules"
+
+
+def test_variant_tree_links_kept_modules_and_the_other_files_only(tmp_path):
+    from mkosi_initrd_builder.building.build import link_kernel_tree
+
+    src = tmp_path / "src"
+    for rel in ("kernel/fs/ext4/ext4.ko.xz", "kernel/fs/fat/vfat.ko.xz", "modules.builtin", "modules.dep",
+                "modules.alias.bin", "config", "vmlinuz", "kernel/fs/fat/README"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    (src / "build").symlink_to("/usr/src/kernels/x")
+    (src / "extra").mkdir()  # empty in the package: nothing to carry
+    dest = tmp_path / "dest"
+    link_kernel_tree(src, dest, ["kernel/fs/ext4/ext4.ko.xz"])
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if not p.is_dir() or p.is_symlink())
+    assert got == ["build", "config", "kernel/fs/ext4/ext4.ko.xz", "kernel/fs/fat/README", "modules.builtin",
+                   "vmlinuz"]
+    assert (dest / "build").readlink() == Path("/usr/src/kernels/x")
+    assert (dest / "config").stat().st_ino == (src / "config").stat().st_ino  # linked, not copied
+    assert not (dest / "extra").exists()
