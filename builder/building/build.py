@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,8 +83,6 @@ class KernelInputs:
     packages: tuple[str, ...]  # NEVRAs of the packages shipping /usr/lib/modules/<KVER>/
     tree: Path                 # extracted: <tree>/usr/lib/modules/<KVER>/..., the modules some variant keeps
     image: Path                # vmlinuz
-    modules: KernelModuleFacts  # every module the packages ship, with its .modinfo facts
-    builtin: frozenset[str]     # modules.builtin's names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,8 +209,7 @@ def read_kernel_payload(repo: Repository, kernel_version: str) -> KernelPayload:
     return KernelPayload(packages, modules, others, tuple(images))
 
 
-def extract_kernel(payload: KernelPayload, kernel_version: str, dest: Path, facts: KernelModuleFacts,
-                   modules: Sequence[str]) -> KernelInputs:
+def extract_kernel(payload: KernelPayload, kernel_version: str, dest: Path, modules: Sequence[str]) -> KernelInputs:
     """Write the kernel's files other than modules, and of the modules only `modules` (what the
     variants keep), to <dest>/usr/lib/modules/<KVER>/ (merged /usr, whichever directory the packages
     use). Only those: on a real kernel, writing all 4,230 modules took 3.4 s on this project's
@@ -236,7 +233,7 @@ def extract_kernel(payload: KernelPayload, kernel_version: str, dest: Path, fact
                 os.utime(target, (e.mtime, e.mtime))
             # device nodes, fifos: nothing a modules directory holds that the image could use
     return KernelInputs(kernel_version, tuple(str(p.nevra) for p in payload.packages), dest,
-                        moddir / payload.image_names[0], facts, builtin_names(payload.builtin))
+                        moddir / payload.image_names[0])
 
 
 def link_kernel_tree(src: Path, dest: Path, kept: Sequence[str]) -> None:
@@ -361,8 +358,8 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
         side.shutdown(wait=True, cancel_futures=True)
 
 
-def select_variants_modules(request: BuildRequest, facts: KernelModuleFacts,
-                            builtin: frozenset[str]) -> dict[str, ModuleSelection | BaseException]:
+def select_variants_modules(request: BuildRequest, facts: KernelModuleFacts, builtin: frozenset[str],
+                            default_modules: Callable[[], Sequence[str]]) -> dict[str, ModuleSelection | BaseException]:
     """Each variant's modules, chosen before the kernel is unpacked so that only those are; a variant
     whose selection fails gets the error, raised when it is built (each variant fails alone)."""
     out: dict[str, ModuleSelection | BaseException] = {}
@@ -370,7 +367,7 @@ def select_variants_modules(request: BuildRequest, facts: KernelModuleFacts,
         try:
             include = list(variant.kernel_modules_include)
             if "default" in include:
-                include = expand_default(include, mkosi_initrd_default_modules(request.release))
+                include = expand_default(include, default_modules())
             out[variant.name] = choose_modules(facts.sizes, builtin, include, variant.kernel_modules_exclude,
                                                facts.info_of)
         except Exception as e:
@@ -410,6 +407,9 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
                     wanted: Sequence[OutputFormat], repo: Repository, sde: int,
                     side: concurrent.futures.ThreadPoolExecutor, versions: Mapping[str, concurrent.futures.Future],
                     work: Path) -> list[VariantResult]:
+    # mkosi-initrd's own module list (a mkosi process), asked while the kernel is read when a variant uses it
+    defaults = (side.submit(mkosi_initrd_default_modules, request.release)
+                if any("default" in v.kernel_modules_include for v in request.variants) else None)
     with step(f"Reading the payload of kernel {request.kernel_version}'s packages"):
         payload = read_kernel_payload(repo, request.kernel_version)
     inputs = BuildInputs(repo, request.kernel_version,
@@ -422,9 +422,10 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
                                             request.kernel_version, payload.module_data())
         logger.info("  %s", f"from the cache in {cache_dir}" if cached else
                     f"read and kept in {cache_dir}" if cache_dir is not None else "read (no cache directory)")
-    selections = select_variants_modules(request, facts, builtin_names(payload.builtin))
+    selections = select_variants_modules(request, facts, builtin_names(payload.builtin),
+                                         defaults.result if defaults is not None else tuple)
     kept = sorted({m for sel in selections.values() if isinstance(sel, ModuleSelection) for m in sel.kept})
-    kernel = extract_kernel(payload, request.kernel_version, work / "kernel", facts, kept)
+    kernel = extract_kernel(payload, request.kernel_version, work / "kernel", kept)
     del payload  # the kernel's payloads: hundreds of MB on a real kernel
     prepared = {k: f.result() for k, f in preparing.items()}
     tools = {"mkosi": versions["mkosi"].result(), "builder": __version__}
