@@ -96,9 +96,14 @@ class BuildContext:
     work: Path
     sandbox_tree: Path
     package_cache: Path
-    tools: dict[str, str]
+    tool_versions: Mapping[str, concurrent.futures.Future]  # asked beside the build; needed by the manifests
     logs: Path                              # OUTPUT/.logs: mkosi's full output of the variants that failed
     selections: Mapping[str, ModuleSelection | BaseException]  # each variant's modules, or why it has none
+
+    def tools(self) -> dict[str, str]:
+        """The tools' versions, as the manifest records them (the builder's own after mkosi's)."""
+        versions = {t: f.result() for t, f in self.tool_versions.items()}
+        return {"mkosi": versions.pop("mkosi"), "builder": __version__, **versions}
     failed_logs: dict[Path, Path] = dataclasses.field(default_factory=dict)  # work copy -> kept copy
 
 
@@ -428,12 +433,10 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
     kernel = extract_kernel(payload, request.kernel_version, work / "kernel", kept)
     del payload  # the kernel's payloads: hundreds of MB on a real kernel
     prepared = {k: f.result() for k, f in preparing.items()}
-    tools = {"mkosi": versions["mkosi"].result(), "builder": __version__}
-    tools.update({t: f.result() for t, f in versions.items() if t != "mkosi"})
     write_sandbox_tree(work / "sandbox", repo.path, request.release)
     cache = request.cache_dir or work / "pkgcache"
     cache.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(request, repo, kernel, inputs, prepared, sde, work, work / "sandbox", cache, tools,
+    ctx = BuildContext(request, repo, kernel, inputs, prepared, sde, work, work / "sandbox", cache, versions,
                        logs=request.output / ".logs", selections=selections)
     logger.info("SOURCE_DATE_EPOCH=%d, %d variant(s), %d job(s)", sde, len(request.variants), request.jobs)
 
@@ -534,13 +537,14 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         FORMATS[kind].build(image, ctx.inputs, ctx.prepared[kind])
 
     image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
+    tools = ctx.tools()
     inputs = {
         "variant": variant.to_dict(),
         "kernel-version": ctx.kernel.version,
         "repository": ctx.repo.content_digest(),
         "source-date-epoch": ctx.source_date_epoch,
         "release": req.release,
-        "tools": ctx.tools,
+        "tools": tools,
         "formats": {k.value: facts for k in chosen if (facts := FORMATS[k].input_facts(ctx.prepared[k]))},
     }
     outputs = {}
@@ -566,7 +570,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "size-budget": variant.size_budget,
         "source-date-epoch": ctx.source_date_epoch,
         "inputs-hash": inputs_hash(inputs),
-        "tools": ctx.tools,
+        "tools": tools,
     }
     write_manifest(final, manifest)
     dest = req.output / variant.name
