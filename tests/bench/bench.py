@@ -41,12 +41,18 @@ def bench_builder(work: Path, repo, rows: list[tuple[str, str, str]], figures: d
     base = BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / "x",
                         variants=(variants["minimal"],))
 
-    # 1. one variant: total build time and the part mkosi itself takes
-    results, total = timed(lambda: build(BuildRequest(**{**base.__dict__, "output": work / "one"})))
-    mkosi = results[0].mkosi_seconds
-    rows.append(("one variant (minimal): build wall time", f"{total:.1f}s", ""))
+    # 1. one variant: total build time and the part mkosi itself takes; three builds, the median
+    # counts (the share outside mkosi moves with how long mkosi took on a shared machine)
+    runs = []
+    for i in range(3):
+        results, total = timed(lambda i=i: build(BuildRequest(**{**base.__dict__, "output": work / f"one{i}"})))
+        runs.append((total, results[0].mkosi_seconds))
+    total, mkosi = sorted(runs, key=lambda r: (r[0] - r[1]) / r[0])[1]
+    shares = ", ".join(f"{(t - m) / t:.0%}" for t, m in runs)
+    rows.append(("one variant (minimal): build wall time", f"{total:.1f}s", "the median of three by share outside mkosi"))
     rows.append(("  of which mkosi itself", f"{mkosi:.1f}s", f"{mkosi / total:.0%} of the build"))
-    rows.append(("  outside mkosi", f"{total - mkosi:.1f}s", f"{(total - mkosi) / total:.0%} of the build, goal <= 10%"))
+    rows.append(("  outside mkosi", f"{total - mkosi:.1f}s",
+                 f"{(total - mkosi) / total:.0%} of the build ({shares}), goal <= 10%"))
     figures["outside-mkosi"] = (total - mkosi) / total
 
     # 2. four variants with --jobs 2 against four separate single-variant builds
