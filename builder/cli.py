@@ -70,7 +70,9 @@ BUILD_OPTIONS = (
            "else the newest package build time in the repository)", type=epoch, metavar="N"),
     Option(("--release",), "Fedora release mkosi is told (names its GPG key file and $releasever only)",
            type=release_name, default="rawhide", metavar="RELEASE"),
-    Option(("--cache-dir",), "mkosi's package caches (one subdirectory per variant), kept between builds", type=Path,
+    Option(("--cache-dir",), "kept between builds: mkosi's package caches (one subdirectory per variant) and the "
+           "kernel modules' .modinfo facts (kernel-modules/, named by the kernel packages' checksums); default: "
+           "the facts alone, under $XDG_CACHE_HOME/mkosi-initrd-builder (~/.cache/mkosi-initrd-builder)", type=Path,
            metavar="DIR"),
     Option(("--package-version",), "version-release of the package shipping the images, for the UKI's SBAT entry "
            "(the spec passes %%{version}-%%{release}; default: the kernel version)", type=sbat_field("package_version"),
@@ -109,6 +111,7 @@ VERIFY_OPTIONS = (
 
 def cmd_build(args: argparse.Namespace) -> int:
     from mkosi_initrd_builder.building.build import BuildRequest, build
+    from mkosi_initrd_builder.building.kernelfacts import default_cache_dir
     from mkosi_initrd_builder.util.resources import product_variants_dir
     from mkosi_initrd_builder.building.variants import load_variants
 
@@ -122,7 +125,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         results = build(BuildRequest(
             repo=args.repo, kernel_version=args.kernel_version, output=args.output, variants=tuple(variants),
             jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
-            cache_dir=args.cache_dir, package_version=args.package_version, sbat_vendor=args.sbat_vendor,
+            cache_dir=args.cache_dir, kernel_cache_dir=None if args.cache_dir else default_cache_dir(),
+            package_version=args.package_version, sbat_vendor=args.sbat_vendor,
             sbat_url=args.sbat_url, signing=signing,
         ))
     except SettingError as e:

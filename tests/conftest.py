@@ -29,6 +29,19 @@ def require_root() -> None:
         pytest.skip("needs root: mkosi's sandbox and unshare -n create namespaces")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """The builder's command line keeps kernel module facts under $XDG_CACHE_HOME by default: the
+    tests' builds share one of their own, not the user's."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def fixture_repo():
     from tests.support.fixtures import build_fixture_repo

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, Repository, extract_rpm
+from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, Repository, cpio_pattern, extract_rpm
 from mkosi_initrd_builder.util.compress import decompress_file
 from mkosi_initrd_builder.util.fsutil import atomic_write, sha256_file
 
@@ -189,11 +189,6 @@ class FirmwareInstall:
         }
 
 
-def _cpio_pattern(path: str) -> str:
-    # cpio matches its arguments with fnmatch: a literal name's glob characters are escaped.
-    return "." + re.sub(r"([*?\[\]\\])", r"\\\1", path)
-
-
 def install_firmware(repo: Repository, packages: Sequence[RepoPackage], wanted: Iterable[str],
                      accepted: Sequence[str], dest: Path, work: Path) -> FirmwareInstall:
     """Put the firmware `wanted` names into `dest` (the image's /usr/lib/firmware), from `packages`.
@@ -223,7 +218,7 @@ def install_firmware(repo: Repository, packages: Sequence[RepoPackage], wanted: 
         for p in packages:
             if p.nevra.name in by_package:
                 extract_rpm(repo.path / p.href, extracted / p.nevra.name,
-                            [_cpio_pattern(s) for s in sorted(by_package[p.nevra.name])])
+                            [cpio_pattern(s) for s in sorted(by_package[p.nevra.name])])
         done.update(todo)
         following, todo = todo, []
         for key in following:

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mkosi_initrd_builder.util.compress import decompress_file
@@ -83,6 +83,15 @@ class ModuleSelection:
     missing_dependencies: tuple[str, ...]
 
 
+# The .modinfo keys selection and firmware lookup use: what a per-kernel cache has to keep.
+FACT_KEYS = ("depends", "softdep", "alias", "firmware")
+
+
+def module_facts(info: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The part of a module's .modinfo that selection reads (aliases, dependencies, firmware)."""
+    return {k: list(info[k]) for k in FACT_KEYS if info.get(k)}
+
+
 def select_modules(
     modules_dir: Path,
     include: Sequence[str],
@@ -94,20 +103,44 @@ def select_modules(
         p.relative_to(modules_dir).as_posix()
         for p in modules_dir.rglob("*") if p.name.endswith(MODULE_SUFFIXES) and p.is_file()
     )
+    return choose_modules(paths, read_builtin(modules_dir), include, exclude,
+                          lambda rel: cached_modinfo(modules_dir / rel))
+
+
+def read_builtin(modules_dir: Path) -> frozenset[str]:
+    """The names of the modules built into the kernel (modules.builtin), which need no file."""
+    try:
+        return builtin_names((modules_dir / "modules.builtin").read_bytes())
+    except FileNotFoundError:
+        return frozenset()
+
+
+def builtin_names(modules_builtin: bytes) -> frozenset[str]:
+    return frozenset(module_name(line) for line in modules_builtin.decode(errors="replace").split())
+
+
+def choose_modules(
+    paths: Iterable[str],
+    builtin: Iterable[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    info_of_path: Callable[[str], Mapping[str, list[str]]],
+) -> ModuleSelection:
+    """select_modules() over a list of module paths (relative to /usr/lib/modules/<KVER>/) and a way
+    to read a module's .modinfo: from the files, or from the per-kernel facts of a build."""
+    paths = sorted(paths)
     by_name = {module_name(p): p for p in paths}
-    builtin = set()
-    if (modules_dir / "modules.builtin").exists():
-        builtin = {module_name(line) for line in (modules_dir / "modules.builtin").read_text().split()}
+    builtin = set(builtin)
 
     inc = re.compile("|".join(include)) if include else None
     exc = re.compile("|".join(exclude)) if exclude else None
     wanted = [p for p in paths if (inc is None or inc.search(p)) and not (exc and exc.search(p))]
 
-    infos: dict[str, dict[str, list[str]]] = {}
+    infos: dict[str, Mapping[str, list[str]]] = {}
 
-    def info_of(name: str) -> dict[str, list[str]]:
+    def info_of(name: str) -> Mapping[str, list[str]]:
         if name not in infos:
-            infos[name] = cached_modinfo(modules_dir / by_name[name])
+            infos[name] = info_of_path(by_name[name])
         return infos[name]
 
     aliases: dict[str, str] = {}

@@ -276,9 +276,24 @@ def open_repository(path: Path, *, with_files: bool = True) -> Repository:
     return Repository(path=path, revision=revision, packages=tuple(sorted(packages, key=lambda p: str(p.nevra))))
 
 
-def extract_rpm(rpm: Path, dest: Path, patterns: Sequence[str] = ()) -> None:
-    """Unpack an RPM's payload (all of it, or the paths matching cpio `patterns`) into `dest`."""
+def rpm_payload(rpm: Path) -> bytes:
+    """An RPM's payload as an uncompressed cpio archive, in memory."""
+    return run(["rpm2cpio", rpm], capture=True).stdout
+
+
+def extract_payload(payload: bytes, dest: Path, patterns: Sequence[str] = ()) -> None:
+    """Unpack a payload (all of it, or the paths matching cpio `patterns`) into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    payload = run(["rpm2cpio", rpm], capture=True).stdout
     run(["cpio", "--extract", "--make-directories", "--preserve-modification-time", "--quiet",
          "--no-absolute-filenames", *patterns], input=payload, cwd=dest, capture=True)
+
+
+def extract_rpm(rpm: Path, dest: Path, patterns: Sequence[str] = ()) -> None:
+    """Unpack an RPM's payload (all of it, or the paths matching cpio `patterns`) into `dest`."""
+    extract_payload(rpm_payload(rpm), dest, patterns)
+
+
+def cpio_pattern(path: str) -> str:
+    """The cpio pattern that matches exactly the payload's `path` ('/usr/lib/x' or 'usr/lib/x'):
+    cpio matches its arguments with fnmatch, so a literal name's glob characters are escaped."""
+    return "./" + re.sub(r"([*?\[\]\\])", r"\\\1", path.lstrip("/"))

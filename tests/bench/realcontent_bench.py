@@ -2,7 +2,7 @@
 kernel start to the real root's marker for each boot case. Not a test: nothing here asserts a
 timing; the goals (size <= dracut's, boot <= 1.1 x dracut's) are printed next to the ratios.
 
-    .venv/bin/python -m tests.bench.realcontent_bench [--variant virt] [--repeat N]
+    .venv/bin/python -m tests.bench.realcontent_bench [--variant virt] [--repeat N] [--no-boot]
 
 Both images are built for the same kernel with the same kernel modules (dracut gets the module
 list our build kept) and from the same Debian trixie userspace; they boot with the same kernel,
@@ -21,13 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from mkosi_initrd_builder.building.build import BuildRequest, build
+from mkosi_initrd_builder.building.build import BuildRequest, build, read_kernel_payload
+from mkosi_initrd_builder.building.kernelfacts import facts_key, kernel_module_facts
+from mkosi_initrd_builder.building.kmod import (builtin_names, choose_modules, expand_default, prune_modules,
+                                                select_modules)
+from mkosi_initrd_builder.rpmmeta.repo import open_repository
+from mkosi_initrd_builder.util.fsutil import link_or_copy_tree
 from mkosi_initrd_builder.util.log import setup_logging
 from mkosi_initrd_builder.building.variants import load_variants
+from tests.bench import machine
 
 TOP = Path(__file__).resolve().parent.parent.parent
 PRODUCT_VARIANTS = TOP / "spec" / "variants"
 SIZE_GOAL = 1.0
+BUILD_GOAL = 1.0
+SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
 NORMALIZED_LEVEL = 15  # dracut's own zstd level; mkosi uses 3
 
@@ -41,10 +49,50 @@ def uncompressed(image: Path) -> bytes:
     return subprocess.run(["zstd", "-dc", str(image)], stdout=subprocess.PIPE, check=True).stdout
 
 
-def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> None:
+def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> float:
     ratio = ours / theirs if theirs else float("nan")
     verdict = "" if goal is None else ("meets goal" if ratio <= goal else f"misses goal (<= {goal:.2f})")
     rows.append((name, fmt.format(ours), fmt.format(theirs), f"{ratio:.2f}", verdict))
+    return ratio
+
+
+def module_selection_rows(repo, variant, work: Path, rows: list) -> dict[str, float]:
+    """The first variant's module selection three ways, side by side: as the builder did it before the
+    per-kernel cache (its own copy of the whole tree, every module's .modinfo read from disk for the
+    alias scan, the rest unlinked), from a cold read of the payload, and from a warm cache."""
+    from mkosi_initrd_builder.building import kmod
+    from mkosi_initrd_builder.building.build import mkosi_initrd_default_modules
+
+    include = list(variant.kernel_modules_include)
+    if "default" in include:
+        include = expand_default(include, mkosi_initrd_default_modules("rawhide"))
+    exclude = list(variant.kernel_modules_exclude)
+    kmod._modinfo_cache.clear()
+    started = time.monotonic()
+    tree = work / "old-way"
+    link_or_copy_tree(repo.kernel_tree, tree)
+    moddir = tree / "usr/lib/modules" / repo.kernel_version
+    old = select_modules(moddir, include, exclude)
+    prune_modules(moddir, old)
+    old_seconds = time.monotonic() - started
+    shutil.rmtree(tree)
+
+    rpm_repo = open_repository(repo.path)
+    payload = read_kernel_payload(rpm_repo, repo.kernel_version)
+    key = facts_key(repo.kernel_version, payload.packages)
+    times = {}
+    for name in ("cold", "warm"):
+        started = time.monotonic()
+        facts, cached = kernel_module_facts(work / "kernel-cache", key, repo.kernel_version, payload.module_data())
+        new = choose_modules(facts.sizes, builtin_names(payload.builtin), include, exclude, facts.info_of)
+        times[name] = time.monotonic() - started
+        assert cached == (name == "warm") and new == old, "the cache changed the selection"
+    rows.append((f"module selection ({len(old.kept)} of {len(facts.sizes)} modules): before the cache, per "
+                 "variant, s", f"{old_seconds:.1f}", "-", "-", ""))
+    rows.append(("module selection: .modinfo from the payload, cold, s", f"{times['cold']:.1f}", "-", "-", ""))
+    rows.append(("module selection: warm cache (keyed by the kernel package's sha256), s", f"{times['warm']:.2f}",
+                 "-", "-", "meets goal" if times["warm"] <= SELECTION_GOAL else f"misses goal (<= {SELECTION_GOAL} s)"))
+    return {"selection-before": old_seconds, "selection-cold": times["cold"], "selection-warm": times["warm"]}
 
 
 def main() -> int:
@@ -52,7 +100,10 @@ def main() -> int:
     parser.add_argument("--variant", default="virt", help="product variant to compare (default: virt)")
     parser.add_argument("--repeat", type=int, default=1, help="boots per case and image; the median counts")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-boot", action="store_true", help="sizes and build times only")
+    parser.add_argument("--figures", type=Path, help="also write the measured figures to this JSON file")
     args = parser.parse_args()
+    load_before = machine.load1()
     setup_logging(quiet=True)
     logging.getLogger("tests").setLevel(logging.WARNING)
 
@@ -63,17 +114,23 @@ def main() -> int:
 
     distribution = DistributionBuilder()
     repo = distribution.build()
-    disks = build_disks(repo, distribution)
+    disks = None if args.no_boot else build_disks(repo, distribution)
     variant = next(v for v in load_variants(PRODUCT_VARIANTS, (args.variant,)))
     work = Path(tempfile.mkdtemp(prefix="realcontent-bench-"))
     rows: list[tuple[str, str, str, str, str]] = []
     notes: list[str] = []
+    figures: dict[str, float] = {}
     try:
-        # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot.
-        started = time.monotonic()
-        result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / "ours",
-                                    variants=(variant,)))[0]
-        ours_build = time.monotonic() - started
+        figures.update(module_selection_rows(repo, variant, work, rows))
+        # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot;
+        # ours cold (no kernel cache: a koji build) and again with the kernel cache the first one wrote.
+        builds = {}
+        for name in ("cold", "warm"):
+            started = time.monotonic()
+            result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / name,
+                                        variants=(variant,), kernel_cache_dir=work / "build-kernel-cache"))[0]
+            builds[name] = (time.monotonic() - started, result.mkosi_seconds)
+        ours_build = builds["cold"][0]
         ours_image = result.directory / "initrd.cpio.zst"
         modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
         dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img",
@@ -81,18 +138,29 @@ def main() -> int:
 
         ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
         mb = 1024 * 1024
-        ratio_row(rows, "image size, as built (zstd; mkosi -3, dracut -15), MiB",
+        figures["size-as-built"] = ratio_row(rows, "image size, as built (zstd; mkosi -3, dracut -15), MiB",
                   ours_image.stat().st_size / mb, dracut.path.stat().st_size / mb, "{:.1f}", SIZE_GOAL)
-        ratio_row(rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", zstd_size(ours_cpio, NORMALIZED_LEVEL) / mb,
+        figures["size-equal-compression"] = ratio_row(
+            rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", zstd_size(ours_cpio, NORMALIZED_LEVEL) / mb,
                   zstd_size(dracut_cpio, NORMALIZED_LEVEL) / mb, "{:.1f}", SIZE_GOAL)
         ratio_row(rows, "image size, uncompressed cpio, MiB", len(ours_cpio) / mb, len(dracut_cpio) / mb,
                   "{:.1f}", None)
-        ratio_row(rows, "build time, whole tool run, s", ours_build, dracut.total_seconds, "{:.1f}", None)
-        ratio_row(rows, "build time, mkosi alone / dracut alone, s", result.mkosi_seconds, dracut.seconds,
-                  "{:.1f}", None)
+        ratio_row(rows, "build time, whole tool run, cold kernel cache, s", ours_build, dracut.total_seconds,
+                  "{:.1f}", BUILD_GOAL)
+        ratio_row(rows, "build time, whole tool run, warm kernel cache, s", builds["warm"][0], dracut.total_seconds,
+                  "{:.1f}", BUILD_GOAL)
+        for name, (total, mkosi) in builds.items():
+            ratio_row(rows, f"  {name}: mkosi alone / dracut alone, s", mkosi, dracut.seconds, "{:.1f}", None)
+            ratio_row(rows, f"  {name}: outside mkosi / dracut outside dracut, s", total - mkosi,
+                      dracut.total_seconds - dracut.seconds, "{:.1f}", None)
+        figures.update({"build-cold": builds["cold"][0] / dracut.total_seconds,
+                        "build-warm": builds["warm"][0] / dracut.total_seconds,
+                        "mkosi-alone": builds["warm"][1] / dracut.seconds,
+                        "dracut-seconds": dracut.total_seconds, "ours-cold-seconds": builds["cold"][0],
+                        "ours-warm-seconds": builds["warm"][0]})
 
         # Boot: alternate ours and dracut's so that a slow patch of the host hits both.
-        for case in BOOT_CASES:
+        for case in () if args.no_boot else BOOT_CASES:
             uptimes: dict[str, list[float]] = {"ours": [], "dracut": []}
             walls: dict[str, list[float]] = {"ours": [], "dracut": []}
             for _ in range(args.repeat):
@@ -105,9 +173,9 @@ def main() -> int:
                     uptimes[who].append(r.uptime)
                     walls[who].append(r.wall_seconds)
             if uptimes["ours"] and uptimes["dracut"]:
-                ratio_row(rows, f"boot {case.name}: kernel start -> root marker, s",
-                          statistics.median(uptimes["ours"]), statistics.median(uptimes["dracut"]), "{:.1f}",
-                          BOOT_GOAL)
+                figures[f"boot {case.name}"] = ratio_row(
+                    rows, f"boot {case.name}: kernel start -> root marker, s", statistics.median(uptimes["ours"]),
+                    statistics.median(uptimes["dracut"]), "{:.1f}", BOOT_GOAL)
                 ratio_row(rows, f"boot {case.name}: QEMU start -> root marker (wall), s",
                           statistics.median(walls["ours"]), statistics.median(walls["dracut"]), "{:.1f}", None)
     finally:
@@ -116,12 +184,15 @@ def main() -> int:
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{args.variant} (mkosi-initrd, builder) vs dracut {dracut.dracut_version} --no-hostonly, kernel "
-          f"{repo.kernel_version}, {len(modules)} kernel modules each, {args.repeat} boot(s) per case, QEMU TCG\n")
+          f"{repo.kernel_version}, {len(modules)} kernel modules each, {args.repeat} boot(s) per case, QEMU TCG")
+    print(machine.describe(load_before, machine.load1()) + "\n")
     print(f"{'measure':{width}}  {'ours':>8}  {'dracut':>8}  {'ratio':>5}  goal")
     for name, ours, theirs, ratio, verdict in rows:
         print(f"{name:{width}}  {ours:>8}  {theirs:>8}  {ratio:>5}  {verdict}")
     for n in notes:
         print(f"FAILED BOOT: {n}")
+    if args.figures is not None:
+        args.figures.write_text(json.dumps({"variant": args.variant, **figures}, indent=1))
     return 1 if notes else 0
 
 

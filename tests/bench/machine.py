@@ -1,0 +1,20 @@
+"""How busy the machine was while a benchmark ran: ratios measured side by side survive a shared
+machine, absolute times do not, so every table says which it was."""
+
+from __future__ import annotations
+
+import os
+
+# A 1-minute load average below this share of the CPUs counts as idle.
+IDLE_SHARE = 0.25
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def describe(before: float, after: float) -> str:
+    cpus = os.cpu_count() or 1
+    state = "idle" if max(before, after) < IDLE_SHARE * cpus else "loaded"
+    return (f"machine: {cpus} CPUs, 1-minute load average {before:.2f} before, {after:.2f} after: {state}"
+            f" (idle: below {IDLE_SHARE * cpus:.2f})")
