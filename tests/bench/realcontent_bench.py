@@ -2,7 +2,7 @@
 kernel start to the real root's marker for each boot case. Not a test: nothing here asserts a
 timing; the goals (size <= dracut's, boot <= 1.1 x dracut's) are printed next to the ratios.
 
-    .venv/bin/python -m tests.bench.realcontent_bench [--variant virt] [--repeat N] [--no-boot]
+    .venv/bin/python -m tests.bench.realcontent_bench [--variant virt] [--variant generic] [--repeat N] [--no-boot]
 
 Both images are built for the same kernel with the same kernel modules (dracut gets the module
 list our build kept) and from the same Debian trixie userspace; they boot with the same kernel,
@@ -37,7 +37,7 @@ SIZE_GOAL = 1.0
 BUILD_GOAL = 1.0
 SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
-NORMALIZED_LEVEL = 15  # dracut's own zstd level; mkosi uses 3
+NORMALIZED_LEVEL = 15  # dracut's own zstd level
 
 
 def zstd_size(cpio: bytes, level: int) -> int:
@@ -95,9 +95,84 @@ def module_selection_rows(repo, variant, work: Path, rows: list) -> dict[str, fl
     return {"selection-before": old_seconds, "selection-cold": times["cold"], "selection-warm": times["warm"]}
 
 
+def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
+    """One variant against dracut: module selection, builds, sizes and boots. Returns rows, failed
+    boots, figures and what the header names (dracut's version, the module count)."""
+    from tests.realcontent.dracut import build_dracut_image
+    from tests.realcontent.disks import BOOT_CASES
+    from tests.realcontent.matrix import boot_case
+
+    rows: list[tuple[str, str, str, str, str]] = []
+    notes: list[str] = []
+    figures: dict[str, float] = {}
+    figures.update(module_selection_rows(repo, variant, work, rows))
+    # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot;
+    # ours cold (no kernel cache: a koji build) and again with the kernel cache the first one wrote.
+    builds = {}
+    for name in ("cold", "warm"):
+        started = time.monotonic()
+        result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / name,
+                                    variants=(variant,), kernel_cache_dir=work / "build-kernel-cache"))[0]
+        builds[name] = (time.monotonic() - started, result.mkosi_seconds)
+    ours_build = builds["cold"][0]
+    ours_image = result.directory / "initrd.cpio.zst"
+    modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
+    dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img",
+                                firmware_from=ours_image)
+
+    ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
+    mb = 1024 * 1024
+    figures["size-as-built"] = ratio_row(
+        rows, f"image size, as built (zstd; ours -{variant.compress_level}, dracut -{NORMALIZED_LEVEL}), MiB",
+        ours_image.stat().st_size / mb, dracut.path.stat().st_size / mb, "{:.2f}", SIZE_GOAL)
+    figures["size-equal-compression"] = ratio_row(
+        rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", zstd_size(ours_cpio, NORMALIZED_LEVEL) / mb,
+        zstd_size(dracut_cpio, NORMALIZED_LEVEL) / mb, "{:.2f}", SIZE_GOAL)
+    ratio_row(rows, "image size, uncompressed cpio, MiB", len(ours_cpio) / mb, len(dracut_cpio) / mb,
+              "{:.1f}", None)
+    ratio_row(rows, "build time, whole tool run, cold kernel cache, s", ours_build, dracut.total_seconds,
+              "{:.1f}", BUILD_GOAL)
+    ratio_row(rows, "build time, whole tool run, warm kernel cache, s", builds["warm"][0], dracut.total_seconds,
+              "{:.1f}", BUILD_GOAL)
+    for name, (total, mkosi) in builds.items():
+        ratio_row(rows, f"  {name}: mkosi alone / dracut alone, s", mkosi, dracut.seconds, "{:.1f}", None)
+        ratio_row(rows, f"  {name}: outside mkosi / dracut outside dracut, s", total - mkosi,
+                  dracut.total_seconds - dracut.seconds, "{:.1f}", None)
+    figures.update({"build-cold": builds["cold"][0] / dracut.total_seconds,
+                    "build-warm": builds["warm"][0] / dracut.total_seconds,
+                    "mkosi-alone": builds["warm"][1] / dracut.seconds,
+                    "dracut-seconds": dracut.total_seconds, "ours-cold-seconds": builds["cold"][0],
+                    "ours-warm-seconds": builds["warm"][0]})
+
+    # Boot: alternate ours and dracut's so that a slow patch of the host hits both.
+    for case in () if disks is None else BOOT_CASES:
+        uptimes: dict[str, list[float]] = {"ours": [], "dracut": []}
+        walls: dict[str, list[float]] = {"ours": [], "dracut": []}
+        for _ in range(repeat):
+            for who, image in (("ours", ours_image), ("dracut", dracut.path)):
+                r = boot_case(case.name, disks, kernel=repo.vmlinuz, initrd=image)
+                if not r.ok:
+                    notes.append(f"{variant.name}: {who} {r.describe()}")
+                    continue
+                assert r.uptime is not None
+                uptimes[who].append(r.uptime)
+                walls[who].append(r.wall_seconds)
+        if uptimes["ours"] and uptimes["dracut"]:
+            figures[f"boot {case.name}"] = ratio_row(
+                rows, f"boot {case.name}: kernel start -> root marker, s", statistics.median(uptimes["ours"]),
+                statistics.median(uptimes["dracut"]), "{:.1f}", BOOT_GOAL)
+            ratio_row(rows, f"boot {case.name}: QEMU start -> root marker (wall), s",
+                      statistics.median(walls["ours"]), statistics.median(walls["dracut"]), "{:.1f}", None)
+    header = (f"{variant.name} (mkosi-initrd, builder) vs dracut {dracut.dracut_version} --no-hostonly, kernel "
+              f"{repo.kernel_version}, {len(modules)} kernel modules and the same firmware each, {repeat} boot(s) "
+              "per case, QEMU TCG")
+    return rows, notes, figures, header
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.realcontent_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="virt", help="product variant to compare (default: virt)")
+    parser.add_argument("--variant", action="append", choices=("virt", "generic"),
+                        help="product variant to compare, repeatable (default: virt and generic)")
     parser.add_argument("--repeat", type=int, default=1, help="boots per case and image; the median counts")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-boot", action="store_true", help="sizes and build times only")
@@ -107,93 +182,37 @@ def main() -> int:
     setup_logging(quiet=True)
     logging.getLogger("tests").setLevel(logging.WARNING)
 
-    from tests.realcontent.disks import BOOT_CASES, build_disks
+    from tests.realcontent.disks import build_disks
     from tests.realcontent.distribution import DistributionBuilder
-    from tests.realcontent.dracut import build_dracut_image
-    from tests.realcontent.matrix import boot_case
 
     distribution = DistributionBuilder()
     repo = distribution.build()
     disks = None if args.no_boot else build_disks(repo, distribution)
-    variant = next(v for v in load_variants(PRODUCT_VARIANTS, (args.variant,)))
+    names = tuple(args.variant or ("virt", "generic"))
     work = Path(tempfile.mkdtemp(prefix="realcontent-bench-"))
-    rows: list[tuple[str, str, str, str, str]] = []
-    notes: list[str] = []
-    figures: dict[str, float] = {}
+    results = {}
     try:
-        figures.update(module_selection_rows(repo, variant, work, rows))
-        # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot;
-        # ours cold (no kernel cache: a koji build) and again with the kernel cache the first one wrote.
-        builds = {}
-        for name in ("cold", "warm"):
-            started = time.monotonic()
-            result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / name,
-                                        variants=(variant,), kernel_cache_dir=work / "build-kernel-cache"))[0]
-            builds[name] = (time.monotonic() - started, result.mkosi_seconds)
-        ours_build = builds["cold"][0]
-        ours_image = result.directory / "initrd.cpio.zst"
-        modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
-        dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img",
-                                    firmware_from=ours_image)
-
-        ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
-        mb = 1024 * 1024
-        figures["size-as-built"] = ratio_row(rows, "image size, as built (zstd; mkosi -3, dracut -15), MiB",
-                  ours_image.stat().st_size / mb, dracut.path.stat().st_size / mb, "{:.1f}", SIZE_GOAL)
-        figures["size-equal-compression"] = ratio_row(
-            rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", zstd_size(ours_cpio, NORMALIZED_LEVEL) / mb,
-                  zstd_size(dracut_cpio, NORMALIZED_LEVEL) / mb, "{:.1f}", SIZE_GOAL)
-        ratio_row(rows, "image size, uncompressed cpio, MiB", len(ours_cpio) / mb, len(dracut_cpio) / mb,
-                  "{:.1f}", None)
-        ratio_row(rows, "build time, whole tool run, cold kernel cache, s", ours_build, dracut.total_seconds,
-                  "{:.1f}", BUILD_GOAL)
-        ratio_row(rows, "build time, whole tool run, warm kernel cache, s", builds["warm"][0], dracut.total_seconds,
-                  "{:.1f}", BUILD_GOAL)
-        for name, (total, mkosi) in builds.items():
-            ratio_row(rows, f"  {name}: mkosi alone / dracut alone, s", mkosi, dracut.seconds, "{:.1f}", None)
-            ratio_row(rows, f"  {name}: outside mkosi / dracut outside dracut, s", total - mkosi,
-                      dracut.total_seconds - dracut.seconds, "{:.1f}", None)
-        figures.update({"build-cold": builds["cold"][0] / dracut.total_seconds,
-                        "build-warm": builds["warm"][0] / dracut.total_seconds,
-                        "mkosi-alone": builds["warm"][1] / dracut.seconds,
-                        "dracut-seconds": dracut.total_seconds, "ours-cold-seconds": builds["cold"][0],
-                        "ours-warm-seconds": builds["warm"][0]})
-
-        # Boot: alternate ours and dracut's so that a slow patch of the host hits both.
-        for case in () if args.no_boot else BOOT_CASES:
-            uptimes: dict[str, list[float]] = {"ours": [], "dracut": []}
-            walls: dict[str, list[float]] = {"ours": [], "dracut": []}
-            for _ in range(args.repeat):
-                for who, image in (("ours", ours_image), ("dracut", dracut.path)):
-                    r = boot_case(case.name, disks, kernel=repo.vmlinuz, initrd=image)
-                    if not r.ok:
-                        notes.append(f"{who} {r.describe()}")
-                        continue
-                    assert r.uptime is not None
-                    uptimes[who].append(r.uptime)
-                    walls[who].append(r.wall_seconds)
-            if uptimes["ours"] and uptimes["dracut"]:
-                figures[f"boot {case.name}"] = ratio_row(
-                    rows, f"boot {case.name}: kernel start -> root marker, s", statistics.median(uptimes["ours"]),
-                    statistics.median(uptimes["dracut"]), "{:.1f}", BOOT_GOAL)
-                ratio_row(rows, f"boot {case.name}: QEMU start -> root marker (wall), s",
-                          statistics.median(walls["ours"]), statistics.median(walls["dracut"]), "{:.1f}", None)
+        for variant in load_variants(PRODUCT_VARIANTS, names):
+            (work / variant.name).mkdir(parents=True)
+            results[variant.name] = bench_variant(variant, repo, distribution, disks, work / variant.name, args.repeat)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{args.variant} (mkosi-initrd, builder) vs dracut {dracut.dracut_version} --no-hostonly, kernel "
-          f"{repo.kernel_version}, {len(modules)} kernel modules each, {args.repeat} boot(s) per case, QEMU TCG")
-    print(machine.describe(load_before, machine.load1()) + "\n")
-    print(f"{'measure':{width}}  {'ours':>8}  {'dracut':>8}  {'ratio':>5}  goal")
-    for name, ours, theirs, ratio, verdict in rows:
-        print(f"{name:{width}}  {ours:>8}  {theirs:>8}  {ratio:>5}  {verdict}")
-    for n in notes:
-        print(f"FAILED BOOT: {n}")
+    failed = []
+    for name, (rows, notes, _, header) in results.items():
+        width = max(len(r[0]) for r in rows)
+        print(f"\n{header}")
+        print(machine.describe(load_before, machine.load1()) + "\n")
+        print(f"{'measure':{width}}  {'ours':>8}  {'dracut':>8}  {'ratio':>5}  goal")
+        for row_name, ours, theirs, ratio, verdict in rows:
+            print(f"{row_name:{width}}  {ours:>8}  {theirs:>8}  {ratio:>5}  {verdict}")
+        for n in notes:
+            print(f"FAILED BOOT: {n}")
+        failed += notes
     if args.figures is not None:
-        args.figures.write_text(json.dumps({"variant": args.variant, **figures}, indent=1))
-    return 1 if notes else 0
+        args.figures.write_text(json.dumps({name: r[2] for name, r in results.items()}, indent=1))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
