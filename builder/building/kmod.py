@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mkosi_initrd_builder.util.compress import decompress_file
+from mkosi_initrd_builder.util.elf import section_data, sections
 
 # depmod's outputs; the image regenerates them with its own depmod, so the tree handed to mkosi
 # must not carry stale copies.
@@ -29,27 +29,14 @@ def module_name(path: Path | str) -> str:
 def modinfo(elf: bytes) -> dict[str, list[str]]:
     """The key=value strings of an ELF64 module's .modinfo section.
 
-    A section-header walk by hand, not pyelftools or libkmod's modinfo: on 300 of the fixture
+    The section table comes from util/elf.py's walk by hand, not pyelftools or libkmod's modinfo: on 300 of the fixture
     kernel's modules pyelftools takes 30 times as long, and one `modinfo` process for all of them 4
     times as long, with output that has to be parsed back (tests/bench/library_bench.py)."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2:
-        raise ValueError("not an ELF64 object")
-    endian = "<" if elf[5] == 1 else ">"
-    shoff, = struct.unpack_from(endian + "Q", elf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", elf, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:
-        name, _type, _flags, _addr, offset, size = struct.unpack_from(endian + "IIQQQQ", elf, shoff + i * shentsize)
-        return name, offset, size
-
-    _, stroff, _ = section(shstrndx)
     info: dict[str, list[str]] = {}
-    for i in range(shnum):
-        name_off, offset, size = section(i)
-        end = elf.index(b"\0", stroff + name_off)
-        if elf[stroff + name_off:end] != b".modinfo":
+    for section in sections(elf):
+        if section.name != ".modinfo":
             continue
-        for entry in elf[offset:offset + size].split(b"\0"):
+        for entry in section_data(elf, section).split(b"\0"):
             key, sep, value = entry.decode(errors="replace").partition("=")
             if sep:
                 info.setdefault(key, []).append(value)
