@@ -17,6 +17,14 @@ PRODUCT_VARIANTS = TOP / "spec" / "variants"
 FIXTURE_CACHE = Path(os.environ.get("MKOSI_INITRD_FIXTURE_CACHE", TOP / "build" / "fixture-cache"))
 
 
+def kernel_modules_dir() -> Path:
+    """/usr/lib/modules/<KVER> of the fixture kernel `make setup` extracts; skips the test without it."""
+    dirs = sorted((TOOLS / "kernel/lib/modules").glob("*")) if (TOOLS / "kernel/lib/modules").is_dir() else []
+    if not dirs:
+        pytest.skip("the fixture kernel is not extracted into .tools/kernel (run 'make setup')")
+    return dirs[0]
+
+
 def require_tools(*names: str) -> None:
     """Skip the calling test when a tool is absent, naming it (make setup installs them all)."""
     missing = [n for n in names if shutil.which(n) is None]

@@ -70,11 +70,12 @@ def test_private_copy_owns_its_inode_and_hashes_what_it_holds(tmp_path):
     assert (tmp_path / "dst").read_bytes() == data
 
 
-def test_private_copy_never_overwrites(tmp_path):
+@pytest.mark.parametrize("place", [private_copy, link_or_private_copy], ids=lambda f: f.__name__)
+def test_placing_a_package_never_overwrites(tmp_path, place):
     (tmp_path / "src").write_bytes(b"new")
     (tmp_path / "dst").write_bytes(b"old")
     with pytest.raises(FileExistsError):
-        private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
+        place(tmp_path / "src", tmp_path / "dst", ["sha256"])
     assert (tmp_path / "dst").read_bytes() == b"old"
 
 
@@ -96,14 +97,6 @@ def test_link_or_private_copy_copies_where_the_link_is_refused(tmp_path, monkeyp
     got = link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
     assert got == (len(data), {"sha256": hashlib.sha256(data).hexdigest()})
     assert not os.path.samefile(tmp_path / "src", tmp_path / "dst")
-
-
-def test_link_or_private_copy_never_replaces_a_file(tmp_path):
-    (tmp_path / "src").write_bytes(b"new")
-    (tmp_path / "dst").write_bytes(b"old")
-    with pytest.raises(FileExistsError):
-        link_or_private_copy(tmp_path / "src", tmp_path / "dst", ["sha256"])
-    assert (tmp_path / "dst").read_bytes() == b"old"
 
 
 @pytest.mark.parametrize("pattern, name, removed", [

@@ -15,18 +15,11 @@ from mkosi_initrd_builder.building.kernelfacts import (CACHE_FORMAT, cache_path,
 from mkosi_initrd_builder.building.kmod import choose_modules, module_name, read_builtin, select_modules
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage
-from tests.conftest import TOOLS
+from tests.conftest import kernel_modules_dir
 
 KVER = "6.1.0-test"
 MODULES = ("kernel/fs/ext4/ext4.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/mbcache.ko", "kernel/lib/crc16.ko",
            "kernel/fs/fat/vfat.ko", "kernel/fs/fat/fat.ko", "kernel/crypto/crc32c_generic.ko")
-
-
-def kernel_modules_dir() -> Path:
-    dirs = sorted((TOOLS / "kernel/lib/modules").glob("*")) if (TOOLS / "kernel/lib/modules").is_dir() else []
-    if not dirs:
-        pytest.skip("the fixture kernel is not extracted into .tools/kernel (run 'make setup')")
-    return dirs[0]
 
 
 @pytest.fixture

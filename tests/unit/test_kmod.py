@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from mkosi_initrd_builder.building.kmod import modinfo, module_name, prune_modules, select_modules
 from mkosi_initrd_builder.util.compress import decompress_file
-from tests.conftest import TOOLS
-
-
-def kernel_modules_dir() -> Path:
-    dirs = sorted((TOOLS / "kernel/lib/modules").glob("*")) if (TOOLS / "kernel/lib/modules").is_dir() else []
-    if not dirs:
-        pytest.skip("the fixture kernel is not extracted into .tools/kernel (run 'make setup')")
-    return dirs[0]
+from tests.conftest import kernel_modules_dir
 
 
 @pytest.fixture
