@@ -154,3 +154,25 @@ def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modu
     os.replace(tmp, output)
     (output.with_suffix(".log")).write_text(proc.stdout)
     return DracutImage(output, finished - dracut_started, finished - started, dracut_version(root))
+
+
+def depmod_whole_kernel_seconds(repo: RealRepo, builder: DistributionBuilder) -> float:
+    """How long dracut's world takes for its per-kernel step: `depmod -a` over every module the kernel
+    packages ship, as kernel-install's 50-depmod.install runs it once per installed kernel before dracut
+    (dracut reads the modules.dep and modules.alias it writes). The builder's counterpart is its scan of
+    every module's .modinfo on a cold kernel cache. Run in dracut's chroot with trixie's kmod, on a
+    hard-linked copy of the whole modules directory, and timed from the copy to depmod's exit."""
+    root = prepare_chroot(builder)
+    kver = repo.kernel_version
+    src = repo.kernel_tree / "usr/lib/modules" / kver
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".depmod-", dir=root / "tmp") as tmp:
+        inside = Path(tmp) / "usr/lib/modules" / kver
+        inside.parent.mkdir(parents=True)
+        shutil.copytree(src, inside, copy_function=os.link)
+        subprocess.run(["chroot", str(root), "depmod", "-a", "-b", f"/tmp/{Path(tmp).name}/usr", kver],
+                       check=True, env=_tools_env())
+        seconds = time.monotonic() - started
+        if not (inside / "modules.dep").is_file():
+            raise RuntimeError(f"depmod -a wrote no modules.dep in {inside}")
+    return seconds
