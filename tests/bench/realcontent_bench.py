@@ -38,6 +38,10 @@ BUILD_GOAL = 1.0
 SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
 NORMALIZED_LEVEL = 15  # dracut's own zstd level
+# The working setups each variant's description claims and that boot from disks alone: the broken
+# cases wait out timeouts (minutes, nothing to compare), resume needs two boots and NFS a server,
+# which the real-content tests set up; a variant booted with a setup it does not claim only times out.
+BOOT_CASES_OF = {"virt": ("plain", "lvm", "luks"), "generic": ("plain", "lvm", "luks", "raid")}
 
 
 def zstd_size(cpio: bytes, level: int) -> int:
@@ -99,7 +103,7 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
     """One variant against dracut: module selection, builds, sizes and boots. Returns rows, failed
     boots, figures and what the header names (dracut's version, the module count)."""
     from tests.realcontent.dracut import build_dracut_image, depmod_whole_kernel_seconds
-    from tests.realcontent.disks import BOOT_CASES
+    from tests.realcontent.disks import CASES
     from tests.realcontent.matrix import boot_case
 
     rows: list[tuple[str, str, str, str, str]] = []
@@ -154,7 +158,7 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
                     "ours-warm-seconds": builds["warm"][0]})
 
     # Boot: alternate ours and dracut's so that a slow patch of the host hits both.
-    for case in () if disks is None else BOOT_CASES:
+    for case in () if disks is None else [CASES[name] for name in BOOT_CASES_OF[variant.name]]:
         uptimes: dict[str, list[float]] = {"ours": [], "dracut": []}
         walls: dict[str, list[float]] = {"ours": [], "dracut": []}
         for _ in range(repeat):
