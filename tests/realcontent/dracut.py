@@ -43,7 +43,14 @@ CACHE_FORMAT = "realcontent-dracut-root/1"
 DRACUT_PACKAGES = ("dracut-core", "systemd", "systemd-sysv", "udev", "systemd-cryptsetup", "lvm2", "dmsetup",
                    "cryptsetup-bin", "kmod", "e2fsprogs", "util-linux", "mount", "bash", "coreutils", "zstd",
                    "libc-bin", "base-files", "base-passwd", "grep", "sed", "findutils", "mdadm", "nfs-common",
-                   "dracut-network", "iproute2", "mawk", "netbase")
+                   "dracut-network", "iproute2", "mawk", "netbase",
+                   # dracut --no-hostonly adds its fido2 and pkcs11 modules (LUKS unlocking with a FIDO2 or
+                   # PKCS#11 token) whenever it adds systemd-cryptsetup, and they install only the libraries
+                   # they find: on a Fedora system both libraries are there (p11-kit always), so they are
+                   # here too. Its tpm2-tss module comes only with the tpm2 tool (tpm2-tools, which pulls
+                   # in curl and gnutls: 15 MB), not installed by default, so dracut's image has no TPM2
+                   # unlocking while ours has: the comparison leaves that in dracut's favour.
+                   "libfido2-1", "libp11-kit0")
 # Left out of the chroot: maintainer-script machinery that a chroot of unpacked packages never runs.
 CHROOT_EXCLUDE = ("debconf", "perl-base", "libpam-runtime", "libpam-modules", "libpam-modules-bin", "dpkg",
                   "initramfs-tools", "initramfs-tools-core", "initramfs-tools-bin", "klibc-utils", "libklibc")
@@ -122,11 +129,16 @@ def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modu
     fwdir = root / "usr/lib/firmware"
     shutil.rmtree(fwdir, ignore_errors=True)
     if firmware_from is not None:
+        # Links too: a module asks for a name (ice's "intel/ice/ddp/ice.pkg") that linux-firmware ships
+        # as a link to a versioned file; without the link dracut finds no such firmware and leaves it out.
         for entry in read_cpio(firmware_from):
-            if entry.is_file and entry.name.startswith(FIRMWARE_PREFIX):
+            if (entry.is_file or entry.is_symlink) and entry.name.startswith(FIRMWARE_PREFIX):
                 target = fwdir / entry.name[len(FIRMWARE_PREFIX):]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(entry.data)
+                if entry.is_symlink:
+                    target.symlink_to(entry.data.decode())
+                else:
+                    target.write_bytes(entry.data)
     kver = repo.kernel_version
     src = repo.kernel_tree / "usr/lib/modules" / kver
     moddir = root / "usr/lib/modules" / kver
