@@ -460,6 +460,8 @@ def _removal(reason: str, *paths: str) -> Removal:
 # 67 MB of cpio; the real-content boot matrix boots every case without them, and the real-content
 # tests check that every ELF file left in the image finds the libraries it links. Globs cover
 # Fedora's paths (/usr/lib64, /usr/sbin merged into /usr/bin) and Debian's (/usr/lib/<triplet>).
+# The system bus names of the services below that an initrd never starts.
+_SYSTEM_BUSES = ("login1", "hostname1", "locale1", "timedate1")
 BASE_REMOVALS: tuple[Removal, ...] = (
     _removal("making, converting and debugging file systems is not an initrd's job; the checkers "
              "systemd-fsck runs (fsck.*, e2fsck, xfs_repair) stay",
@@ -506,6 +508,38 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "/usr/lib*/**/libtss2-tcti-i2c*.so*"),
     _removal("command-line completion for interactive shells; the emergency shell works without it",
              "/usr/share/bash-completion", "/usr/share/zsh"),
+    _removal("services of the running system an initrd never starts, with their units, D-Bus and polkit files: "
+             "logind (with user sessions and XDG autostart), hostnamed, localed, timedated; pcrlock, which "
+             "writes TPM policies on the booted system, with its PCR predictions; systemd-measure, which "
+             "predicts PCRs when a UKI is built",
+             "/usr/lib/systemd/systemd-logind", "/usr/lib/systemd/systemd-user-runtime-dir",
+             "/usr/lib/systemd/systemd-xdg-autostart-condition",
+             "/usr/lib/systemd/user-generators/systemd-xdg-autostart-generator",
+             "/usr/lib/systemd/systemd-hostnamed", "/usr/lib/systemd/systemd-localed",
+             "/usr/lib/systemd/systemd-timedated", "/usr/lib/systemd/systemd-pcrlock",
+             "/usr/lib/systemd/systemd-measure", "/usr/lib/pcrlock.d", "/etc/systemd/logind.conf",
+             "/usr/lib/systemd/system/systemd-logind.service*", "/usr/lib/systemd/system/user-runtime-dir@.service",
+             "/usr/lib/systemd/system/systemd-hostnamed.*", "/usr/lib/systemd/system/systemd-localed.service*",
+             "/usr/lib/systemd/system/systemd-timedated.service*", "/usr/lib/systemd/system/systemd-pcrlock*",
+             "/usr/lib/systemd/system/*.wants/systemd-logind.service",
+             "/usr/lib/systemd/system/*.wants/systemd-hostnamed.socket",
+             "/usr/lib/systemd/system/*.wants/systemd-pcrlock*",
+             *(f"/usr/lib/systemd/system/dbus-org.freedesktop.{name}.service" for name in _SYSTEM_BUSES),
+             *(f"/usr/share/dbus-1/system-services/org.freedesktop.{name}.service" for name in _SYSTEM_BUSES),
+             *(f"/usr/share/dbus-1/system.d/org.freedesktop.{name}.conf" for name in _SYSTEM_BUSES),
+             *(f"/usr/share/polkit-1/actions/org.freedesktop.{name}.policy" for name in _SYSTEM_BUSES),
+             "/usr/share/dbus-1/system.d/systemd-localed-read-only.conf"),
+    _removal("libraries only tools removed above link: lzo (btrfs), liburcu's flavours but the one xfs_repair "
+             "links, libss (debugfs), libhandle (xfs_fsr, xfs_io), and glibc's LD_PRELOAD profilers "
+             "(libmemusage, libpcprofile) and libBrokenLocale",
+             "/usr/lib*/**/liblzo2.so*", "/usr/lib*/**/liburcu-*.so*", "/usr/lib*/**/libss.so*",
+             "/usr/lib*/**/libhandle.so*", "/usr/lib*/**/libmemusage.so", "/usr/lib*/**/libpcprofile.so",
+             "/usr/lib*/**/libBrokenLocale.so*"),
+    _removal("util-linux's tools for a running system: namespaces (nsenter, unshare), System V IPC (ipcs, ipcrm), "
+             "scheduling (chrt, taskset), hardlink, more (less is the pager), and agetty: an initrd starts no "
+             "getty (systemd's getty generator skips itself there), its emergency shell is systemd-sulogin-shell",
+             "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/chrt",
+             "/usr/*bin/taskset", "/usr/*bin/hardlink", "/usr/*bin/more", "/usr/*bin/agetty"),
 )
 
 
