@@ -34,7 +34,7 @@ def age(path: Path, seconds: float) -> None:
 def test_new_directory_becomes_a_marked_cache(tmp_path):
     cache = PackageCache(tmp_path / "a" / "cache")
     assert json.loads((cache.root / MARKER).read_text())["format"].startswith("mkosi-initrd-package-cache/")
-    assert sorted(p.name for p in cache.root.iterdir()) == sorted([MARKER, "tmp", "locks"])
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([MARKER, "tmp", "locks", "resolved"])
     PackageCache(cache.root)  # a marked cache is reused
 
 
