@@ -2,12 +2,13 @@
 included), so a rebuild fetches nothing.
 
 Layout under the cache root: ``<algorithm>/<xx>/<checksum>.rpm`` (keyed by the repository's
-checksum of the file) next to ``<checksum>.json`` (the header facts seen when the file was
-verified), ``tmp/`` for files being fetched (in one owned directory per staging, see
-util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for depsolves
-(staging/resolve.py, cached_depsolve()). A ``.rpm`` is
-renamed into place only after it was verified and its ``.json`` written, so every entry present was
-complete (nothing is fsynced: a crash may tear one, and every staging checks the bytes it takes);
+checksum of the file) with its facts (what verification established: NEVRA, payload hash, sha256,
+size, stat identity) in the file's extended attribute FACTS_XATTR, or in ``<checksum>.json`` next to
+it, which is read first (see add()); ``tmp/`` for files being fetched (in one owned directory per
+staging, see util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for
+depsolves (staging/resolve.py, cached_depsolve()). A ``.rpm`` is renamed into place only after it
+was verified and its facts written, so every entry present was complete (nothing is fsynced: a
+crash may tear one, and every staging checks the bytes it takes);
 the stripe lock makes concurrent stagings fetch each file once. Entries are read-only (0444) unless
 they are hard links to a directory source's own files, whose mode the cache leaves alone.
 
@@ -70,6 +71,12 @@ LOCK_POLL_MAX = 0.5
 SETTLE_NS = 2_000_000_000
 
 
+# Where the facts of an entry whose inode the cache made itself are kept: no file of their own to
+# create (creating a file was the costliest step of a cold staging's per-package work here, more than
+# writing the package). A directory source's file linked in, a file system without user xattrs and
+# record() use <checksum>.json instead, which lookup() reads first: the cache never trusts an
+# attribute on a file it did not make (a source's file may carry anything).
+FACTS_XATTR = "user.mkosi-initrd.facts"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -108,6 +115,23 @@ class CacheEntry:
         verified: its identity is the one recorded then."""
         recorded = self.facts.get("stat")
         return recorded is not None and recorded == identity(st)
+
+
+def _set_attribute(path: Path, mode: int, data: str) -> bool:
+    """Set FACTS_XATTR on a file of the cache's own; False where the file system takes no user
+    attributes. Setting one needs write permission, which a read-only file's owner lacks: the mode is
+    lifted for the call (the file is still in the staging's own directories)."""
+    writable = mode | stat.S_IWUSR
+    try:
+        if writable != mode:
+            os.chmod(path, stat.S_IMODE(writable))
+        os.setxattr(path, FACTS_XATTR, data.encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        if writable != mode:
+            os.chmod(path, stat.S_IMODE(mode))
 
 
 class PackageCache:
@@ -196,12 +220,26 @@ class PackageCache:
         rpm, facts_file = self._paths(checksum_type, checksum)
         try:
             st = rpm.stat()
-            facts = json.loads(facts_file.read_text())
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if (size and st.st_size != size) or facts.get("size") != st.st_size:
+        facts = self._read_facts(rpm, facts_file)
+        if not isinstance(facts, dict) or (size and st.st_size != size) or facts.get("size") != st.st_size:
             return None
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
+
+    @staticmethod
+    def _read_facts(rpm: Path, facts_file: Path) -> Any:
+        """The entry's facts: its .json, else the attribute add() set; None when neither parses."""
+        try:
+            return json.loads(facts_file.read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            return None
+        try:
+            return json.loads(os.getxattr(rpm, FACTS_XATTR))
+        except (OSError, ValueError):
+            return None
 
     @contextlib.contextmanager
     def lock(self, checksum: str, *, stop: threading.Event, timeout: float) -> Iterator[None]:
@@ -266,7 +304,11 @@ class PackageCache:
         # No fsync: an entry a crash left empty or torn fails the check every staging makes of what it
         # takes from the cache (or its facts do not parse and it counts as absent), and is fetched
         # again. An fsync per entry was a third of a cold staging's time.
-        atomic_write(facts_file, json.dumps(facts, sort_keys=True) + "\n", durable=False)
+        data = json.dumps(facts, sort_keys=True) + "\n"
+        if own_inode and _set_attribute(temp, st.st_mode, data):
+            facts_file.unlink(missing_ok=True)  # one left by an entry discarded before would be read first
+        else:
+            atomic_write(facts_file, data, durable=False)
         os.replace(temp, rpm)
         st = rpm.stat()
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
@@ -281,7 +323,8 @@ class PackageCache:
     def record(self, entry: CacheEntry, st: os.stat_result, *, stop: threading.Event, timeout: float) -> None:
         """Record the identity `st` of an entry whose bytes were just verified in full (an entry of an
         earlier version, copied or restored, or a directory source's file whose mtime was recent), so
-        the next staging need not hash it again; nothing when the entry was replaced meanwhile."""
+        the next staging need not hash it again; nothing when the entry was replaced meanwhile. Into
+        its .json: the file may be linked into staged repositories, whose mode is left alone."""
         with self.lock(entry.path.name.removesuffix(".rpm"), stop=stop, timeout=timeout):
             try:
                 now = entry.path.stat()

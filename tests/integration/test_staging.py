@@ -64,6 +64,15 @@ def cache_entry(cache: Path, package) -> Path:
     return cache / ("sha1" if algo == "sha" else algo) / digest[:2] / f"{digest}.rpm"
 
 
+def entry_facts(entry: Path) -> dict:
+    """What the cache recorded of an entry: its .json, else its extended attribute (staging/cache.py)."""
+    from mkosi_initrd_builder.staging.cache import FACTS_XATTR
+
+    if entry.with_suffix(".json").exists():
+        return json.loads(entry.with_suffix(".json").read_text())
+    return json.loads(os.getxattr(entry, FACTS_XATTR))
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -312,7 +321,7 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     first = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
     init = next(p for p in first.packages if p.nevra.name == "initrd-init")
     entry = cache_entry(cache, init)
-    recorded = json.loads(entry.with_suffix(".json").read_text())["stat"]
+    recorded = entry_facts(entry)["stat"]
     assert recorded[1:] == [entry.stat().st_dev, entry.stat().st_ino, entry.stat().st_size, entry.stat().st_mtime_ns]
     flip_byte(entry)
     # a write stamps the current time: the identity the cache trusted is gone
@@ -353,11 +362,11 @@ def test_a_cache_entry_is_hashed_again_only_when_its_identity_changed(koji_tree,
     described = {p.nevra: p for p in open_repository(tmp_path / "two", with_files=False).packages}
     for p in warm.packages:
         assert sha256_of(tmp_path / "two" / p.file) == p.sha256 == described[p.nevra].checksum
-    # an entry recorded without its identity (as earlier versions wrote them, or after a reboot) is
-    # hashed in full once and recorded then
+    # an entry recorded without its identity (as earlier versions wrote them, in a .json, which is
+    # read first) is hashed in full once and recorded then
     init = next(p for p in warm.packages if p.nevra.name == "initrd-init")
     facts_file = cache_entry(cache, init).with_suffix(".json")
-    facts = json.loads(facts_file.read_text())
+    facts = entry_facts(cache_entry(cache, init))
     del facts["stat"]
     facts_file.write_text(json.dumps(facts))
     stage(source, tmp_path / "three", packages=["initrd-init"], cache=cache)
@@ -557,7 +566,7 @@ def test_concurrent_stagings_share_one_cache(koji_tree, tree_server, tmp_path):
     assert len(entries) == totals[0]["packages"]
     for entry in entries:
         assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
-        assert json.loads(entry.with_suffix(".json").read_text())["sha256"] == entry.stem
+        assert entry_facts(entry)["sha256"] == entry.stem
     assert list((cache / "tmp").iterdir()) == []
 
 
