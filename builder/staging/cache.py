@@ -12,9 +12,9 @@ crash may tear one, and every staging checks the bytes it takes);
 the stripe lock makes concurrent stagings fetch each file once. Entries are read-only (0444) unless
 they are hard links to a directory source's own files, whose mode the cache leaves alone.
 
-An entry's ``.json`` also records the file's stat identity when it was verified (``stat``: the boot
-id, st_dev, st_ino, st_size, st_mtime_ns; see identity()). While the file still has that identity, a staging
-trusts the recorded sha256 instead of hashing the bytes again: a write to the file stamps its mtime
+An entry's facts also record the file's stat identity when it was verified (``stat``: the boot id,
+st_dev, st_ino, st_size, st_mtime_ns; see identity()). While the file still has that identity, a
+staging trusts the recorded sha256 instead of hashing the bytes again: a write to the file stamps its mtime
 with the current time, and an entry the cache made has its mtime set SETTLE_NS into the past when it
 is recorded, so no write after that leaves it unchanged. An identity is recorded only for an mtime
 that old (a directory source's file written just now is hashed at each staging until it is). Not
@@ -114,7 +114,7 @@ class CacheEntry:
         """Whether a file with the stat `st` (the entry, or a hard link to it) is still what was
         verified: its identity is the one recorded then."""
         recorded = self.facts.get("stat")
-        return recorded is not None and recorded == identity(st)
+        return recorded is not None and recorded == identity(st) and isinstance(self.facts.get("sha256"), str)
 
 
 def _set_attribute(path: Path, mode: int, data: str) -> bool:

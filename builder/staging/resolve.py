@@ -132,16 +132,18 @@ def _solver_identity() -> list[Any]:
 
 def resolution_key(repomd_sha256: str, stamp: Sequence[Any], specs: Sequence[str]) -> str:
     """The key of a depsolve: the source's repomd.xml (whose checksums name every metadata file dnf
-    reads) and what else tells its metadata files apart (Source.metadata_stamp()), the request, the solver's settings (fixed in depsolve()) and machine architecture, the
-    solver's installed modules and this builder's version."""
+    reads) and what else tells its metadata files apart (Source.metadata_stamp()), the request, the
+    solver's settings (fixed in depsolve()) and the machine's architecture, the solver's installed
+    modules and this builder's version."""
     inputs = {"format": RESOLUTION_FORMAT, "builder": __version__, "repomd-sha256": repomd_sha256,
-              "metadata": list(stamp),              "specs": list(specs), "install-weak-deps": False, "machine": os.uname().machine,
-              "solver": _solver_identity()}
+              "metadata": list(stamp), "specs": list(specs), "install-weak-deps": False,
+              "machine": os.uname().machine, "solver": _solver_identity()}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def cached_depsolve(metadata_dir: Path, specs: Sequence[str], work: Path, *, repomd_sha256: str,
-                    stamp: Sequence[Any], cache: Optional["PackageCache"], available: Collection[NEVRA]) -> list[NEVRA]:
+                    stamp: Sequence[Any], cache: Optional["PackageCache"],
+                    available: Collection[NEVRA]) -> list[NEVRA]:
     """depsolve(), its answer kept in the package cache: the same source metadata and request give
     the same packages without dnf. A kept answer naming a package the metadata lacks is ignored."""
     if cache is None:
