@@ -9,6 +9,7 @@ revision, each package's file time is the caller's, and the packages come in the
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -27,6 +28,11 @@ METADATA_KINDS = (("primary", createrepo_c.PrimaryXmlFile), ("filelists", create
 _PROC_FDS = Path("/proc/self/fd")
 
 
+@functools.cache
+def _have_proc_fds() -> bool:
+    return _PROC_FDS.is_dir()
+
+
 def package_from_header(lead_and_header: bytes, *, href: str, size: int, sha256: str, file_time: int,
                         package: str, origin: str) -> "createrepo_c.Package":
     """The createrepo_c package of a file whose first bytes (lead, signature and header, up to where
@@ -36,7 +42,7 @@ def package_from_header(lead_and_header: bytes, *, href: str, size: int, sha256:
     checksum, size and file time are then set to the file's. VerificationError naming the package
     when createrepo_c cannot read the header."""
     try:
-        if _PROC_FDS.is_dir():
+        if _have_proc_fds():
             fd = os.memfd_create("mkosi-initrd-header", os.MFD_CLOEXEC)
             try:
                 os.write(fd, lead_and_header)

@@ -2,13 +2,23 @@
 included), so a rebuild fetches nothing.
 
 Layout under the cache root: ``<algorithm>/<xx>/<checksum>.rpm`` (keyed by the repository's
-checksum of the file) next to ``<checksum>.json`` (the header facts seen when the file was
-verified), ``tmp/`` for files being fetched (in one owned directory per staging, see
-util/workdirs.py), ``locks/<xx>`` for flock(2) stripes. A ``.rpm`` is
-renamed into place only after it was verified and its ``.json`` written, so every entry present was
-complete (nothing is fsynced: a crash may tear one, and every staging checks the bytes it takes);
+checksum of the file) with its facts (what verification established: NEVRA, payload hash, sha256,
+size, stat identity) in the file's extended attribute FACTS_XATTR, or in ``<checksum>.json`` next to
+it, which is read first (see add()); ``tmp/`` for files being fetched (in one owned directory per
+staging, see util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for
+depsolves (staging/resolve.py, cached_depsolve()). A ``.rpm`` is renamed into place only after it
+was verified and its facts written, so every entry present was complete (nothing is fsynced: a
+crash may tear one, and every staging checks the bytes it takes);
 the stripe lock makes concurrent stagings fetch each file once. Entries are read-only (0444) unless
 they are hard links to a directory source's own files, whose mode the cache leaves alone.
+
+An entry's facts also record the file's stat identity when it was verified (``stat``: the boot id,
+st_dev, st_ino, st_size, st_mtime_ns; see identity()). While the file still has that identity, a
+staging trusts the recorded sha256 instead of hashing the bytes again: a write to the file stamps its mtime
+with the current time, and an entry the cache made has its mtime set SETTLE_NS into the past when it
+is recorded, so no write after that leaves it unchanged. An identity is recorded only for an mtime
+that old (a directory source's file written just now is hashed at each staging until it is). Not
+part of the identity: st_ctime, which every hard link a staging makes changes.
 
 The cache touches only what it can prove it made. A directory becomes a cache when it is new or
 empty: the marker file (MARKER) is written into it first, under an flock on the directory so two
@@ -23,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
@@ -46,7 +57,7 @@ RUN_PREFIX = "run-"
 MARKER = "mkosi-initrd-cache.json"
 MARKER_FORMAT = "mkosi-initrd-package-cache/1"
 # The directories the cache keeps besides its <algorithm>/ trees.
-OWN_DIRS = ("tmp", "locks")
+OWN_DIRS = ("tmp", "locks", "resolved")
 # What temp_path() names its files, ".<hint>.<8 characters>.part" (a number now; earlier versions
 # made them with mkstemp, straight into tmp/).
 TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
@@ -54,6 +65,35 @@ TEMP_NAME_RE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part$")
 # back off; an interrupt is seen at once all the same, as stop.wait() wakes when stop is set.
 LOCK_POLL_FIRST = 0.01
 LOCK_POLL_MAX = 0.5
+# How far in the past a verified entry's mtime lies when its identity is recorded: a write within
+# the file system's timestamp granularity (a clock tick, a few milliseconds) of the recording could
+# otherwise leave the mtime as it was.
+SETTLE_NS = 2_000_000_000
+
+
+# Where the facts of an entry whose inode the cache made itself are kept: no file of their own to
+# create (creating a file was the costliest step of a cold staging's per-package work here, more than
+# writing the package). A directory source's file linked in, a file system without user xattrs and
+# record() use <checksum>.json instead, which lookup() reads first: the cache never trusts an
+# attribute on a file it did not make (a source's file may carry anything).
+FACTS_XATTR = "user.mkosi-initrd.facts"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""  # no /proc: then no identity is recorded or trusted
+
+
+def identity(st: os.stat_result) -> Optional[list[Any]]:
+    """What a cache entry's trust rests on: the same inode, size and modification time as when its
+    bytes were verified, in the same boot (nothing is fsynced: after a crash, a file may hold other
+    bytes than its size says); None where the boot cannot be told (ARCHITECTURE.md, "Why this shape")."""
+    boot = _boot_id()
+    return [boot, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] if boot else None
 
 
 def checksum_algorithm(checksum_type: str) -> str:
@@ -67,8 +107,31 @@ def checksum_algorithm(checksum_type: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class CacheEntry:
     path: Path
-    facts: dict[str, Any]  # nevra, payloadhash, sha256, size: what verification established
+    facts: dict[str, Any]  # nevra, payloadhash, sha256, size: what verification established; stat: identity()
     inode: tuple[int, int]  # (st_dev, st_ino) when it was looked up: discard() removes only that file
+
+    def verified_as(self, st: os.stat_result) -> bool:
+        """Whether a file with the stat `st` (the entry, or a hard link to it) is still what was
+        verified: its identity is the one recorded then."""
+        recorded = self.facts.get("stat")
+        return recorded is not None and recorded == identity(st) and isinstance(self.facts.get("sha256"), str)
+
+
+def _set_attribute(path: Path, mode: int, data: str) -> bool:
+    """Set FACTS_XATTR on a file of the cache's own; False where the file system takes no user
+    attributes. Setting one needs write permission, which a read-only file's owner lacks: the mode is
+    lifted for the call (the file is still in the staging's own directories)."""
+    writable = mode | stat.S_IWUSR
+    try:
+        if writable != mode:
+            os.chmod(path, stat.S_IMODE(writable))
+        os.setxattr(path, FACTS_XATTR, data.encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        if writable != mode:
+            os.chmod(path, stat.S_IMODE(mode))
 
 
 class PackageCache:
@@ -157,12 +220,26 @@ class PackageCache:
         rpm, facts_file = self._paths(checksum_type, checksum)
         try:
             st = rpm.stat()
-            facts = json.loads(facts_file.read_text())
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if (size and st.st_size != size) or facts.get("size") != st.st_size:
+        facts = self._read_facts(rpm, facts_file)
+        if not isinstance(facts, dict) or (size and st.st_size != size) or facts.get("size") != st.st_size:
             return None
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
+
+    @staticmethod
+    def _read_facts(rpm: Path, facts_file: Path) -> Any:
+        """The entry's facts: its .json, else the attribute add() set; None when neither parses."""
+        try:
+            return json.loads(facts_file.read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            return None
+        try:
+            return json.loads(os.getxattr(rpm, FACTS_XATTR))
+        except (OSError, ValueError):
+            return None
 
     @contextlib.contextmanager
     def lock(self, checksum: str, *, stop: threading.Event, timeout: float) -> Iterator[None]:
@@ -212,17 +289,66 @@ class PackageCache:
                 self._run.close()
             self._run = self._run_dir = None
 
-    def add(self, temp: Path, checksum_type: str, checksum: str, facts: dict[str, Any]) -> CacheEntry:
-        """Move a verified file into the cache (call with the stripe lock held)."""
+    def add(self, temp: Path, checksum_type: str, checksum: str, facts: dict[str, Any], *,
+            own_inode: bool) -> CacheEntry:
+        """Move a verified file into the cache (call with the stripe lock held), its identity recorded.
+        `own_inode`: the file is the staging's own (fetched or copied), not a hard link to a source's
+        file, so its mtime may be set back."""
         rpm, facts_file = self._paths(checksum_type, checksum)
         rpm.parent.mkdir(parents=True, exist_ok=True)
+        st = os.stat(temp)
+        if own_inode:
+            os.utime(temp, ns=(st.st_atime_ns, time.time_ns() - SETTLE_NS))
+            st = os.stat(temp)
+        facts = self._with_identity(facts, st)
         # No fsync: an entry a crash left empty or torn fails the check every staging makes of what it
         # takes from the cache (or its facts do not parse and it counts as absent), and is fetched
         # again. An fsync per entry was a third of a cold staging's time.
-        atomic_write(facts_file, json.dumps(facts, sort_keys=True) + "\n", durable=False)
+        data = json.dumps(facts, sort_keys=True) + "\n"
+        if own_inode and _set_attribute(temp, st.st_mode, data):
+            facts_file.unlink(missing_ok=True)  # one left by an entry discarded before would be read first
+        else:
+            atomic_write(facts_file, data, durable=False)
         os.replace(temp, rpm)
         st = rpm.stat()
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
+
+    @staticmethod
+    def _with_identity(facts: dict[str, Any], st: os.stat_result) -> dict[str, Any]:
+        facts = {k: v for k, v in facts.items() if k != "stat"}
+        if st.st_mtime_ns <= time.time_ns() - SETTLE_NS and (recorded := identity(st)) is not None:
+            facts["stat"] = recorded
+        return facts
+
+    def record(self, entry: CacheEntry, st: os.stat_result, *, stop: threading.Event, timeout: float) -> None:
+        """Record the identity `st` of an entry whose bytes were just verified in full (an entry of an
+        earlier version, copied or restored, or a directory source's file whose mtime was recent), so
+        the next staging need not hash it again; nothing when the entry was replaced meanwhile. Into
+        its .json: the file may be linked into staged repositories, whose mode is left alone."""
+        with self.lock(entry.path.name.removesuffix(".rpm"), stop=stop, timeout=timeout):
+            try:
+                now = entry.path.stat()
+            except FileNotFoundError:
+                return
+            if identity(now) != identity(st):
+                return
+            facts = self._with_identity(entry.facts, st)
+            if "stat" in facts:
+                atomic_write(entry.path.with_suffix(".json"), json.dumps(facts, sort_keys=True) + "\n",
+                             durable=False)
+
+    def resolution(self, key: str) -> Optional[Any]:
+        """What resolved/<key>.json holds (a depsolve's answer, see staging/resolve.py), None when absent
+        or unreadable."""
+        try:
+            return json.loads((self.root / "resolved" / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def keep_resolution(self, key: str, value: Any) -> None:
+        """Write resolved/<key>.json whole or not at all; not fsynced (a torn one does not parse)."""
+        atomic_write(self.root / "resolved" / f"{key}.json", json.dumps(value, sort_keys=True) + "\n",
+                     durable=False)
 
     def discard(self, entry: CacheEntry, *, stop: threading.Event, timeout: float) -> None:
         """Remove a damaged entry, unless another staging has replaced it meanwhile (takes the stripe lock)."""

@@ -1,19 +1,27 @@
 """Which packages to stage: names or provides (and a spec's BuildRequires) resolved by dnf's own
-depsolver against the source, or exactly the packages installed in a root's rpm database."""
+depsolver against the source (its answer kept in the package cache, keyed by the source's repomd.xml
+and the request), or exactly the packages installed in a root's rpm database."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.util
+import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from mkosi_initrd_builder import __version__
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.util.errors import CommandError, ResolveError, SettingError
 from mkosi_initrd_builder.util.fsutil import is_within
 from mkosi_initrd_builder.util.run import run
+
+if TYPE_CHECKING:
+    from mkosi_initrd_builder.staging.cache import PackageCache
 
 logger = logging.getLogger("mkosi_initrd_builder.staging.stage")
 
@@ -102,6 +110,59 @@ def spec_buildrequires(spec: Path, defines: Sequence[tuple[str, str]] = ()) -> t
     if not requires:
         raise SettingError("spec", f"{spec} has no BuildRequires: nothing to stage")
     return requires
+
+
+# The answer of a depsolve is kept in the package cache under a key of everything it depends on.
+RESOLUTION_FORMAT = "mkosi-initrd-resolution/1"
+# The modules whose code gives the answer: a changed installation of any of them is another key.
+SOLVER_MODULES = ("dnf", "libdnf", "hawkey")
+
+
+def _solver_identity() -> list[Any]:
+    """Size and mtime of each solver module's file (not importing them: that alone takes 0.06 s);
+    a package upgrade replaces the files, so it changes them."""
+    found: list[Any] = []
+    for name in SOLVER_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        st = os.stat(origin) if origin else None
+        found.append([name, origin, st.st_size if st else None, st.st_mtime_ns if st else None])
+    return found
+
+
+def resolution_key(repomd_sha256: str, stamp: Sequence[Any], specs: Sequence[str]) -> str:
+    """The key of a depsolve: the source's repomd.xml (whose checksums name every metadata file dnf
+    reads) and what else tells its metadata files apart (Source.metadata_stamp()), the request, the
+    solver's settings (fixed in depsolve()) and the machine's architecture, the solver's installed
+    modules and this builder's version."""
+    inputs = {"format": RESOLUTION_FORMAT, "builder": __version__, "repomd-sha256": repomd_sha256,
+              "metadata": list(stamp), "specs": list(specs), "install-weak-deps": False,
+              "machine": os.uname().machine, "solver": _solver_identity()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def cached_depsolve(metadata_dir: Path, specs: Sequence[str], work: Path, *, repomd_sha256: str,
+                    stamp: Sequence[Any], cache: Optional["PackageCache"],
+                    available: Collection[NEVRA]) -> list[NEVRA]:
+    """depsolve(), its answer kept in the package cache: the same source metadata and request give
+    the same packages without dnf. A kept answer naming a package the metadata lacks is ignored."""
+    if cache is None:
+        return depsolve(metadata_dir, specs, work)
+    key = resolution_key(repomd_sha256, stamp, specs)
+    kept = cache.resolution(key)
+    try:
+        if kept is not None and kept.get("format") == RESOLUTION_FORMAT:
+            chosen = [NEVRA.of(*fields) for fields in kept["packages"]]
+            if chosen and all(n in available for n in chosen):
+                logger.info("%s resolved to %d packages before, for the same source metadata (%s)",
+                            ", ".join(specs), len(chosen), repomd_sha256)
+                return chosen
+    except (TypeError, ValueError, KeyError, AttributeError):
+        pass  # not what this version writes: resolve again and replace it
+    chosen = depsolve(metadata_dir, specs, work)
+    cache.keep_resolution(key, {"format": RESOLUTION_FORMAT, "specs": list(specs),
+                                "packages": [[n.name, n.epoch, n.version, n.release, n.arch] for n in chosen]})
+    return chosen
 
 
 def depsolve(metadata_dir: Path, specs: Sequence[str], work: Path) -> list[NEVRA]:

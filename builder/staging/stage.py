@@ -1,8 +1,9 @@
 """Stage an offline repository: exactly the RPMs a build needs, fetched from a source repository
 (a directory or URL, a koji repo included), each verified against the repository's checksum and its
 own header, with fresh repodata and a stage-manifest.json saying what came from where. Each file's
-bytes are read once: hashed as they arrive (or, from the cache, once they are linked into place);
-its header, read with rpm's bindings, gives both the checks and the repodata.
+bytes are read at most once: hashed as they arrive (or, from the cache, once they are linked into
+place, unless the entry is unchanged since it was verified: cache.py); its header, read with rpm's
+bindings, gives both the checks and the repodata.
 
 The kojid plugin and `mkosi-initrd-build stage` both call stage_repository().
 """
@@ -30,7 +31,7 @@ from mkosi_initrd_builder.rpmmeta.repo import RepoPackage
 from mkosi_initrd_builder.rpmmeta.repodata import package_from_header, write_repodata
 from mkosi_initrd_builder.staging.cache import CacheEntry, PackageCache, checksum_algorithm
 from mkosi_initrd_builder.staging.download import HttpClient, Interrupted, RetryPolicy
-from mkosi_initrd_builder.staging.resolve import PinnedPackage, depsolve, installed_packages, spec_buildrequires
+from mkosi_initrd_builder.staging.resolve import PinnedPackage, cached_depsolve, installed_packages, spec_buildrequires
 from mkosi_initrd_builder.staging.sources import Source, SourceMetadata, Via, parse_source
 from mkosi_initrd_builder.staging.sources.base import Fetched, PackageLocation
 from mkosi_initrd_builder.util.errors import ResolveError, SettingError, StagingError, VerificationError
@@ -250,7 +251,7 @@ class _Stager:
                 part.unlink(missing_ok=True)
             return self._staged(job, facts, header, got.via)
 
-        return self._stage_from_cache(job, dest, algorithms)
+        return self._stage_from_cache(job, dest)
 
     def _fill_cache(self, job: _Job, algorithms: Sequence[str],
                     part: Path) -> tuple[CacheEntry, Via, Optional[tuple[dict[str, Any], HeaderFacts]]]:
@@ -275,16 +276,19 @@ class _Stager:
                     if copied != (got.size, got.digests):
                         raise VerificationError(str(pkg.nevra), str(part), "the copy out of the cache's temporary "
                                                                            "file differs from what was fetched")
-                return self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts), got.via, (facts, header)
+                entry = self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts, own_inode=got.via is not Via.link)
+                return entry, got.via, (facts, header)
             except BaseException:
                 part.unlink(missing_ok=True)
                 raise
             finally:
                 temp.unlink(missing_ok=True)
 
-    def _stage_from_cache(self, job: _Job, dest: Path, algorithms: Sequence[str]) -> StagedPackage:
-        """Stage the cache entry, hard-linked (a private copy where the file systems differ) and checked
-        byte for byte against the repository, the cache's record and its own header once it is in place.
+    def _stage_from_cache(self, job: _Job, dest: Path, found: Optional[CacheEntry] = None) -> StagedPackage:
+        """Stage the cache entry (`found`, or looked up now), hard-linked (a private copy where the file
+        systems differ) and checked once it is in place against the repository, the cache's record and
+        its own header: byte for byte, unless the linked inode still has the identity recorded when its
+        bytes were verified (cache.py), when the recorded digests stand and only its header is read.
 
         The cache is shared and long-lived, so an entry may have been damaged since it was verified:
         a bad one is discarded and the package fetched again, once. The staged file may share its
@@ -293,9 +297,11 @@ class _Stager:
         pkg = job.package
         assert self.cache is not None
         algo = checksum_algorithm(pkg.checksum_type)
+        algorithms = sorted({algo, "sha256"})
         part = dest.with_name(f".{dest.name}.part")
         for attempt in (1, 2):
-            entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+            entry = found if attempt == 1 and found is not None else \
+                self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
             via = Via.cache
             if entry is None:
                 entry, via, fresh = self._fill_cache(job, algorithms, part)
@@ -311,8 +317,15 @@ class _Stager:
                     continue  # another staging discarded it meanwhile: look it up again
                 raise
             try:
+                unverified = None
                 if copied is None:
-                    size, digests = part.stat().st_size, hash_file(part, algorithms)
+                    st = os.stat(part)
+                    if entry.verified_as(st):
+                        # The linked inode is the one verified, unchanged since (cache.py): its
+                        # recorded digests stand, the entry's name being the repository's.
+                        size, digests = st.st_size, {algo: entry.path.stem, "sha256": entry.facts.get("sha256")}
+                    else:
+                        size, digests, unverified = st.st_size, hash_file(part, algorithms), st
                 else:
                     size, digests = copied
                     os.chmod(part, 0o444)
@@ -321,6 +334,9 @@ class _Stager:
                     header = read_header(part, pkg.nevra, str(entry.path))
                     problem = self._cached_header_problem(job, entry, header)
                 if problem is None:
+                    if unverified is not None:
+                        self.cache.record(entry, unverified, stop=self.http.stop,
+                                          timeout=self.request.retry.lock_timeout)
                     os.rename(part, dest)
                     return self._staged(job, entry.facts, header, via)
             finally:
@@ -374,12 +390,28 @@ class _Stager:
 
     def stage_all(self, jobs: Sequence[_Job], out_dir: Path) -> list[StagedPackage]:
         results: list[StagedPackage] = []
+        # What the cache holds is staged on this thread while the pool fetches the rest: a package from
+        # the cache takes a few system calls and two header parses, all holding the GIL, so more
+        # threads only hand it around (500 cached packages: 0.21 s on one thread, 0.27 s on four).
+        cached: list[tuple[_Job, CacheEntry]] = []
+        to_fetch: list[_Job] = []
+        for job in jobs:
+            entry = None if self.cache is None else \
+                self.cache.lookup(job.package.checksum_type, job.package.checksum, job.package.size)
+            if entry is None:
+                to_fetch.append(job)
+            else:
+                cached.append((job, entry))
         # Largest first, so one big kernel package does not start last and finish alone.
-        ordered = sorted(jobs, key=lambda j: -j.package.size)
+        ordered = sorted(to_fetch, key=lambda j: -j.package.size)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.request.jobs,
                                                      thread_name_prefix="stage")
         futures = [pool.submit(self._run_job, job, out_dir) for job in ordered]
         try:
+            for job, entry in cached:
+                if self.http.stop.is_set():
+                    raise Interrupted(job.origin)
+                results.append(self._stage_from_cache(job, out_dir / job.location.name, entry))
             for future in concurrent.futures.as_completed(futures):
                 results.append(future.result())
         except BaseException:
@@ -396,7 +428,8 @@ class _Stager:
         return self.stage_one(job, out_dir)
 
 
-def _select(request: StageRequest, metadata: SourceMetadata, work: Path) -> tuple[list[RepoPackage], dict]:
+def _select(request: StageRequest, metadata: SourceMetadata, work: Path,
+            cache: Optional[PackageCache]) -> tuple[list[RepoPackage], dict]:
     """The repository packages to stage and, per NEVRA, payload hashes they must have."""
     by_nevra = {p.nevra: p for p in metadata.packages}
     selection = request.selection
@@ -406,7 +439,9 @@ def _select(request: StageRequest, metadata: SourceMetadata, work: Path) -> tupl
         specs = selection.packages if mode is SelectionMode.packages else \
             spec_buildrequires(selection.spec, selection.spec_defines)  # type: ignore[arg-type]
         with step(f"Resolving {', '.join(specs)} with dnf"):
-            chosen = depsolve(metadata.directory, specs, work / "dnf")
+            chosen = cached_depsolve(metadata.directory, specs, work / "dnf", repomd_sha256=metadata.repomd_sha256,
+                                     stamp=metadata.source.metadata_stamp(metadata),
+                                     cache=cache, available=by_nevra.keys())
         return [by_nevra[n] for n in chosen], expected
     pinned = selection.pinned if mode is SelectionMode.pinned else \
         installed_packages(selection.installed_root)  # type: ignore[arg-type]
@@ -561,7 +596,7 @@ def _stage_locked(request: StageRequest, source: Source, dest: Path, cache: Opti
         with step(f"Reading the metadata of {source}"):
             metadata = source.load_metadata(http, work, filelists=request.selection.mode in
                                             (SelectionMode.packages, SelectionMode.spec))
-        packages, expected = _select(request, metadata, work)
+        packages, expected = _select(request, metadata, work, cache)
         total = sum(p.size for p in packages)
         if request.max_bytes is not None and total > request.max_bytes:
             largest = max(packages, key=lambda p: p.size)

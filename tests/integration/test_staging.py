@@ -64,6 +64,15 @@ def cache_entry(cache: Path, package) -> Path:
     return cache / ("sha1" if algo == "sha" else algo) / digest[:2] / f"{digest}.rpm"
 
 
+def entry_facts(entry: Path) -> dict:
+    """What the cache recorded of an entry: its .json, else its extended attribute (staging/cache.py)."""
+    from mkosi_initrd_builder.staging.cache import FACTS_XATTR
+
+    if entry.with_suffix(".json").exists():
+        return json.loads(entry.with_suffix(".json").read_text())
+    return json.loads(os.getxattr(entry, FACTS_XATTR))
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -312,7 +321,11 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     first = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
     init = next(p for p in first.packages if p.nevra.name == "initrd-init")
     entry = cache_entry(cache, init)
+    recorded = entry_facts(entry)["stat"]
+    assert recorded[1:] == [entry.stat().st_dev, entry.stat().st_ino, entry.stat().st_size, entry.stat().st_mtime_ns]
     flip_byte(entry)
+    # a write stamps the current time: the identity the cache trusted is gone
+    assert entry.stat().st_mtime_ns != recorded[4]
     # the repository staged before the damage shares the entry's inode: what was checked at staging
     # time is damaged now too (dnf refuses it: test_damage_after_staging_is_refused_by_dnf)
     assert sha256_of(tmp_path / "one" / init.file) != init.sha256
@@ -331,6 +344,74 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     assert sha256_of(entry) == init.sha256  # the cache holds the good file again, in a new inode
     assert os.path.samefile(entry, staged) and not os.path.samefile(entry, tmp_path / "one" / init.file)
     assert list((cache / "tmp").iterdir()) == [] and leftovers(tmp_path) == []
+
+
+def test_a_cache_entry_is_hashed_again_only_when_its_identity_changed(koji_tree, tree_server, tmp_path, monkeypatch):
+    from mkosi_initrd_builder.staging import stage as stage_module
+
+    cache = tmp_path / "cache"
+    source = koji_url(tree_server, koji_tree)
+    stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
+    hashed: list[str] = []
+    real_hash_file = stage_module.hash_file
+    monkeypatch.setattr(stage_module, "hash_file",
+                        lambda path, algorithms: hashed.append(Path(path).name) or real_hash_file(path, algorithms))
+    warm = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
+    assert hashed == [] and {p.via for p in warm.packages} == {Via.cache}
+    # what the staged repository says of each file is still the file's real sha256
+    described = {p.nevra: p for p in open_repository(tmp_path / "two", with_files=False).packages}
+    for p in warm.packages:
+        assert sha256_of(tmp_path / "two" / p.file) == p.sha256 == described[p.nevra].checksum
+    # an entry recorded without its identity (as earlier versions wrote them, in a .json, which is
+    # read first) is hashed in full once and recorded then
+    init = next(p for p in warm.packages if p.nevra.name == "initrd-init")
+    facts_file = cache_entry(cache, init).with_suffix(".json")
+    facts = entry_facts(cache_entry(cache, init))
+    del facts["stat"]
+    facts_file.write_text(json.dumps(facts))
+    stage(source, tmp_path / "three", packages=["initrd-init"], cache=cache)
+    assert hashed == [f".{init.file}.part"] and "stat" in json.loads(facts_file.read_text())
+    stage(source, tmp_path / "four", packages=["initrd-init"], cache=cache)
+    assert hashed == [f".{init.file}.part"]
+    assert all(tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1 for p in warm.packages)
+
+
+def test_a_kept_depsolve_answers_for_the_same_metadata_only(fixture_repo, tmp_path, monkeypatch):
+    from mkosi_initrd_builder.staging import resolve
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("initrd-init", "busybox", "filesystem"):
+        shutil.copy(fixture_repo.rpms[name], repo)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    cache = tmp_path / "cache"
+    solved: list[tuple[str, ...]] = []
+    real_depsolve = resolve.depsolve
+    monkeypatch.setattr(resolve, "depsolve", lambda d, specs, work: solved.append(tuple(specs)) or
+                        real_depsolve(d, specs, work))
+    first = stage(repo, tmp_path / "one", packages=["initrd-init"], cache=cache)
+    assert names(first) == {"initrd-init", "busybox", "filesystem"}
+    second = stage(repo, tmp_path / "two", packages=["initrd-init"], cache=cache)
+    assert solved == [("initrd-init",)] and [p.nevra for p in second.packages] == [p.nevra for p in first.packages]
+    stage(repo, tmp_path / "three", packages=["busybox"], cache=cache)  # another request, another answer
+    assert solved == [("initrd-init",), ("busybox",)]
+    # the source changes (a package added, its metadata written anew): dnf resolves again
+    shutil.copy(fixture_repo.rpms["basesystem"], repo)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    stage(repo, tmp_path / "four", packages=["initrd-init"], cache=cache)
+    assert solved == [("initrd-init",), ("busybox",), ("initrd-init",)]
+    stage(repo, tmp_path / "five", packages=["initrd-init"], cache=cache)
+    assert len(solved) == 3
+    # a metadata file rewritten behind repomd.xml's back is a change too for a directory source
+    primary = next((repo / "repodata").glob("*primary.xml.gz"))
+    primary.write_bytes(primary.read_bytes())
+    stage(repo, tmp_path / "six", packages=["initrd-init"], cache=cache)
+    assert len(solved) == 4
+    # without the package the kept answer names, the answer is not used: dnf says what is missing
+    (repo / fixture_repo.rpms["filesystem"].name).unlink()
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    with pytest.raises(ResolveError, match="filesystem"):
+        stage(repo, tmp_path / "seven", packages=["initrd-init"], cache=cache)
 
 
 def dnf_fetch_from(repo: Path, name: str, work: Path) -> None:
@@ -485,7 +566,7 @@ def test_concurrent_stagings_share_one_cache(koji_tree, tree_server, tmp_path):
     assert len(entries) == totals[0]["packages"]
     for entry in entries:
         assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
-        assert json.loads(entry.with_suffix(".json").read_text())["sha256"] == entry.stem
+        assert entry_facts(entry)["sha256"] == entry.stem
     assert list((cache / "tmp").iterdir()) == []
 
 

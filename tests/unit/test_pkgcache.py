@@ -34,7 +34,7 @@ def age(path: Path, seconds: float) -> None:
 def test_new_directory_becomes_a_marked_cache(tmp_path):
     cache = PackageCache(tmp_path / "a" / "cache")
     assert json.loads((cache.root / MARKER).read_text())["format"].startswith("mkosi-initrd-package-cache/")
-    assert sorted(p.name for p in cache.root.iterdir()) == sorted([MARKER, "tmp", "locks"])
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([MARKER, "tmp", "locks", "resolved"])
     PackageCache(cache.root)  # a marked cache is reused
 
 
@@ -183,3 +183,59 @@ def test_waiting_for_a_held_entry_ends_when_the_staging_is_stopped(tmp_path):
     finally:
         timer.cancel()
         os.close(fd)
+
+
+def _verified_file(path: Path, data: bytes, mode: int = 0o444) -> tuple[str, dict]:
+    """A file as a staging leaves it once verified, and the facts verification established."""
+    import hashlib
+
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    digest = hashlib.sha256(data).hexdigest()
+    return digest, {"nevra": "p-1-1.noarch", "payloadhash": "0" * 32, "sha256": digest, "size": len(data)}
+
+
+def _takes_user_attributes(directory: Path) -> bool:
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+def test_an_entry_of_its_own_keeps_its_facts_in_an_attribute_and_trusts_only_its_own(tmp_path, monkeypatch):
+    from mkosi_initrd_builder.staging import cache as cache_module
+
+    cache = PackageCache(tmp_path / "cache")
+    if not _takes_user_attributes(cache.root):
+        pytest.skip("the test's file system takes no user extended attributes")
+    # a fetched file: its facts in its attribute, no .json; still read-only; its identity recorded
+    digest, facts = _verified_file(cache.root / "tmp" / "fetched", b"fetched")
+    entry = cache.add(cache.root / "tmp" / "fetched", "sha256", digest, facts, own_inode=True)
+    assert not entry.path.with_suffix(".json").exists()
+    assert json.loads(os.getxattr(entry.path, cache_module.FACTS_XATTR))["sha256"] == digest
+    assert entry.path.stat().st_mode & 0o7777 == 0o444
+    found = cache.lookup("sha256", digest, len(b"fetched"))
+    assert found is not None and found.facts["sha256"] == digest and found.verified_as(entry.path.stat())
+    # a directory source's file linked in: whatever attribute it carries, the .json beside it counts
+    source = tmp_path / "source.rpm"
+    digest2, facts2 = _verified_file(source, b"linked", 0o644)
+    os.setxattr(source, cache_module.FACTS_XATTR, json.dumps({**facts2, "sha256": "f" * 64}).encode())
+    (cache.root / "tmp" / "linked").hardlink_to(source)
+    cache.add(cache.root / "tmp" / "linked", "sha256", digest2, facts2, own_inode=False)
+    linked = cache.lookup("sha256", digest2, len(b"linked"))
+    assert linked is not None and linked.facts["sha256"] == digest2
+    assert source.stat().st_mode & 0o7777 == 0o644  # the source's file is left as it was
+    # a file system that takes no attributes: the .json
+    def refuse(*args):
+        raise OSError(95, "Operation not supported")
+    monkeypatch.setattr(cache_module.os, "setxattr", refuse)
+    digest3, facts3 = _verified_file(cache.root / "tmp" / "plain", b"plain")
+    entry3 = cache.add(cache.root / "tmp" / "plain", "sha256", digest3, facts3, own_inode=True)
+    assert json.loads(entry3.path.with_suffix(".json").read_text())["sha256"] == digest3
+    assert entry3.path.stat().st_mode & 0o7777 == 0o444
+    assert cache.lookup("sha256", digest3, len(b"plain")) is not None

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage
@@ -117,6 +117,12 @@ class Source(abc.ABC):
     def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:
         """Read the package list (and koji's rpmlist.jsonl when there is one). A remote source copies
         the metadata below `work` after checking it; `filelists` copies that too, for dnf."""
+
+    def metadata_stamp(self, metadata: "SourceMetadata") -> list[Any]:
+        """Besides repomd.xml's checksum, what tells that the metadata files dnf reads changed (a kept
+        depsolve is keyed by both). Nothing by default: a remote source's copies were checked against
+        repomd.xml, so its checksum names them."""
+        return []
 
     @abc.abstractmethod
     def locate(self, package: RepoPackage) -> PackageLocation:

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, open_repository
@@ -62,6 +62,15 @@ class DirectorySource(Source):
         rpmlist = read_rpmlist(rpmlist_file.read_bytes() if rpmlist_file.is_file() else None, str(rpmlist_file))
         return SourceMetadata(self, self.directory, hash_bytes(repomd), repo.revision, repo.packages,
                               rpmlist or {}, rpmlist is not None)
+
+    def metadata_stamp(self, metadata: SourceMetadata) -> list[Any]:
+        """dnf reads this directory's metadata files as they are, unchecked here: their size and mtime
+        too, so one rewritten behind repomd.xml's back is seen."""
+        stamp = []
+        for f in sorted((metadata.directory / "repodata").iterdir()):
+            st = f.stat()
+            stamp.append([f.name, st.st_size, st.st_mtime_ns])
+        return stamp
 
     def path_of(self, href: str, location_base: str = "") -> Path:
         """The file of a package, after checking that the href and every symlink on the way stay inside

@@ -4,6 +4,7 @@ source's host and below its path."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import xml.etree.ElementTree as ET
@@ -96,18 +97,32 @@ class HttpSource(Source):
         return Fetched(Via.http, got.size, got.digests)
 
     def load_metadata(self, http: HttpClient, work: Path, *, filelists: bool) -> SourceMetadata:
+        """The files are fetched in parallel (rpmlist.jsonl with repomd.xml, then the files repomd.xml
+        lists): a server some way off costs two round trips, not four."""
         directory = work / "metadata"
-        repomd = self._mirror_metadata(http, directory, METADATA_TYPES if filelists else METADATA_TYPES[:1])
-        repo = open_repository(directory, with_files=False)
         where = self.url + RPMLIST
-        rpmlist = read_rpmlist(http.get_bytes(where, max_bytes=MAX_RPMLIST_BYTES, missing_ok=True), where)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(METADATA_TYPES) + 1,
+                                                     thread_name_prefix="metadata")
+        try:
+            rpmlist_body = pool.submit(http.get_bytes, where, max_bytes=MAX_RPMLIST_BYTES, missing_ok=True)
+            repomd = self._mirror_metadata(http, directory, METADATA_TYPES if filelists else METADATA_TYPES[:1],
+                                           pool)
+            rpmlist = read_rpmlist(rpmlist_body.result(), where)
+        except BaseException:
+            http.abort()  # a fetch still running in the pool ends now, not at its timeout
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        repo = open_repository(directory, with_files=False)
         return SourceMetadata(self, directory, hash_bytes(repomd), repo.revision, repo.packages, rpmlist or {},
                               rpmlist is not None)
 
-    def _mirror_metadata(self, http: HttpClient, dest: Path, types: tuple[str, ...]) -> bytes:
+    def _mirror_metadata(self, http: HttpClient, dest: Path, types: tuple[str, ...],
+                         pool: concurrent.futures.Executor) -> bytes:
         """Copy repomd.xml and the metadata files of `types` into dest/repodata, each checked against
-        repomd.xml. The local repomd.xml lists only those files, so dnf and open_repository() read
-        exactly what was verified. Returns the original repomd.xml."""
+        repomd.xml (the files fetched in parallel in `pool`). The local repomd.xml lists only those
+        files, so dnf and open_repository() read exactly what was verified. Returns the original
+        repomd.xml."""
         repomd_url = self.url + "repodata/repomd.xml"
         raw = http.get_bytes(repomd_url, max_bytes=MAX_REPOMD_BYTES)
         assert raw is not None
@@ -117,6 +132,7 @@ class HttpSource(Source):
             raise StagingError(f"{repomd_url}: not a repomd.xml ({e})") from None
         (dest / "repodata").mkdir(parents=True, exist_ok=True)
         found = set()
+        wanted = []
         for data in list(repomd.findall("repo:data", NS)):
             kind = data.get("type")
             if kind not in types:
@@ -129,8 +145,11 @@ class HttpSource(Source):
             rel = metadata_relpath(loc.get("href", ""))
             url = self.url + quote(rel.as_posix())
             size = (data.findtext("repo:size", default="", namespaces=NS) or "").strip()
-            body = http.get_bytes(url, max_bytes=min(int(size), MAX_METADATA_BYTES) if size.isdigit()
-                                  else MAX_METADATA_BYTES)
+            body = pool.submit(http.get_bytes, url, max_bytes=min(int(size), MAX_METADATA_BYTES) if size.isdigit()
+                               else MAX_METADATA_BYTES)
+            wanted.append((kind, rel, url, csum, body))
+        for kind, rel, url, csum, fetched in wanted:
+            body = fetched.result()
             assert body is not None
             if not matches_checksum(body, csum.get("type", ""), csum.text or ""):
                 raise VerificationError(f"{kind} metadata", url, f"its checksum does not match repomd.xml's "
