@@ -64,6 +64,11 @@ class PrivateApt:
         if not target.exists() or target.read_text() != source:
             target.write_text(source)
 
+    @staticmethod
+    def state_name(dist: Distribution) -> str:
+        """The directory of one suite's and set of components' apt state: 'trixie-main+non-free-firmware'."""
+        return f"{dist.suite}-{'+'.join(dist.components)}"
+
     def options(self) -> list[str]:
         opts = {
             "Dir::Etc::SourceList": "/dev/null",

@@ -99,8 +99,10 @@ def cache_key(mapping_bytes: bytes, packages: Iterable[DebianPackage], *, cache_
 class DistributionBuilder:
     """Builds one table into a cache entry `<entry_prefix>-<hash>` of cache_dir. The real-content
     distribution (mapping.toml) is the default; the buildroot (buildroot.toml, buildroot.py) passes
-    its own table, cache format, hashed sources and entry loader. Every table shares the private
-    apt state and the downloaded .debs of the cache directory."""
+    its own table, cache format, hashed sources and entry loader. Every table shares the downloaded
+    .debs of the cache directory; each suite and set of components has its own private apt state (the
+    buildroot's table asks for main only, mapping.toml's for non-free-firmware too: with one shared
+    sources file, two suites running at once ran apt with each other's components)."""
 
     def __init__(self, cache_dir: Path = DEFAULT_CACHE, *, jobs: int = 2, mapping: Optional[MappingTable] = None,
                  mapping_file: Path = MAPPING_FILE, cache_format: str = CACHE_FORMAT, entry_prefix: str = "repo",
@@ -112,7 +114,8 @@ class DistributionBuilder:
         self.entry_prefix = entry_prefix
         self.extra_sources = tuple(extra_sources)
         self.loader = loader or load_entry
-        self.apt = PrivateApt(self.cache_dir / "apt", self.mapping.distribution)
+        self.apt = PrivateApt(self.cache_dir / "apt" / PrivateApt.state_name(self.mapping.distribution),
+                              self.mapping.distribution)
         self.debs_dir = self.cache_dir / "debs"
         self.jobs = jobs
         self._versions: dict[str, str] = {}
