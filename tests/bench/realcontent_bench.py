@@ -37,6 +37,7 @@ SIZE_GOAL = 1.0
 BUILD_GOAL = 1.0
 SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
+BUILD_RUNS = 3  # builds of each kind per variant, ours and dracut's; the median counts
 NORMALIZED_LEVEL = 15  # dracut's own zstd level
 # The working setups each variant's description claims and that boot from disks alone: the broken
 # cases wait out timeouts (minutes, nothing to compare), resume needs two boots and NFS a server,
@@ -51,6 +52,11 @@ def zstd_size(cpio: bytes, level: int) -> int:
 
 def uncompressed(image: Path) -> bytes:
     return subprocess.run(["zstd", "-dc", str(image)], stdout=subprocess.PIPE, check=True).stdout
+
+
+def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The run (whole build, mkosi alone) whose whole build is the median."""
+    return sorted(runs)[len(runs) // 2]
 
 
 def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> float:
@@ -112,17 +118,21 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
     figures.update(module_selection_rows(repo, variant, work, rows))
     # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot;
     # ours cold (no kernel cache: a koji build) and again with the kernel cache the first one wrote.
-    builds = {}
-    for name in ("cold", "warm"):
-        started = time.monotonic()
-        result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / name,
-                                    variants=(variant,), kernel_cache_dir=work / "build-kernel-cache"))[0]
-        builds[name] = (time.monotonic() - started, result.mkosi_seconds)
+    # BUILD_RUNS of each, alternating, and the median: one build on this machine moves by seconds.
+    runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    for i in range(BUILD_RUNS):
+        for name in ("cold", "warm"):
+            started = time.monotonic()
+            result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / f"{name}-{i}",
+                                        variants=(variant,), kernel_cache_dir=work / f"build-kernel-cache-{i}"))[0]
+            runs[name].append((time.monotonic() - started, result.mkosi_seconds))
+    builds = {name: median_run(r) for name, r in runs.items()}
     ours_build = builds["cold"][0]
     ours_image = result.directory / "initrd.cpio.zst"
     modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
-    dracut = build_dracut_image(repo, distribution, modules, work / "dracut" / "dracut.img",
-                                firmware_from=ours_image)
+    dracuts = [build_dracut_image(repo, distribution, modules, work / f"dracut-{i}" / "dracut.img",
+                                  firmware_from=ours_image) for i in range(BUILD_RUNS)]
+    dracut = sorted(dracuts, key=lambda d: d.total_seconds)[BUILD_RUNS // 2]
 
     ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
     mb = 1024 * 1024
@@ -136,7 +146,7 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
               "{:.1f}", None)
     # Cold, each tool pays its per-kernel step: our scan of every module's .modinfo, dracut's world
     # `depmod -a` over the whole kernel (kernel-install runs it before dracut, once per kernel).
-    depmod_all = depmod_whole_kernel_seconds(repo, distribution)
+    depmod_all = statistics.median(depmod_whole_kernel_seconds(repo, distribution) for _ in range(BUILD_RUNS))
     ratio_row(rows, "build time, cold kernel cache vs dracut + depmod -a of the whole kernel, s", ours_build,
               dracut.total_seconds + depmod_all, "{:.1f}", BUILD_GOAL)
     ratio_row(rows, "  cold vs dracut on a module tree depmod already saw (no per-kernel step), s", ours_build,
@@ -179,7 +189,7 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
                       statistics.median(walls["ours"]), statistics.median(walls["dracut"]), "{:.1f}", None)
     header = (f"{variant.name} (mkosi-initrd, builder) vs dracut {dracut.dracut_version} --no-hostonly, kernel "
               f"{repo.kernel_version}, {len(modules)} kernel modules and the same firmware each, {repeat} boot(s) "
-              "per case, QEMU TCG")
+              f"per case, median of {BUILD_RUNS} builds each, QEMU TCG")
     return rows, notes, figures, header
 
 
