@@ -43,12 +43,15 @@ class PrivateApt:
     """apt-get and apt-cache on a private state directory for one Debian suite."""
 
     def __init__(self, root: Path, dist: Distribution):
-        self.root = root
+        # One state per suite and set of components below `root`: tables asking for other components
+        # of one suite (the buildroot's main, mapping.toml's non-free-firmware too) never share a
+        # sources file, so two of them at once never run apt with each other's.
+        self.root = root / f"{dist.suite}-{'+'.join(dist.components)}"
         self.dist = dist
-        self.sources = root / "sources.list.d"
-        self.lists = root / "lists"
-        self.cache = root / "cache"
-        self.status = root / "status"
+        self.sources = self.root / "sources.list.d"
+        self.lists = self.root / "lists"
+        self.cache = self.root / "cache"
+        self.status = self.root / "status"
         for d in (self.sources, self.lists / "partial", self.cache / "archives" / "partial"):
             d.mkdir(parents=True, exist_ok=True)
         self.status.touch()
@@ -63,11 +66,6 @@ class PrivateApt:
         target = self.sources / f"{dist.suite}.sources"
         if not target.exists() or target.read_text() != source:
             target.write_text(source)
-
-    @staticmethod
-    def state_name(dist: Distribution) -> str:
-        """The directory of one suite's and set of components' apt state: 'trixie-main+non-free-firmware'."""
-        return f"{dist.suite}-{'+'.join(dist.components)}"
 
     def options(self) -> list[str]:
         opts = {

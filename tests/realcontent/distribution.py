@@ -114,8 +114,7 @@ class DistributionBuilder:
         self.entry_prefix = entry_prefix
         self.extra_sources = tuple(extra_sources)
         self.loader = loader or load_entry
-        self.apt = PrivateApt(self.cache_dir / "apt" / PrivateApt.state_name(self.mapping.distribution),
-                              self.mapping.distribution)
+        self.apt = PrivateApt(self.cache_dir / "apt", self.mapping.distribution)
         self.debs_dir = self.cache_dir / "debs"
         self.jobs = jobs
         self._versions: dict[str, str] = {}
