@@ -19,7 +19,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mkosi_initrd_builder.building.build import BuildRequest, build, read_kernel_payload
 from mkosi_initrd_builder.building.kernelfacts import facts_key, kernel_module_facts
@@ -37,6 +39,7 @@ SIZE_GOAL = 1.0
 BUILD_GOAL = 1.0
 SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
+T = TypeVar("T")
 BUILD_RUNS = 3  # builds of each kind per variant, ours and dracut's; the median counts
 NORMALIZED_LEVEL = 15  # dracut's own zstd level
 # The working setups each variant's description claims and that boot from disks alone: the broken
@@ -54,9 +57,10 @@ def uncompressed(image: Path) -> bytes:
     return subprocess.run(["zstd", "-dc", str(image)], stdout=subprocess.PIPE, check=True).stdout
 
 
-def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The run (whole build, mkosi alone) whose whole build is the median."""
-    return sorted(runs)[len(runs) // 2]
+def median_of(runs: list[T], key: Callable[[T], Any] = lambda run: run) -> T:
+    """The run whose `key` is the median (of an odd number; the upper one of an even): a whole run,
+    so its figures (a build's total and its mkosi part, dracut's and its preparation) stay together."""
+    return sorted(runs, key=key)[len(runs) // 2]
 
 
 def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> float:
@@ -126,13 +130,13 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
             result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / f"{name}-{i}",
                                         variants=(variant,), kernel_cache_dir=work / f"build-kernel-cache-{i}"))[0]
             runs[name].append((time.monotonic() - started, result.mkosi_seconds))
-    builds = {name: median_run(r) for name, r in runs.items()}
+    builds = {name: median_of(r) for name, r in runs.items()}
     ours_build = builds["cold"][0]
     ours_image = result.directory / "initrd.cpio.zst"
     modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
     dracuts = [build_dracut_image(repo, distribution, modules, work / f"dracut-{i}" / "dracut.img",
                                   firmware_from=ours_image) for i in range(BUILD_RUNS)]
-    dracut = sorted(dracuts, key=lambda d: d.total_seconds)[BUILD_RUNS // 2]
+    dracut = median_of(dracuts, key=lambda d: d.total_seconds)
 
     ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
     mb = 1024 * 1024
@@ -146,7 +150,7 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
               "{:.1f}", None)
     # Cold, each tool pays its per-kernel step: our scan of every module's .modinfo, dracut's world
     # `depmod -a` over the whole kernel (kernel-install runs it before dracut, once per kernel).
-    depmod_all = statistics.median(depmod_whole_kernel_seconds(repo, distribution) for _ in range(BUILD_RUNS))
+    depmod_all = median_of([depmod_whole_kernel_seconds(repo, distribution) for _ in range(BUILD_RUNS)])
     ratio_row(rows, "build time, cold kernel cache vs dracut + depmod -a of the whole kernel, s", ours_build,
               dracut.total_seconds + depmod_all, "{:.1f}", BUILD_GOAL)
     ratio_row(rows, "  cold vs dracut on a module tree depmod already saw (no per-kernel step), s", ours_build,
