@@ -3,11 +3,13 @@ containment."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -184,23 +186,70 @@ def is_within(path: PurePosixPath | Path, root: PurePosixPath | Path) -> bool:
     return p[: len(r)] == r
 
 
+_TRANSLATED = re.compile(r"\(\?s:(.*)\)\\[Zz]", re.DOTALL)
+
+
+def _component_regex(component: str) -> str:
+    """One glob component as a regex that never matches '/': '*' and '?' as fnmatch reads them, and
+    '[...]' as fnmatch.translate() reads it (ranges, '!'), kept from matching a separator."""
+    out, i, n = [], 0, len(component)
+    while i < n:
+        c = component[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + (i < n and component[i] == "!")
+            j += j < n and component[j] == "]"
+            while j < n and component[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))     # no closing bracket: a literal '[', as fnmatch has it
+                continue
+            # translate() wraps the class as '(?s:...)' and an end anchor ('\Z', '\z' from Python 3.14)
+            translated = _TRANSLATED.fullmatch(fnmatch.translate(component[i - 1:j + 1]))
+            assert translated, component
+            out.append("(?!/)" + translated.group(1))
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveGlobs:
+    """mkosi's RemoveFiles= globs, read as Path.glob() reads them at the image root: a name is removed
+    when it or one of its parent directories matches, component by component; '*', '?' and '[...]'
+    stay within a component and '**' stands for any number of them. Compiled once into one regex over
+    the name with a '/' after every component, so checking a whole image is one match per entry."""
+
+    patterns: tuple[str, ...]
+    regexes: tuple[re.Pattern[str], ...]
+    any_of: re.Pattern[str]
+
+    @classmethod
+    def compile(cls, patterns: Iterable[str]) -> "RemoveGlobs":
+        patterns = tuple(patterns)
+        regexes = []
+        for pattern in patterns:
+            parts = [c for c in pattern.strip("/").split("/") if c]
+            regexes.append("".join("(?:[^/]+/)*" if c == "**" else _component_regex(c) + "/" for c in parts))
+        return cls(patterns, tuple(re.compile(r) for r in regexes),
+                   re.compile("|".join(f"(?:{r})" for r in regexes) or "(?!)"))
+
+    def removing(self, name: str) -> list[str]:
+        """The patterns that take away `name` (relative, '/'-separated)."""
+        text = "".join(c + "/" for c in name.split("/") if c)
+        if not self.any_of.match(text):
+            return []
+        return [p for p, r in zip(self.patterns, self.regexes) if r.match(text)]
+
+
 def glob_removes(pattern: str, name: str) -> bool:
-    """Whether Path.glob(pattern) run at the image root (mkosi's RemoveFiles=) takes away `name`
-    (relative, '/'-separated): the name or one of its parent directories matches, component by
-    component; '*', '?' and '[...]' stay within a component, and '**' stands for any number of them."""
-    want = [c for c in pattern.strip("/").split("/") if c]
-    have = [c for c in name.strip("/").split("/") if c]
-
-    def match(i: int, j: int) -> bool:
-        if i == len(want):
-            return True          # the pattern named this entry or a directory above it
-        if want[i] == "**":
-            return match(i + 1, j) or (j < len(have) and match(i, j + 1))
-        if j == len(have):
-            return False
-        return fnmatch.fnmatchcase(have[j], want[i]) and match(i + 1, j + 1)
-
-    return match(0, 0)
+    """Whether RemoveFiles=`pattern` takes away `name` (see RemoveGlobs)."""
+    return bool(RemoveGlobs.compile([pattern]).removing(name))
 
 
 def link_or_copy_tree(src: Path, dest: Path) -> None:

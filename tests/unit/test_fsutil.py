@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mkosi_initrd_builder.util.fsutil import (
-    atomic_write, glob_removes, is_within, link_or_private_copy, normalized_absolute, private_copy, replace_dir,
+    RemoveGlobs, atomic_write, glob_removes, is_within, link_or_private_copy, normalized_absolute, private_copy, replace_dir,
 )
 
 
@@ -117,12 +117,23 @@ def test_glob_removes_reads_globs_as_path_glob_does(pattern, name, removed):
 
 def test_glob_removes_agrees_with_path_glob(tmp_path):
     names = ["usr/bin/btrfs", "usr/bin/btrfs-convert", "usr/sbin/mkfs.xfs", "usr/lib64/libssl.so.3",
-             "usr/lib/x86_64-linux-gnu/libssl.so.3", "usr/lib/x86_64-linux-gnu/engines/x.so", "usr/share/zsh/f/_a"]
+             "usr/lib/x86_64-linux-gnu/libssl.so.3", "usr/lib/x86_64-linux-gnu/engines/x.so", "usr/share/zsh/f/_a",
+             "usr/bin/[b", "usr/bin/a]b", "usr/lib/.hidden/x.so", "etc/libssl.so.1"]
     for n in names:
         (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / n).write_text("")
     for pattern in ("/usr/*bin/btrfs*", "/usr/lib*/**/libssl.so*", "/usr/lib*/**/*.so", "/usr/share/zsh",
-                    "/usr/*/x86_64-linux-gnu"):
+                    "/usr/*/x86_64-linux-gnu", "/**/libssl.so*", "/usr/s[!b]*", "/usr/bin/btrfs?convert",
+                    "/usr/bin/[b", "/usr/bin/[!b]*", "/usr/bin/[]a]*", "/usr/lib/*/x.so", "/usr/lib*/[e-m]*/*.so",
+                    "/usr/**/[.]hidden", "/etc/*.so.[0-9]", "/usr/bin[!x]btrfs"):
         globbed = {p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(pattern.lstrip("/"))}
         taken = {n for n in names if any(n == g or n.startswith(g + "/") for g in globbed)}
         assert {n for n in names if glob_removes(pattern, n)} == taken, pattern
+
+
+def test_remove_globs_names_each_pattern_that_takes_a_name():
+    removals = RemoveGlobs.compile(["/usr/*bin/btrfs*", "/usr/bin", "/usr/lib*/**/libssl.so*", "/usr/share/zsh"])
+    assert removals.removing("usr/bin/btrfs-convert") == ["/usr/*bin/btrfs*", "/usr/bin"]
+    assert removals.removing("usr/lib/x86_64-linux-gnu/libssl.so.3") == ["/usr/lib*/**/libssl.so*"]
+    assert removals.removing("usr/share/zsh-extra/x") == []
+    assert RemoveGlobs.compile([]).removing("usr/bin/sh") == []

@@ -15,13 +15,14 @@ from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, bo
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
 from mkosi_initrd_builder.util.elf import is_elf64, needed
-from mkosi_initrd_builder.util.fsutil import glob_removes, hash_bytes
+from mkosi_initrd_builder.util.fsutil import RemoveGlobs, hash_bytes
 
 
 def leftovers(globs: Sequence[str], entries: Iterable[CpioEntry]) -> list[tuple[str, str]]:
     """(glob, entry name) for every file or link still in the image that a remove-files glob names.
     Directories are left out: mkosi keeps the directories a glob ending in a file name passes through."""
-    return [(g, e.name) for e in entries if not e.is_dir for g in globs if glob_removes(g, e.name)]
+    removals = RemoveGlobs.compile(globs)
+    return [(g, e.name) for e in entries if not e.is_dir for g in removals.removing(e.name)]
 
 
 def broken_links(globs: Sequence[str], entries: Iterable[CpioEntry]) -> list[tuple[str, str, str]]:
