@@ -91,7 +91,7 @@ class BuildContext:
     repo: Repository
     kernel: KernelInputs
     inputs: BuildInputs                     # what the formats' build steps share
-    prepared: Mapping[OutputFormat, Any]    # each wanted format's prepare() result
+    preparing: Mapping[OutputFormat, concurrent.futures.Future]  # each wanted format's prepare(), beside mkosi
     source_date_epoch: int
     work: Path
     sandbox_tree: Path
@@ -99,6 +99,10 @@ class BuildContext:
     tool_versions: Mapping[str, concurrent.futures.Future]  # asked beside the build; needed by the manifests
     logs: Path                              # OUTPUT/.logs: mkosi's full output of the variants that failed
     selections: Mapping[str, ModuleSelection | BaseException]  # each variant's modules, or why it has none
+
+    def prepared(self, kind: OutputFormat) -> Any:
+        """The format's prepare() result, waited for when a variant first needs it (after mkosi)."""
+        return self.preparing[kind].result()
 
     def tools(self) -> dict[str, str]:
         """The tools' versions, as the manifest records them (the builder's own after mkosi's)."""
@@ -432,11 +436,15 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
     kept = sorted({m for sel in selections.values() if isinstance(sel, ModuleSelection) for m in sel.kept})
     kernel = extract_kernel(payload, request.kernel_version, work / "kernel", kept)
     del payload  # the kernel's payloads: hundreds of MB on a real kernel
-    prepared = {k: f.result() for k, f in preparing.items()}
+    # The formats' preparation (the UKI stub, the microcode archive) goes on beside mkosi; one that
+    # already failed (a package missing, found at once) stops the build before mkosi starts.
+    for f in preparing.values():
+        if f.done() and f.exception() is not None:
+            raise f.exception()
     write_sandbox_tree(work / "sandbox", repo.path, request.release)
     cache = request.cache_dir or work / "pkgcache"
     cache.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(request, repo, kernel, inputs, prepared, sde, work, work / "sandbox", cache, versions,
+    ctx = BuildContext(request, repo, kernel, inputs, preparing, sde, work, work / "sandbox", cache, versions,
                        logs=request.output / ".logs", selections=selections)
     logger.info("SOURCE_DATE_EPOCH=%d, %d variant(s), %d job(s)", sde, len(request.variants), request.jobs)
 
@@ -471,6 +479,10 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
         dest.parent.mkdir(exist_ok=True)
         shutil.copyfile(src, dest)
     if failures:
+        # A format's preparation that failed is the build's error, whichever variants met it.
+        for f in preparing.values():
+            if f.exception() is not None:
+                raise f.exception()
         raise VariantBuildError(failures)
     order = [v.name for v in request.variants]
     return sorted(results, key=lambda r: order.index(r.variant))
@@ -534,7 +546,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     image = VariantImage(variant, initrd, {e.name: e for e in read_cpio(initrd)}, final, vwork)
     chosen = [k for k in FORMATS if k in variant.formats]
     for kind in chosen:
-        FORMATS[kind].build(image, ctx.inputs, ctx.prepared[kind])
+        FORMATS[kind].build(image, ctx.inputs, ctx.prepared(kind))
 
     image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
     tools = ctx.tools()
@@ -545,14 +557,14 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         "source-date-epoch": ctx.source_date_epoch,
         "release": req.release,
         "tools": tools,
-        "formats": {k.value: facts for k in chosen if (facts := FORMATS[k].input_facts(ctx.prepared[k]))},
+        "formats": {k.value: facts for k in chosen if (facts := FORMATS[k].input_facts(ctx.prepared(k)))},
     }
     outputs = {}
     for kind in chosen:
         fmt = FORMATS[kind]
         path = final / fmt.file_name
         outputs[fmt.file_name] = {"sha256": sha256_file(path), "size": path.stat().st_size,
-                                  **fmt.manifest_entry(ctx.prepared[kind], path)}
+                                  **fmt.manifest_entry(ctx.prepared(kind), path)}
     manifest = {
         "manifest-version": MANIFEST_VERSION,
         "variant": variant.name,

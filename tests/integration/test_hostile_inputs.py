@@ -356,6 +356,30 @@ def test_build_refuses_a_kernel_or_stub_package_changed_after_the_metadata(tmp_p
     assert snapshot(tmp_path) == before
 
 
+def test_build_without_the_stub_package_names_it_whichever_variant_meets_it_first(tmp_path, fixture_repo):
+    """The UKI stub is extracted beside mkosi: its package missing from the repository is still the
+    build's one error (never each variant's), and nothing is written to OUTPUT."""
+    require_tools("mkosi", "rpm2cpio", "cpio", "zstd", "createrepo_c")
+    from tests.support.fixtures import make_repo
+
+    src = copy_repo(fixture_repo.path, tmp_path / "repo")
+    (stub,) = src.glob("systemd-boot-unsigned-[0-9]*.rpm")
+    stub.unlink()
+    shutil.rmtree(src / "repodata")
+    make_repo(src)
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    for name in ("one", "two"):
+        (variants / f"{name}.toml").write_text('summary = "s"\ndescription = "d"\nbase = "none"\n'
+                                               'formats = ["initrd", "uki"]\npackages = ["initrd-init", "kmod"]\n')
+    (tmp_path / "out").mkdir()
+    r = run_cli(["build", "--repo", src, "--kernel-version", fixture_repo.kernel_version, "--output", tmp_path / "out",
+                 "--variants-dir", variants, "--jobs", "2"])
+    line = one_error(r)
+    assert "/usr/lib/systemd/boot/efi/linuxx64.efi.stub (systemd-boot-unsigned)" in line, line
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 @pytest.mark.parametrize("size", ["3m", "40m"])
 def test_full_output_disk_during_the_build_names_the_output(tmp_path, fixture_repo, small_mount, size):
     """The output fills up while the build writes below it (3 MB: cpio extracting the kernel; 40 MB:
