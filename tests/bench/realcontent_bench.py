@@ -122,21 +122,27 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
     figures.update(module_selection_rows(repo, variant, work, rows))
     # Build: ours through the builder library (module selection + mkosi + ukify), dracut in its chroot;
     # ours cold (no kernel cache: a koji build) and again with the kernel cache the first one wrote.
-    # BUILD_RUNS of each, alternating, and the median: one build on this machine moves by seconds.
+    # BUILD_RUNS rounds of each (ours cold, ours warm, dracut, dracut's `depmod -a`) and the medians:
+    # one build on this machine moves by seconds, and a slow patch of the host hits every side.
     runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    dracuts, depmods = [], []
     for i in range(BUILD_RUNS):
         for name in ("cold", "warm"):
             started = time.monotonic()
             result = build(BuildRequest(repo=repo.path, kernel_version=repo.kernel_version, output=work / f"{name}-{i}",
                                         variants=(variant,), kernel_cache_dir=work / f"build-kernel-cache-{i}"))[0]
             runs[name].append((time.monotonic() - started, result.mkosi_seconds))
+        ours_image = result.directory / "initrd.cpio.zst"
+        modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
+        dracuts.append(build_dracut_image(repo, distribution, modules, work / f"dracut-{i}" / "dracut.img",
+                                          firmware_from=ours_image))
+        # Each tool pays its per-kernel step cold: our scan of every module's .modinfo, dracut's world
+        # `depmod -a` over the whole kernel (kernel-install runs it before dracut, once per kernel).
+        depmods.append(depmod_whole_kernel_seconds(repo, distribution))
     builds = {name: median_of(r) for name, r in runs.items()}
     ours_build = builds["cold"][0]
-    ours_image = result.directory / "initrd.cpio.zst"
-    modules = json.loads((result.directory / "manifest.json").read_text())["kernel-modules"]
-    dracuts = [build_dracut_image(repo, distribution, modules, work / f"dracut-{i}" / "dracut.img",
-                                  firmware_from=ours_image) for i in range(BUILD_RUNS)]
     dracut = median_of(dracuts, key=lambda d: d.total_seconds)
+    depmod_all = median_of(depmods)
 
     ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
     mb = 1024 * 1024
@@ -148,9 +154,6 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
         zstd_size(dracut_cpio, NORMALIZED_LEVEL) / mb, "{:.2f}", SIZE_GOAL)
     ratio_row(rows, "image size, uncompressed cpio, MiB", len(ours_cpio) / mb, len(dracut_cpio) / mb,
               "{:.1f}", None)
-    # Cold, each tool pays its per-kernel step: our scan of every module's .modinfo, dracut's world
-    # `depmod -a` over the whole kernel (kernel-install runs it before dracut, once per kernel).
-    depmod_all = median_of([depmod_whole_kernel_seconds(repo, distribution) for _ in range(BUILD_RUNS)])
     ratio_row(rows, "build time, cold kernel cache vs dracut + depmod -a of the whole kernel, s", ours_build,
               dracut.total_seconds + depmod_all, "{:.1f}", BUILD_GOAL)
     ratio_row(rows, "  cold vs dracut on a module tree depmod already saw (no per-kernel step), s", ours_build,
