@@ -404,6 +404,38 @@ def test_in_mocks_simple_chroot_the_builder_fails_with_one_line_naming_the_fix(a
     assert not (run.buildroot / "root/builddir/out").exists()
 
 
+@pytest.mark.parametrize("isolation", ["simple", "nspawn"])
+def test_buildroot_resolves_names_as_mocks_offline_buildroot_does(allowlisted_builds, kojid_work, isolation):
+    """koji's buildArch has neither use_host_resolv nor rpmbuild_networking: mock leaves an empty
+    resolv.conf and an /etc/hosts naming localhost in the root, and keeps nspawn from putting the
+    host's resolver there. The stand-in once let nspawn copy the host's name server in: every dnf
+    inside mkosi then waited on a lookup of the container's host name the private network could not
+    answer (a fixture build's mkosi took 35 s instead of 5)."""
+    from tests.support.fake_mock import FakeMock, Isolation, load_mock_config
+    from tests.support.kojirun import BUILD_USER, nspawn_path
+
+    run = allowlisted_builds.first
+    config = load_mock_config(run.mockdir / "koji" / f"{run.buildroot.name}.cfg")
+    assert not config["use_host_resolv"] and not config["rpmbuild_networking"]
+    result = kojid_work / f"resolver-{isolation}"
+    result.mkdir()
+
+    def log(name, text):
+        with open(result / name, "a") as f:
+            f.write(text)
+
+    mock = FakeMock(config, run.buildroot / "root", result, run.buildroot, build_uid=BUILD_USER[0],
+                    build_gid=BUILD_USER[1], nspawn=nspawn_path(), log=log)
+    mock.isolation = Isolation(isolation)
+    rc = mock.in_root(["/bin/sh", "-c", "echo resolv.conf: $(wc -c < /etc/resolv.conf); cat /etc/hosts"],
+                      "build.log", user=True)
+    assert rc == 0
+    lines = (result / "build.log").read_text().splitlines()
+    assert "resolv.conf: 0" in lines, lines
+    hosts = [line.split() for line in lines if line[:1].isdigit() or line.startswith("::1")]
+    assert [h[0] for h in hosts] == ["127.0.0.1", "::1"] and all("localhost" in h for h in hosts), lines
+
+
 def test_isolation_tag_setting_refuses_a_simple_chroot_tag_before_any_work(koji_tree, tree_server, srpms, kojid_work):
     config = (f"[mkosi_initrd]\npackages = mkosi-initrd-kojitest\ncache_dir = {kojid_work / 'tag-cache'}\n"
               "isolation = tag\n")

@@ -20,6 +20,11 @@ network         rpmbuild_networking is False in koji's mock configs. With nspawn
                 build in a new network namespace with only `lo`, up, and a default route through
                 it (util.condUnshareNet). With simple isolation, mock does NOT unshare the network
                 (condUnshareNet acts only when nspawn is used), and neither does this stand-in.
+name service     without use_host_resolv and rpmbuild_networking (koji's buildArch), --init writes an
+                empty /etc/resolv.conf and an /etc/hosts naming localhost only, and nspawn gets
+                --resolv-conf=off (buildroot._setup_resolver_config, util.temporary_nspawn_resolver_hack):
+                a lookup of the container's host name then fails at once instead of waiting for a
+                name server that the private network cannot reach (dnf looks its host name up).
 build user      `mockbuild` in group `mock`, created with the HOST's `groupadd`/`useradd --prefix
                 <root>` (config use_host_shadow_utils=True, shadow_utils.ShadowUtils), home
                 /builddir with ~/.rpmmacros from the config's macros (buildroot._prepare_rpm_macros)
@@ -264,7 +269,7 @@ class FakeMock:
                     "--register=no", "--keep-unit"]
             if user:
                 argv += ["-u", CHROOT_USER]
-            argv += ["--capability=cap_ipc_lock", "--console=pipe", f"--chdir={cwd}"]
+            argv += ["--capability=cap_ipc_lock", "--console=pipe", f"--chdir={cwd}", "--resolv-conf=off"]
             argv += [f"--setenv={k}={v}" for k, v in env.items()]
             argv += command
             host_env = {"PATH": HOST_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"}
@@ -292,9 +297,23 @@ class FakeMock:
         (self.root / "etc/dnf/dnf.conf").write_text(self.config["yum.conf"])
         if self._dnf(*shlex.split(self.config["chroot_setup_cmd"])):
             return 30  # exception.YumError
+        self._setup_resolver_config()
         self._setup_devices()
         self._make_build_user()
         return 0
+
+    def _setup_resolver_config(self) -> None:
+        etc = self.root / "etc"
+        if self.config.get("use_host_resolv") and self.config.get("rpmbuild_networking"):
+            for name in ("resolv.conf", "hosts"):
+                shutil.copyfile(Path("/etc") / name, etc / name)
+            return
+        files = self.config.get("files") or {}
+        if "etc/hosts" not in files:
+            (etc / "hosts").write_text("127.0.0.1 localhost localhost.localdomain\n"
+                                       "::1       localhost localhost.localdomain localhost6 localhost6.localdomain6\n")
+        (etc / "resolv.conf").unlink(missing_ok=True)
+        (etc / "resolv.conf").touch()
 
     def _setup_devices(self) -> None:
         dev = self.root / "dev"
