@@ -51,7 +51,7 @@ def sbat_field(setting: str) -> Any:
 # The build's settings that are not the command's own flags, as the CLI spells them.
 BUILD_SPELLINGS = {"secureboot_key": "--secureboot-key", "secureboot_certificate": "--secureboot-certificate",
                    "package_version": "--package-version", "sbat_vendor": "--sbat-vendor", "sbat_url": "--sbat-url",
-                   "release": "--release"}
+                   "release": "--release", "workspace_dir": "--workspace-dir"}
 
 VARIANTS_DIR = Option(("--variants-dir",), "directory of variant files (default: the product variants "
                       "installed with the builder)", type=Path, default=None, metavar="DIR")
@@ -74,6 +74,10 @@ BUILD_OPTIONS = (
            "kernel modules' .modinfo facts (kernel-modules/, named by the kernel packages' checksums); default: "
            "the facts alone, under $XDG_CACHE_HOME/mkosi-initrd-builder (~/.cache/mkosi-initrd-builder)", type=Path,
            metavar="DIR"),
+    Option(("--workspace-dir",), "where mkosi assembles each variant's root and keeps its temporary files, "
+           "removed when the variant is done: a tmpfs such as /dev/shm (the spec's choice) builds faster where "
+           "creating files on disk is slow; it needs a few hundred MB per concurrent variant (default: below OUTPUT)",
+           type=Path, metavar="DIR"),
     Option(("--package-version",), "version-release of the package shipping the images, for the UKI's SBAT entry "
            "(the spec passes %%{version}-%%{release}; default: the kernel version)", type=sbat_field("package_version"),
            metavar="EVR"),
@@ -127,7 +131,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             jobs=args.jobs, source_date_epoch=args.source_date_epoch, release=args.release,
             cache_dir=args.cache_dir, kernel_cache_dir=None if args.cache_dir else default_cache_dir(),
             package_version=args.package_version, sbat_vendor=args.sbat_vendor,
-            sbat_url=args.sbat_url, signing=signing,
+            sbat_url=args.sbat_url, signing=signing, workspace_dir=args.workspace_dir,
         ))
     except SettingError as e:
         raise e.spelled(BUILD_SPELLINGS) from None

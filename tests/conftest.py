@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,22 @@ def fixture_repo():
 
     require_tools("rpmbuild", "createrepo_c")
     return build_fixture_repo(FIXTURE_CACHE)
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """Mount a tmpfs of the given size (and options) below tmp_path; unmounted afterwards."""
+    mounted = []
+
+    def mount(name: str, size: str, *options: str) -> Path:
+        require_root()
+        where = tmp_path / name
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", where],
+                       check=True)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", where], check=False)

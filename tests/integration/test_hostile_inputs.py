@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_VARIANTS, require_root, require_tools
+from tests.conftest import FIXTURE_VARIANTS, require_tools
 from tests.support.cli import run_cli
 from tests.support.kojitree import Fault
 
@@ -70,25 +70,6 @@ def rewrite_metadata(repo: Path, kind: str, data: bytes, *, xml: bytes | None = 
         new = re.sub(r'(<open-checksum type="sha256">)[0-9a-f]+', rf"\g<1>{hashlib.sha256(xml).hexdigest()}", new)
         new = re.sub(r"<open-size>\d+", f"<open-size>{len(xml)}", new)
     repomd.write_text(text.replace(block, new))
-
-
-@pytest.fixture
-def small_mount(tmp_path):
-    """Mount a tmpfs of the given size (and options) below tmp_path; unmounted afterwards."""
-    mounted = []
-
-    def mount(name: str, size: str, *options: str) -> Path:
-        require_root()
-        where = tmp_path / name
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", where],
-                       check=True)
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in reversed(mounted):
-        subprocess.run(["umount", "-l", where], check=False)
 
 
 # --- "internal error" instead of an answer -----------------------------------------------------
