@@ -157,7 +157,8 @@ def issue_table(figures: dict, rows: list[tuple[str, str, str]], parts: set[str]
         v = f[variant]
         return (f"{v['build-cold']:.2f}x / {v['build-warm']:.2f}x ({v['ours-cold-seconds']:.1f} s vs "
                 f"{v['dracut-seconds'] + v['depmod-all-seconds']:.1f} s with depmod -a; "
-                f"{v['ours-warm-seconds']:.1f} s vs {v['dracut-seconds']:.1f} s)")
+                f"{v['ours-warm-seconds']:.1f} s vs {v['dracut-seconds']:.1f} s; warm, both on disk "
+                f"{v['build-warm-disk']:.2f}x)")
 
     warm_measure, cold_measure = "ratio warm / (cp -al + createrepo_c)", "ratio cold / curl (one process)"
     f = figures.get("realcontent", {})
@@ -166,9 +167,11 @@ def issue_table(figures: dict, rows: list[tuple[str, str, str]], parts: set[str]
          measured("realcontent", lambda: size("virt")), "<= 1.0x as shipped"),
         ("real content, generic initrd size vs dracut, as shipped / equal compression",
          measured("realcontent", lambda: size("generic")), "<= 1.0x"),
-        ("real content, whole build run vs dracut, virt, cold (both with their per-kernel step) / warm",
+        ("real content, whole build run vs dracut (workspace on tmpfs for both, as the spec builds), virt, "
+         "cold (both with their per-kernel step) / warm",
          measured("realcontent", lambda: build_time("virt")), "<= 1.0x"),
-        ("real content, whole build run vs dracut, generic, cold (both with their per-kernel step) / warm",
+        ("real content, whole build run vs dracut (workspace on tmpfs for both), generic, cold (both with their "
+         "per-kernel step) / warm",
          measured("realcontent", lambda: build_time("generic")), "<= 1.0x"),
         ("  mkosi alone vs dracut alone, virt / generic", measured(
             "realcontent", lambda: f"{f['virt']['mkosi-alone']:.2f}x / {f['generic']['mkosi-alone']:.2f}x"), ""),

@@ -120,7 +120,8 @@ def dracut_version(root: Path) -> str:
 
 
 def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modules: Sequence[str],
-                       output: Path, firmware_from: Optional[Path] = None) -> DracutImage:
+                       output: Path, firmware_from: Optional[Path] = None,
+                       scratch_on_tmpfs: bool = False) -> DracutImage:
     """dracut --no-hostonly for repo's kernel with exactly `kernel_modules` (paths relative to
     /usr/lib/modules/<KVER>/, as in a variant's manifest) and, when `firmware_from` names our
     initrd, exactly the firmware files it carries: dracut installs the firmware its modules declare
@@ -152,11 +153,19 @@ def build_dracut_image(repo: RealRepo, builder: DistributionBuilder, kernel_modu
     subprocess.run(["chroot", str(root), "depmod", "-a", kver], check=True, env=_tools_env())
     drivers = " ".join(sorted({Path(m).name.split(".", 1)[0] for m in kernel_modules}))
     image_in_root = Path("/tmp/realcontent-dracut.img")
-    dracut_started = time.monotonic()
-    proc = subprocess.run(["chroot", str(root), "dracut", *DRACUT_ARGS, "--kver", kver, "--add-drivers", drivers,
-                           str(image_in_root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", env=_tools_env())
-    finished = time.monotonic()
+    # dracut assembles its image below /var/tmp (its --tmpdir default): a tmpfs there when ours gets one too.
+    scratch = root / "var/tmp"
+    if scratch_on_tmpfs:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "realcontent-dracut-tmp", scratch], check=True)
+    try:
+        dracut_started = time.monotonic()
+        proc = subprocess.run(["chroot", str(root), "dracut", *DRACUT_ARGS, "--kver", kver, "--add-drivers",
+                               drivers, str(image_in_root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace", env=_tools_env())
+        finished = time.monotonic()
+    finally:
+        if scratch_on_tmpfs:
+            subprocess.run(["umount", scratch], check=True)
     if proc.returncode != 0 or "dracut[E]" in proc.stdout:
         tail = "\n".join(proc.stdout.splitlines()[-30:])
         raise RuntimeError(f"dracut failed (exit status {proc.returncode}):\n{tail}")
