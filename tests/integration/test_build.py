@@ -383,7 +383,10 @@ def test_interrupted_build_leaves_no_partial_output(fixture_repo, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mkosi_initrd_builder", *map(str, build_args(
             fixture_repo.path, fixture_repo.kernel_version, out, "--jobs", "2"))],
-        cwd=TOP, stderr=subprocess.PIPE, text=True)
+        cwd=TOP, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a test run started in the background (a shell's `&` without job
+        # control) ignores SIGINT, the builder would inherit that, and Ctrl-C would never reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr
     seen = []
     for line in proc.stderr:
