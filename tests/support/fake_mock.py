@@ -105,6 +105,11 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 
 
+# buildroot._setup_resolver_config's /etc/hosts for a buildroot without the host's resolver.
+DEFAULT_HOSTS = ("127.0.0.1 localhost localhost.localdomain\n"
+                 "::1       localhost localhost.localdomain localhost6 localhost6.localdomain6\n")
+
+
 class Isolation(enum.Enum):
     SIMPLE = "simple"
     NSPAWN = "nspawn"
@@ -308,10 +313,9 @@ class FakeMock:
             for name in ("resolv.conf", "hosts"):
                 shutil.copyfile(Path("/etc") / name, etc / name)
             return
-        files = self.config.get("files") or {}
-        if "etc/hosts" not in files:
-            (etc / "hosts").write_text("127.0.0.1 localhost localhost.localdomain\n"
-                                       "::1       localhost localhost.localdomain localhost6 localhost6.localdomain6\n")
+        # mock puts its default in config['files'] unless the config names an etc/hosts of its own,
+        # and writes config['files'] into the root: either way the root gets exactly one of them.
+        (etc / "hosts").write_text((self.config.get("files") or {}).get("etc/hosts", DEFAULT_HOSTS))
         (etc / "resolv.conf").unlink(missing_ok=True)
         (etc / "resolv.conf").touch()
 
