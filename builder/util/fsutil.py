@@ -247,11 +247,6 @@ class RemoveGlobs:
         return [p for p, r in zip(self.patterns, self.regexes) if r.match(text)]
 
 
-def glob_removes(pattern: str, name: str) -> bool:
-    """Whether RemoveFiles=`pattern` takes away `name` (see RemoveGlobs)."""
-    return bool(RemoveGlobs.compile([pattern]).removing(name))
-
-
 def link_or_copy_tree(src: Path, dest: Path) -> None:
     """Copy a tree, hard-linking files where the file system allows it."""
     shutil.copytree(src, dest, symlinks=True, copy_function=lambda s, d: link_or_copy(Path(s), Path(d)))
