@@ -38,7 +38,7 @@ from mkosi_initrd_builder.util.errors import ResolveError, SettingError, Staging
 from mkosi_initrd_builder.util.fsutil import (
     atomic_write, hash_file, link_or_private_copy, local_write_error, replace_dir,
 )
-from mkosi_initrd_builder.util.log import step
+from mkosi_initrd_builder.util.log import Stopwatch, step
 from mkosi_initrd_builder.util.workdirs import destination_lock, owned_work_dir, remove_abandoned
 
 __all__ = ["STAGE_MANIFEST_NAME", "PackageSelection", "StageRequest", "StageResult", "StagedPackage", "Via",
@@ -140,6 +140,10 @@ class StageResult:
     bytes_fetched: int
     bytes_from_cache: int
     seconds: float
+    # Where the time went, in order: "metadata" (read and checked), "select" (the package list:
+    # dnf's depsolve, a kept answer, or the exact list looked up), "fetch" (every file fetched or
+    # taken from the cache, verified and placed), "repodata"; seconds each.
+    phases: tuple[tuple[str, float], ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -593,10 +597,14 @@ def _stage_locked(request: StageRequest, source: Source, dest: Path, cache: Opti
     stop = threading.Event()
     http = HttpClient(request.retry, stop=stop)
     with owned_work_dir(Path(tempfile.gettempdir()), WORK_PREFIX) as work:
-        with step(f"Reading the metadata of {source}"):
+        phases: list[tuple[str, float]] = []
+        with step(f"Reading the metadata of {source}") as watch:
             metadata = source.load_metadata(http, work, filelists=request.selection.mode in
                                             (SelectionMode.packages, SelectionMode.spec))
+        phases.append(("metadata", watch.seconds))
+        watch = Stopwatch()
         packages, expected = _select(request, metadata, work, cache)
+        phases.append(("select", watch.stop()))
         total = sum(p.size for p in packages)
         if request.max_bytes is not None and total > request.max_bytes:
             largest = max(packages, key=lambda p: p.size)
@@ -610,12 +618,14 @@ def _stage_locked(request: StageRequest, source: Source, dest: Path, cache: Opti
             out.mkdir()
             try:
                 stager = _Stager(request, metadata, http, cache)
-                with step(f"Fetching {len(jobs)} packages ({total:,} bytes) with {request.jobs} jobs"):
+                with step(f"Fetching {len(jobs)} packages ({total:,} bytes) with {request.jobs} jobs") as watch:
                     staged = stager.stage_all(jobs, out)
-                with step("Writing repodata"):
+                phases.append(("fetch", watch.seconds))
+                with step("Writing repodata") as watch:
                     # The newest package's build time: the same packages give byte-identical repodata.
                     revision = max((p.buildtime for p in packages), default=0)
                     write_repodata(out, [stager.repodata[p.file] for p in staged], revision)
+                phases.append(("repodata", watch.seconds))
                 fetched = sum(p.size for p in staged if p.via is not Via.cache)
                 from_cache = sum(p.size for p in staged if p.via is Via.cache)
                 seconds = time.monotonic() - started
@@ -625,7 +635,8 @@ def _stage_locked(request: StageRequest, source: Source, dest: Path, cache: Opti
                 replace_dir(out, dest, old=staging / "old")
             finally:
                 stop.set()
-    result = StageResult(dest=dest, manifest=dest / STAGE_MANIFEST_NAME, source=metadata.identity(), packages=tuple(staged),
-                         bytes_fetched=fetched, bytes_from_cache=from_cache, seconds=seconds)
+    result = StageResult(dest=dest, manifest=dest / STAGE_MANIFEST_NAME, source=metadata.identity(),
+                         packages=tuple(staged), bytes_fetched=fetched, bytes_from_cache=from_cache, seconds=seconds,
+                         phases=tuple(phases))
     logger.info("%s", result.summary())
     return result

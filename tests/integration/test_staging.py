@@ -108,6 +108,10 @@ def test_stage_from_directory_hard_links_the_dnf_closure(fixture_repo, tmp_path)
     assert manifest["source"]["kind"] == "directory" and manifest["source"]["koji"] is None
     assert manifest["totals"] == {"packages": 3, "bytes": result.total_bytes, "bytes-fetched": result.total_bytes,
                                   "bytes-from-cache": 0}
+    # where the time went, each phase once and in order, within the whole
+    assert [name for name, _ in result.phases] == ["metadata", "select", "fetch", "repodata"]
+    assert all(seconds >= 0 for _, seconds in result.phases)
+    assert sum(seconds for _, seconds in result.phases) <= result.seconds
     entry = next(p for p in manifest["packages"] if p["name"] == "busybox")
     assert entry["origin"] == str(fixture_repo.rpms["busybox"])
     assert entry["nevra"] == subprocess.run(
