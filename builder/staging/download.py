@@ -28,7 +28,10 @@ from mkosi_initrd_builder.util.urls import redact
 logger = logging.getLogger("mkosi_initrd_builder.staging.download")
 
 USER_AGENT = f"mkosi-initrd-build/{__version__}"
-CHUNK = 1 << 16
+# The most one read takes. read1() returns what has arrived, so this bounds a read, not a wait: on a
+# fast link 1 MiB takes what queued up in one trip through the interpreter (cold staging of 500
+# over loopback, 8 alternating rounds: 0.96 s with 64 KiB, 0.90 s with 1 MiB).
+CHUNK = 1 << 20
 # Statuses worth another try: the server or a proxy is busy or failing for now.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
