@@ -1,8 +1,9 @@
 """A content-addressed cache of verified RPMs, shared by every staging on a host (kojid's builds
 included), so a rebuild fetches nothing.
 
-Layout under the cache root: ``<algorithm>/<xx>/<checksum>.rpm`` (keyed by the repository's
-checksum of the file) with its facts (what verification established: NEVRA, payload hash, sha256,
+Layout under the cache root: ``<algorithm>/<checksum>.rpm`` (keyed by the repository's checksum of
+the file; entries earlier versions made in ``<algorithm>/<xx>/`` are found and used there) with its
+facts (what verification established: NEVRA, payload hash, sha256,
 size, stat identity) in the file's extended attribute FACTS_XATTR, or in ``<checksum>.json`` next to
 it, which is read first (see add()); ``tmp/`` for files being fetched (in one owned directory per
 staging, see util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for
@@ -121,6 +122,13 @@ def _set_attribute(path: Path, mode: int, data: str) -> bool:
     """Set FACTS_XATTR on a file of the cache's own; False where the file system takes no user
     attributes. Setting one needs write permission, which a read-only file's owner lacks: the mode is
     lifted for the call (the file is still in the staging's own directories)."""
+    try:
+        os.setxattr(path, FACTS_XATTR, data.encode())
+        return True  # root, or a writable file: no mode to lift
+    except PermissionError:
+        pass
+    except OSError:
+        return False
     writable = mode | stat.S_IWUSR
     try:
         if writable != mode:
@@ -146,6 +154,8 @@ class PackageCache:
         self._run_dir: Optional[Path] = None
         self._run_guard = threading.Lock()
         self._temps = 0
+        # The <algorithm>/ directories add() has made sure of.
+        self._made: set[Path] = set()
 
     def _claim(self) -> None:
         """Make sure the root is this cache: marked, or new or empty and marked now."""
@@ -207,20 +217,26 @@ class PackageCache:
                 if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP_SECONDS:
                     p.unlink()
 
-    def _paths(self, checksum_type: str, checksum: str) -> tuple[Path, Path]:
+    def _paths(self, checksum_type: str, checksum: str, *, legacy: bool = False) -> tuple[Path, Path]:
+        """The entry's file and facts file; `legacy`: where versions before the flat layout put them
+        (a directory per two hex digits: creating those was a tenth of a cold staging's fetching)."""
         algo = checksum_algorithm(checksum_type)
         digest = checksum.strip().lower()
         if not HEX_RE.match(digest):
             # It becomes a file name: anything but hex could name a path elsewhere.
             raise StagingError(f"checksum {checksum!r} in the repository metadata is not hexadecimal")
-        d = self.root / algo / digest[:2]
+        d = self.root / algo / digest[:2] if legacy else self.root / algo
         return d / f"{digest}.rpm", d / f"{digest}.json"
 
     def lookup(self, checksum_type: str, checksum: str, size: int) -> Optional[CacheEntry]:
-        rpm, facts_file = self._paths(checksum_type, checksum)
-        try:
-            st = rpm.stat()
-        except OSError:
+        for legacy in (False, True):
+            rpm, facts_file = self._paths(checksum_type, checksum, legacy=legacy)
+            try:
+                st = rpm.stat()
+                break
+            except OSError:
+                pass
+        else:
             return None
         facts = self._read_facts(rpm, facts_file)
         if not isinstance(facts, dict) or (size and st.st_size != size) or facts.get("size") != st.st_size:
@@ -295,11 +311,15 @@ class PackageCache:
         `own_inode`: the file is the staging's own (fetched or copied), not a hard link to a source's
         file, so its mtime may be set back."""
         rpm, facts_file = self._paths(checksum_type, checksum)
-        rpm.parent.mkdir(parents=True, exist_ok=True)
-        st = os.stat(temp)
+        if rpm.parent not in self._made:
+            rpm.parent.mkdir(exist_ok=True)  # once per algorithm and staging
+            self._made.add(rpm.parent)
         if own_inode:
-            os.utime(temp, ns=(st.st_atime_ns, time.time_ns() - SETTLE_NS))
-            st = os.stat(temp)
+            now = time.time_ns()
+            os.utime(temp, ns=(now, now - SETTLE_NS))
+        # The one stat: the inode keeps it through the rename below (st_ctime aside, which identity()
+        # leaves out).
+        st = os.stat(temp)
         facts = self._with_identity(facts, st)
         # No fsync: an entry a crash left empty or torn fails the check every staging makes of what it
         # takes from the cache (or its facts do not parse and it counts as absent), and is fetched
@@ -310,7 +330,6 @@ class PackageCache:
         else:
             atomic_write(facts_file, data, durable=False)
         os.replace(temp, rpm)
-        st = rpm.stat()
         return CacheEntry(rpm, facts, (st.st_dev, st.st_ino))
 
     @staticmethod

@@ -255,14 +255,16 @@ class _Stager:
                 part.unlink(missing_ok=True)
             return self._staged(job, facts, header, got.via)
 
-        return self._stage_from_cache(job, dest)
+        # stage_all() looked in the cache a moment ago: the lookup under the lock is the one that counts
+        return self._stage_from_cache(job, dest, missing=True)
 
     def _fill_cache(self, job: _Job, algorithms: Sequence[str],
-                    part: Path) -> tuple[CacheEntry, Via, Optional[tuple[dict[str, Any], HeaderFacts]]]:
+                    dest: Path) -> tuple[CacheEntry, Via, Optional[tuple[dict[str, Any], HeaderFacts]]]:
         """The cache entry of the job's package, fetched and verified now unless another staging put it
-        there while this one waited for the lock. A file fetched now is also placed at `part` (linked,
-        or copied and checked on the way) before it enters the cache, and its facts and header come
-        back with it: its bytes were hashed as they arrived and are not read again."""
+        there while this one waited for the lock. A file fetched now is also placed at `dest` (linked,
+        or copied and checked on the way; only once verified, so the staged name never holds other
+        bytes) before it enters the cache, and its facts and header come back with it: its bytes were
+        hashed as they arrived and are not read again."""
         pkg = job.package
         assert self.cache is not None
         with self.cache.lock(pkg.checksum, stop=self.http.stop, timeout=self.request.retry.lock_timeout):
@@ -270,29 +272,35 @@ class _Stager:
             if entry is not None:
                 return entry, Via.cache, None
             temp = self.cache.temp_path(job.location.name)
+            added = False
             try:
                 got = self._obtain(job, temp, algorithms)
                 facts, header = self._verify(job, temp, got.size, got.digests)
                 self._check_payloadhash(job, facts["payloadhash"])
-                copied = link_or_private_copy(temp, part, algorithms)
+                copied = link_or_private_copy(temp, dest, algorithms)
                 if copied is not None:
-                    os.chmod(part, 0o444)
+                    os.chmod(dest, 0o444)
                     if copied != (got.size, got.digests):
-                        raise VerificationError(str(pkg.nevra), str(part), "the copy out of the cache's temporary "
+                        raise VerificationError(str(pkg.nevra), str(dest), "the copy out of the cache's temporary "
                                                                            "file differs from what was fetched")
                 entry = self.cache.add(temp, pkg.checksum_type, pkg.checksum, facts, own_inode=got.via is not Via.link)
+                added = True
                 return entry, got.via, (facts, header)
             except BaseException:
-                part.unlink(missing_ok=True)
+                dest.unlink(missing_ok=True)
                 raise
             finally:
-                temp.unlink(missing_ok=True)
+                if not added:
+                    temp.unlink(missing_ok=True)
 
-    def _stage_from_cache(self, job: _Job, dest: Path, found: Optional[CacheEntry] = None) -> StagedPackage:
-        """Stage the cache entry (`found`, or looked up now), hard-linked (a private copy where the file
-        systems differ) and checked once it is in place against the repository, the cache's record and
-        its own header: byte for byte, unless the linked inode still has the identity recorded when its
-        bytes were verified (cache.py), when the recorded digests stand and only its header is read.
+    def _stage_from_cache(self, job: _Job, dest: Path, found: Optional[CacheEntry] = None, *,
+                          missing: bool = False) -> StagedPackage:
+        """Stage the cache entry (`found`, or looked up now unless the caller found it `missing` just
+        before), hard-linked (a private copy where the file systems differ) and checked once it is in
+        place against the repository, the cache's record and its own header (a file that fails is
+        removed: the staging directory is private until it is complete): byte for byte, unless the
+        linked inode still has the identity recorded when its bytes were verified (cache.py), when the
+        recorded digests stand and only its header is read.
 
         The cache is shared and long-lived, so an entry may have been damaged since it was verified:
         a bad one is discarded and the package fetched again, once. The staged file may share its
@@ -302,49 +310,51 @@ class _Stager:
         assert self.cache is not None
         algo = checksum_algorithm(pkg.checksum_type)
         algorithms = sorted({algo, "sha256"})
-        part = dest.with_name(f".{dest.name}.part")
         for attempt in (1, 2):
-            entry = found if attempt == 1 and found is not None else \
-                self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
+            if attempt == 1 and (found is not None or missing):
+                entry = found
+            else:
+                entry = self.cache.lookup(pkg.checksum_type, pkg.checksum, pkg.size)
             via = Via.cache
             if entry is None:
-                entry, via, fresh = self._fill_cache(job, algorithms, part)
+                entry, via, fresh = self._fill_cache(job, algorithms, dest)
                 if fresh is not None:
-                    os.rename(part, dest)
                     return self._staged(job, fresh[0], fresh[1], via)
             else:
                 self._check_cached(job, entry)
             try:
-                copied = link_or_private_copy(entry.path, part, algorithms)
+                copied = link_or_private_copy(entry.path, dest, algorithms)
             except FileNotFoundError:
                 if attempt == 1 and not entry.path.exists():
                     continue  # another staging discarded it meanwhile: look it up again
                 raise
+            placed = False
             try:
                 unverified = None
                 if copied is None:
-                    st = os.stat(part)
+                    st = os.stat(dest)
                     if entry.verified_as(st):
                         # The linked inode is the one verified, unchanged since (cache.py): its
                         # recorded digests stand, the entry's name being the repository's.
                         size, digests = st.st_size, {algo: entry.path.stem, "sha256": entry.facts.get("sha256")}
                     else:
-                        size, digests, unverified = st.st_size, hash_file(part, algorithms), st
+                        size, digests, unverified = st.st_size, hash_file(dest, algorithms), st
                 else:
                     size, digests = copied
-                    os.chmod(part, 0o444)
+                    os.chmod(dest, 0o444)
                 problem = self._cache_copy_problem(job, entry, size, digests[algo], digests["sha256"])
                 if problem is None:
-                    header = read_header(part, pkg.nevra, str(entry.path))
+                    header = read_header(dest, pkg.nevra, str(entry.path))
                     problem = self._cached_header_problem(job, entry, header)
                 if problem is None:
                     if unverified is not None:
                         self.cache.record(entry, unverified, stop=self.http.stop,
                                           timeout=self.request.retry.lock_timeout)
-                    os.rename(part, dest)
+                    placed = True
                     return self._staged(job, entry.facts, header, via)
             finally:
-                part.unlink(missing_ok=True)
+                if not placed:
+                    dest.unlink(missing_ok=True)
             if attempt == 1:
                 logger.warning("cache entry %s of %s is damaged (%s): discarding it and fetching the package "
                                "again", entry.path, pkg.nevra, problem)

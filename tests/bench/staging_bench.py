@@ -3,7 +3,9 @@ payloads) in a koji-like tree served over HTTP on 127.0.0.1.
 
 cold: stage_repository() with an empty cache, against sequential curl of the same URLs (one curl
       process fetching them one after the other over one connection, and one curl per file), on
-      plain loopback and with a fixed delay per request standing in for a server some way off
+      plain loopback and with a fixed delay per request standing in for a server some way off;
+      beside it, what bounds it: the parts of the cold staging (StageResult.phases) and a bare
+      fetch of the same URLs with the staging's own client (hashing and writing, nothing else)
 warm: stage_repository() again with the cache filled, against a plain hard-link copy of the K files
       (cp -al), and against that copy plus createrepo_c (the least that makes it a repository); once
       choosing by names (dnf resolves them) and once from an exact list, as the kojid plugin stages
@@ -14,6 +16,7 @@ Goals (issue 13): warm <= 1.2x cp -al + createrepo_c; cold <= 1.5x one curl proc
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import shutil
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
+from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from mkosi_initrd_builder.staging.stage import PackageSelection, StageRequest, stage_repository
 from tests.bench.requests_client import RequestsHttpClient
@@ -135,6 +139,7 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         config = work / "curl.cfg"
         config.write_text("".join(f'url = "{u}"\noutput = "{work}/curl/{i}.rpm"\n' for i, u in enumerate(urls)))
         _, curl_one = timed(lambda: subprocess.run(["curl", "-sSf", "--config", str(config)], check=True))
+        _, bare = timed(lambda: bare_fetch(urls, work / "bare"))
         (work / "curl2").mkdir()
         _, curl_each = timed(lambda: [subprocess.run(["curl", "-sSf", "-o", f"{work}/curl2/{i}.rpm", u], check=True)
                                       for i, u in enumerate(urls)])
@@ -158,6 +163,8 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
              "goal <= 0.40" if latency else "goal <= 1.50"),
             ("  ratio cold / curl (per file)", f"{cold / curl_each:.2f}", "goal <= 0.50"),
             *_floor_rows(cold_result, curl_one, count, latency),
+            (f"  bare fetch, same URLs, the staging's client in {JOBS} threads (sha256 + write only) / curl",
+             f"{bare / curl_one:.2f}", f"{bare:.2f}s; no checks, no cache, no repodata"),
             (f"{label}: warm staging from the cache", f"{warm:.2f}s",
              f"{warm_result.bytes_from_cache / 1e6:.0f} MB from cache, 0 fetched"),
             ("  cp -al of the same files", f"{link:.2f}s", ""),
@@ -173,6 +180,19 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bare_fetch(urls: list[str], directory: Path) -> None:
+    """What a cold staging's fetch phase cannot do without: the same client and threads getting each
+    file, sha256 on the way, into a file of its own; none of the staging's checks, cache or repodata."""
+    directory.mkdir()
+    http = HttpClient()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=JOBS) as pool:
+            list(pool.map(lambda pair: http.download_file(pair[1], directory / f"{pair[0]}.rpm",
+                                                          algorithms=("sha256",)), enumerate(urls)))
+    finally:
+        http.close()
 
 
 def _floor_rows(result, curl_one: float, count: int, latency: float) -> list[tuple[str, str, str]]:

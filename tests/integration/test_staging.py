@@ -61,7 +61,7 @@ def read_manifest(dest: Path) -> dict:
 def cache_entry(cache: Path, package) -> Path:
     """The cache's file for a staged package: keyed by the repository's checksum."""
     algo, digest = package.checksum.split(":", 1)
-    return cache / ("sha1" if algo == "sha" else algo) / digest[:2] / f"{digest}.rpm"
+    return cache / ("sha1" if algo == "sha" else algo) / f"{digest}.rpm"
 
 
 def entry_facts(entry: Path) -> dict:
@@ -350,6 +350,27 @@ def test_damaged_cache_entry_is_fetched_again_and_never_staged(koji_tree, tree_s
     assert list((cache / "tmp").iterdir()) == [] and leftovers(tmp_path) == []
 
 
+def test_entries_in_the_layout_of_earlier_versions_are_used_where_they_are(koji_tree, tree_server, tmp_path):
+    """Earlier versions kept each entry in a directory named by its checksum's first two hex digits:
+    such an entry is found there and staged, not fetched again."""
+    cache = tmp_path / "cache"
+    source = koji_url(tree_server, koji_tree)
+    cold = stage(source, tmp_path / "one", packages=["initrd-init"], cache=cache)
+    legacy = []
+    for p in cold.packages:
+        flat = cache_entry(cache, p)
+        moved = flat.parent / flat.name[:2] / flat.name
+        moved.parent.mkdir(exist_ok=True)
+        os.rename(flat, moved)  # the inode, its attribute and its recorded identity go along
+        legacy.append(moved)
+    warm = stage(source, tmp_path / "two", packages=["initrd-init"], cache=cache)
+    assert {p.via for p in warm.packages} == {Via.cache}
+    assert all(tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1 for p in cold.packages)
+    assert all(path.exists() for path in legacy) and not any(cache_entry(cache, p).exists() for p in cold.packages)
+    for p in warm.packages:
+        assert sha256_of(tmp_path / "two" / p.file) == p.sha256
+
+
 def test_a_cache_entry_is_hashed_again_only_when_its_identity_changed(koji_tree, tree_server, tmp_path, monkeypatch):
     from mkosi_initrd_builder.staging import stage as stage_module
 
@@ -374,9 +395,9 @@ def test_a_cache_entry_is_hashed_again_only_when_its_identity_changed(koji_tree,
     del facts["stat"]
     facts_file.write_text(json.dumps(facts))
     stage(source, tmp_path / "three", packages=["initrd-init"], cache=cache)
-    assert hashed == [f".{init.file}.part"] and "stat" in json.loads(facts_file.read_text())
+    assert hashed == [init.file] and "stat" in json.loads(facts_file.read_text())
     stage(source, tmp_path / "four", packages=["initrd-init"], cache=cache)
-    assert hashed == [f".{init.file}.part"]
+    assert hashed == [init.file]
     assert all(tree_server.requests_for(package_urlpath(koji_tree, p.nevra.name)) == 1 for p in warm.packages)
 
 
@@ -566,7 +587,7 @@ def test_concurrent_stagings_share_one_cache(koji_tree, tree_server, tmp_path):
     assert totals[0]["bytes-fetched"] + totals[1]["bytes-fetched"] == totals[0]["bytes"]
     for name in ("kernel-core", "initrd-init", "busybox"):
         assert tree_server.requests_for(package_urlpath(koji_tree, name)) == 1
-    entries = list(cache.glob("sha256/*/*.rpm"))
+    entries = list(cache.glob("sha256/*.rpm"))
     assert len(entries) == totals[0]["packages"]
     for entry in entries:
         assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
