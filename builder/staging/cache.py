@@ -3,14 +3,14 @@ included), so a rebuild fetches nothing.
 
 Layout under the cache root: ``<algorithm>/<checksum>.rpm`` (keyed by the repository's checksum of
 the file; entries earlier versions made in ``<algorithm>/<xx>/`` are found and used there) with its
-facts (what verification established: NEVRA, payload hash, sha256,
-size, stat identity) in the file's extended attribute FACTS_XATTR, or in ``<checksum>.json`` next to
-it, which is read first (see add()); ``tmp/`` for files being fetched (in one owned directory per
-staging, see util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for
-depsolves (staging/resolve.py, cached_depsolve()). A ``.rpm`` is renamed into place only after it
-was verified and its facts written, so every entry present was complete (nothing is fsynced: a
-crash may tear one, and every staging checks the bytes it takes);
-the stripe lock makes concurrent stagings fetch each file once. Entries are read-only (0444) unless
+facts (what verification established: NEVRA, payload hash, sha256, size, stat identity) in the
+file's extended attribute FACTS_XATTR, or in ``<checksum>.json`` next to it, which is read first
+(see add()); ``tmp/`` for files being fetched (in one owned directory per staging, see
+util/workdirs.py), ``locks/<xx>`` for flock(2) stripes, ``resolved/<key>.json`` for depsolves
+(staging/resolve.py, cached_depsolve()). A ``.rpm`` is renamed into place only after it was
+verified and its facts written, so every entry present was complete (nothing is fsynced: a crash
+may tear one, and every staging checks the bytes it takes); the stripe lock makes concurrent
+stagings fetch each file once. Entries are read-only (0444) unless
 they are hard links to a directory source's own files, whose mode the cache leaves alone.
 
 An entry's facts also record the file's stat identity when it was verified (``stat``: the boot id,
