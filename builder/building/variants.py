@@ -540,6 +540,21 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "getty (systemd's getty generator skips itself there), its emergency shell is systemd-sulogin-shell",
              "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/chrt",
              "/usr/*bin/taskset", "/usr/*bin/hardlink", "/usr/*bin/more", "/usr/*bin/agetty"),
+    _removal("fsck.erofs and libdeflate, which only it links: EROFS is read-only, systemd-fsck leaves a file "
+             "system without its checker unchecked, and dracut's image has none either",
+             "/usr/*bin/fsck.erofs", "/usr/lib*/**/libdeflate.so*"),
+    _removal("systemd-cryptenroll: enrolling TPM2, FIDO2, PKCS#11 and recovery keys is done on the booted "
+             "system; unlocking in the initrd is systemd-cryptsetup's",
+             "/usr/bin/systemd-cryptenroll"),
+    _removal("systemd-sleep and the services that run it (suspend, hibernate, hybrid sleep): an initrd never "
+             "suspends; resuming from hibernation is systemd-hibernate-resume's, which stays",
+             "/usr/lib/systemd/systemd-sleep", "/usr/lib/systemd/system/systemd-suspend.service",
+             "/usr/lib/systemd/system/systemd-hibernate.service",
+             "/usr/lib/systemd/system/systemd-hybrid-sleep.service",
+             "/usr/lib/systemd/system/systemd-suspend-then-hibernate.service"),
+    _removal("OpenSSL's engines (afalg, padlock, loader_attic): libcrypto loads one only when a configuration "
+             "names it, and none in the image does",
+             "/usr/lib*/**/engines-3"),
 )
 
 
