@@ -43,6 +43,13 @@ class CpioFormatError(ValueError):
 
 def iter_cpio(data: bytes) -> Iterator[CpioEntry]:
     """Entries of one or more concatenated newc archives; raises CpioFormatError when malformed."""
+    for entry, _, _ in iter_cpio_members(data):
+        yield entry
+
+
+def iter_cpio_members(data: bytes) -> Iterator[tuple[CpioEntry, int, int]]:
+    """iter_cpio(), each entry with where its member starts and ends in `data` (header, name, data
+    and padding), for a caller that copies members as they are."""
     off = 0
     seen_trailer = False
     while off < len(data):
@@ -64,12 +71,12 @@ def iter_cpio(data: bytes) -> Iterator[CpioEntry]:
         data_end = data_start + filesize
         if data_end > len(data):
             raise CpioFormatError(f"entry {name!r} runs past the end of the archive")
-        off = (data_end + 3) & ~3
+        start, off = off, (data_end + 3) & ~3
         if name == TRAILER:
             seen_trailer = True
             continue
         seen_trailer = False
-        yield CpioEntry(entry_name(name), mode, filesize, mtime, data[data_start:data_end])
+        yield CpioEntry(entry_name(name), mode, filesize, mtime, data[data_start:data_end]), start, off
     if not seen_trailer:
         raise CpioFormatError("archive has no trailer (truncated?)")
 

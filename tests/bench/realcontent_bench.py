@@ -31,6 +31,7 @@ from mkosi_initrd_builder.rpmmeta.repo import open_repository
 from mkosi_initrd_builder.util.fsutil import link_or_copy_tree
 from mkosi_initrd_builder.util.log import setup_logging
 from mkosi_initrd_builder.building.variants import load_variants
+from mkosi_initrd_builder.checking.cpio import iter_cpio, iter_cpio_members
 from tests.bench import machine
 
 TOP = Path(__file__).resolve().parent.parent.parent
@@ -62,38 +63,25 @@ BEYOND_DRACUT = (
 )
 
 
-def cpio_names(cpio: bytes) -> list[tuple[str, int, int]]:
-    """Each member of a newc archive: its name (no leading "./"), where it starts and where it ends
-    (header, name, data and padding)."""
-    members, off = [], 0
-    while off < len(cpio):
-        if cpio[off] == 0:  # padding after the trailer
-            off += 1
-            continue
-        filesize, namesize = int(cpio[off + 54:off + 62], 16), int(cpio[off + 94:off + 102], 16)
-        name = cpio[off + 110:off + 110 + namesize - 1].decode(errors="replace").removeprefix("./")
-        end = ((((off + 110 + namesize + 3) & ~3) + filesize) + 3) & ~3
-        members.append((name, off, end))
-        off = end
-    return members
-
-
 def beyond_dracut(ours: bytes, dracut: bytes) -> tuple[bytes, list[str], list[str]]:
     """Our archive without the members BEYOND_DRACUT names that dracut's image has no file of that
-    name for; what was left out, and which capabilities it served."""
+    name for (the rest, trailer and padding included, copied as it is); what was left out, and which
+    capabilities it served."""
     import fnmatch
     import posixpath
 
-    theirs = {posixpath.basename(name) for name, _, _ in cpio_names(dracut)}
-    kept, dropped, served = [], [], []
-    for name, start, end in cpio_names(ours):
-        what = next((cap for cap, patterns in BEYOND_DRACUT if any(fnmatch.fnmatch(name, p) for p in patterns)), None)
-        if what is not None and posixpath.basename(name) not in theirs:
-            dropped.append(name)
+    theirs = {posixpath.basename(e.name) for e in iter_cpio(dracut)}
+    kept, pos, dropped, served = [], 0, [], []
+    for entry, start, end in iter_cpio_members(ours):
+        what = next((cap for cap, patterns in BEYOND_DRACUT if any(fnmatch.fnmatch(entry.name, p) for p in patterns)),
+                    None)
+        if what is not None and posixpath.basename(entry.name) not in theirs:
+            kept.append(ours[pos:start])
+            pos = end
+            dropped.append(entry.name)
             if what not in served:
                 served.append(what)
-        else:
-            kept.append(ours[start:end])
+    kept.append(ours[pos:])
     return b"".join(kept), dropped, served
 
 

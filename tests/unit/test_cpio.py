@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mkosi_initrd_builder.checking.cpio import CpioFormatError, iter_cpio, read_cpio, resolve
+from mkosi_initrd_builder.checking.cpio import CpioFormatError, iter_cpio, iter_cpio_members, read_cpio, resolve
 from tests.conftest import require_tools
 
 
@@ -34,6 +34,19 @@ def test_reads_what_cpio_wrote(tmp_path):
     assert entries["etc/os-release"].is_symlink
     assert resolve(entries, "etc/os-release").data == b"ID=fedora\n"
     assert entries["usr/lib"].is_dir
+
+
+def test_members_are_where_the_entries_are_and_can_be_copied_as_they_are(tmp_path):
+    require_tools("cpio", "zstd")
+    raw = subprocess.run(["zstd", "-dc", make_archive(tmp_path)], capture_output=True, check=True).stdout
+    members = list(iter_cpio_members(raw))
+    assert [e for e, _, _ in members] == list(iter_cpio(raw))
+    assert all(start % 4 == 0 and start < end for _, start, end in members)
+    assert all(a[2] <= b[1] for a, b in zip(members, members[1:]))
+    # one member left out, the rest (trailer and padding included) copied: still an archive, without it
+    (entry, start, end), = [m for m in members if m[0].name == "init"]
+    rest = list(iter_cpio(raw[:start] + raw[end:]))
+    assert [e.name for e in rest] == [e.name for e, _, _ in members if e.name != "init"]
 
 
 def test_truncated_archive_is_rejected(tmp_path):
