@@ -463,8 +463,9 @@ def _removal(reason: str, *paths: str) -> Removal:
 # The system bus names of the services below that an initrd never starts.
 _SYSTEM_BUSES = ("login1", "hostname1", "locale1", "timedate1")
 BASE_REMOVALS: tuple[Removal, ...] = (
-    _removal("making, converting and debugging file systems is not an initrd's job; the checkers "
-             "systemd-fsck runs (fsck.*, e2fsck, xfs_repair) stay",
+    _removal("making, converting, tuning and debugging file systems (labels, defragmenting, bad block scans, "
+             "undo files, encryption policies) is not an initrd's job; the checkers systemd-fsck runs (fsck.*, "
+             "e2fsck, xfs_repair) stay",
              "/usr/*bin/mkfs*", "/usr/*bin/mke2fs", "/usr/*bin/mkdosfs", "/usr/*bin/mkswap", "/usr/*bin/debugfs",
              "/usr/*bin/e2image", "/usr/*bin/dumpe2fs", "/usr/*bin/tune2fs", "/usr/*bin/e2label",
              "/usr/*bin/resize2fs", "/usr/*bin/xfs_db", "/usr/*bin/xfs_io", "/usr/*bin/xfs_copy",
@@ -472,16 +473,20 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "/usr/*bin/xfs_spaceman", "/usr/*bin/xfs_fsr", "/usr/*bin/xfs_growfs", "/usr/*bin/xfs_estimate",
              "/usr/*bin/xfs_scrub*", "/usr/*bin/dump.erofs", "/usr/*bin/btrfs-convert", "/usr/*bin/btrfs-image",
              "/usr/*bin/btrfstune", "/usr/*bin/btrfs-map-logical", "/usr/*bin/btrfs-find-root",
-             "/usr/*bin/btrfs-select-super", "/usr/lib*/**/libreiserfscore.so*"),
+             "/usr/*bin/btrfs-select-super", "/usr/lib*/**/libreiserfscore.so*", "/usr/*bin/fatlabel",
+             "/usr/*bin/e4defrag", "/usr/*bin/e4crypt", "/usr/*bin/e2undo", "/usr/*bin/filefrag", "/usr/*bin/e2freefrag",
+             "/usr/*bin/mklost+found", "/usr/*bin/badblocks"),
     _removal("the btrfs tool: udev's own btrfs builtin assembles multi-device btrfs file systems and "
              "fsck.btrfs (which stays) does nothing at boot; repairing btrfs is for the booted system or "
              "rescue media, and dracut's image has no btrfs tool either",
              "/usr/*bin/btrfs"),
     _removal("glibc's tools for the installed system (ldconfig with the unit that ran it at every boot, since "
-             "an initrd's /etc never holds .updated; localedef, zic, iconv, locale) and libraries nothing in the "
+             "an initrd's /etc never holds .updated; localedef, zic, zdump, tzselect, iconv, iconvconfig, locale, getconf, "
+             "pldd) and libraries nothing in the "
              "image links or dlopens (libmvec, libnsl, libthread_db, libc_malloc_debug)",
              "/usr/*bin/ldconfig", "/usr/lib/systemd/system/ldconfig.service",
-             "/usr/lib/systemd/system/*.wants/ldconfig.service", "/usr/bin/localedef", "/usr/*bin/zic", "/usr/bin/iconv", "/usr/bin/locale", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
+             "/usr/lib/systemd/system/*.wants/ldconfig.service", "/usr/bin/localedef", "/usr/*bin/zic", "/usr/bin/zdump", "/usr/bin/tzselect", "/usr/bin/iconv",
+             "/usr/*bin/iconvconfig", "/usr/bin/locale", "/usr/bin/getconf", "/usr/bin/pldd", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
              "/usr/lib*/**/libthread_db*.so*", "/usr/lib*/**/libc_malloc_debug.so*"),
     _removal("p11-kit's command-line tools and servers; systemd dlopens only libp11-kit, for PKCS#11 tokens",
              "/usr/bin/trust", "/usr/bin/p11-kit", "/usr/libexec/p11-kit"),
@@ -535,10 +540,10 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "/usr/lib*/**/liblzo2.so*", "/usr/lib*/**/liburcu-*.so*", "/usr/lib*/**/libss.so*",
              "/usr/lib*/**/libhandle.so*", "/usr/lib*/**/libmemusage.so", "/usr/lib*/**/libpcprofile.so",
              "/usr/lib*/**/libBrokenLocale.so*"),
-    _removal("util-linux's tools for a running system: namespaces (nsenter, unshare), System V IPC (ipcs, ipcrm), "
+    _removal("util-linux's tools for a running system: namespaces (nsenter, unshare), System V IPC (ipcs, ipcrm, ipcmk), "
              "scheduling (chrt, taskset), hardlink, more (less is the pager), and agetty: an initrd starts no "
              "getty (systemd's getty generator skips itself there), its emergency shell is systemd-sulogin-shell",
-             "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/chrt",
+             "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/ipcmk", "/usr/*bin/chrt",
              "/usr/*bin/taskset", "/usr/*bin/hardlink", "/usr/*bin/more", "/usr/*bin/agetty"),
     _removal("fsck.erofs and libdeflate, which only it links: EROFS is read-only, systemd-fsck leaves a file "
              "system without its checker unchecked, and dracut's image has none either",
@@ -555,6 +560,43 @@ BASE_REMOVALS: tuple[Removal, ...] = (
     _removal("OpenSSL's engines (afalg, padlock, loader_attic): libcrypto loads one only when a configuration "
              "names it, and none in the image does",
              "/usr/lib*/**/engines-3"),
+    _removal("systemd-pstore, with its unit, enablement and configuration: it moves the firmware's crash records "
+             "into /var/lib/systemd/pstore and deletes them from the store, and in an initrd that directory is "
+             "memory switch_root throws away; the booted system's systemd-pstore keeps them on disk",
+             "/usr/lib/systemd/systemd-pstore", "/usr/lib/systemd/system/systemd-pstore.service",
+             "/etc/systemd/system/*.wants/systemd-pstore.service",
+             "/usr/lib/systemd/system/*.wants/systemd-pstore.service", "/etc/systemd/pstore.conf",
+             "/usr/lib/tmpfiles.d/systemd-pstore.conf"),
+    _removal("the services that keep the booted system's state across boots (backlight, rfkill, random seed) "
+             "and check its quotas: their units never start in an initrd (ConditionPathExists=!/etc/initrd-release)",
+             "/usr/lib/systemd/systemd-backlight", "/usr/lib/systemd/system/systemd-backlight@.service",
+             "/usr/lib/systemd/systemd-rfkill", "/usr/lib/systemd/system/systemd-rfkill.*",
+             "/usr/lib/systemd/systemd-random-seed", "/usr/lib/systemd/system/systemd-random-seed.service",
+             "/usr/lib/systemd/system/*.wants/systemd-random-seed.service", "/usr/lib/systemd/systemd-quotacheck",
+             "/usr/lib/systemd/system/systemd-quotacheck*", "/usr/lib/systemd/system/quotaon*"),
+    _removal("what serves only what an initrd has none of: SysV init scripts and rc.local (their generators), "
+             "telinit's /dev/initctl, binfmt_misc registrations (no binfmt.d), gettys (the getty generator skips "
+             "itself there) and sshd (the SSH generator and proxy); systemd-firstboot, which sets up the booted "
+             "system's /etc",
+             "/usr/lib/systemd/system-generators/systemd-sysv-generator",
+             "/usr/lib/systemd/system-generators/systemd-rc-local-generator", "/usr/lib/systemd/system/rc-local.service*",
+             "/usr/lib/systemd/systemd-initctl", "/usr/lib/systemd/system/systemd-initctl.*",
+             "/usr/lib/systemd/system/*.wants/systemd-initctl.socket", "/usr/lib/systemd/systemd-binfmt",
+             "/usr/lib/systemd/system/systemd-binfmt.service", "/usr/lib/systemd/system/*.wants/systemd-binfmt.service",
+             "/usr/lib/systemd/system-generators/systemd-getty-generator",
+             "/usr/lib/systemd/system-generators/systemd-ssh-generator", "/usr/lib/systemd/systemd-ssh-proxy",
+             "/usr/lib/systemd/ssh_config.d", "/etc/ssh/ssh_config.d/*-systemd-ssh-proxy.conf",
+             "/usr/lib/tmpfiles.d/20-systemd-ssh-generator.conf", "/usr/bin/systemd-firstboot",
+             "/usr/lib/systemd/system/systemd-firstboot.service",
+             "/usr/lib/systemd/system/*.wants/systemd-firstboot.service"),
+    _removal("systemd's tools for administering and scripting a running system (cgtop, delta, id128, path, "
+             "socket-activate, stdio-bridge, inhibit, vpick, cat, mount, ac-power, varlinkctl, socket-proxyd): no "
+             "unit, rule or script in the image runs them; the emergency shell keeps systemctl, journalctl, "
+             "udevadm and busctl",
+             *(f"/usr/bin/systemd-{tool}" for tool in ("cgtop", "delta", "id128", "path", "socket-activate",
+                                                        "stdio-bridge", "inhibit", "vpick", "cat", "mount", "umount",
+                                                        "ac-power")),
+             "/usr/bin/varlinkctl", "/usr/lib/systemd/systemd-socket-proxyd"),
 )
 
 
