@@ -407,8 +407,6 @@ def kernel_cache_dir(request: BuildRequest) -> Optional[Path]:
 def _build_in(request: BuildRequest, places: Sequence[tuple[str, Path]], sbat: SbatIdentity,
               wanted: Sequence[OutputFormat], repo: Repository, sde: int,
               side: concurrent.futures.ThreadPoolExecutor) -> list[VariantResult]:
-    versions = {t: side.submit(tool_version, t) for t in ("mkosi", *(t for k in wanted for t in FORMATS[k].tools))}
-
     with step("Checking the packages to extract against the repository's checksums"):
         # extracted by rpm2cpio, which checks nothing: the kernel's and each format's packages
         extracted = {p.nevra.name for p in repo.kernel_packages(request.kernel_version)}
@@ -419,7 +417,7 @@ def _build_in(request: BuildRequest, places: Sequence[tuple[str, Path]], sbat: S
                 repo.check_package_file(pkg)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=request.output))
     try:
-        return _build_variants(request, places, sbat, wanted, repo, sde, side, versions, work)
+        return _build_variants(request, places, sbat, wanted, repo, sde, side, work)
     finally:
         # The side work may still be writing below `work` when the build failed early.
         side.shutdown(wait=True, cancel_futures=True)
@@ -428,8 +426,7 @@ def _build_in(request: BuildRequest, places: Sequence[tuple[str, Path]], sbat: S
 
 def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], sbat: SbatIdentity,
                     wanted: Sequence[OutputFormat], repo: Repository, sde: int,
-                    side: concurrent.futures.ThreadPoolExecutor, versions: Mapping[str, concurrent.futures.Future],
-                    work: Path) -> list[VariantResult]:
+                    side: concurrent.futures.ThreadPoolExecutor, work: Path) -> list[VariantResult]:
     # mkosi-initrd's own module list (a mkosi process), asked while the kernel is read when a variant uses it
     defaults = (side.submit(mkosi_initrd_default_modules, request.release)
                 if any("default" in v.kernel_modules_include for v in request.variants) else None)
@@ -458,6 +455,9 @@ def _build_variants(request: BuildRequest, places: Sequence[tuple[str, Path]], s
     write_sandbox_tree(work / "sandbox", repo.path, request.release)
     cache = request.cache_dir or work / "pkgcache"
     cache.mkdir(parents=True, exist_ok=True)
+    # The tools' versions only go into the manifests: asked now, they run on the core mkosi leaves free
+    # while dnf works, instead of slowing the reading and unpacking of the kernel before mkosi starts.
+    versions = {t: side.submit(tool_version, t) for t in ("mkosi", *(t for k in wanted for t in FORMATS[k].tools))}
     ctx = BuildContext(request, repo, kernel, inputs, preparing, sde, work, work / "sandbox", cache, versions,
                        logs=request.output / ".logs", selections=selections)
     logger.info("SOURCE_DATE_EPOCH=%d, %d variant(s), %d job(s)", sde, len(request.variants), request.jobs)
