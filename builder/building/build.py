@@ -79,6 +79,8 @@ class VariantResult:
     manifest: dict[str, Any]
     seconds: float
     mkosi_seconds: float
+    # each output format's build step after mkosi (the UKI's is ukify's run), by format name
+    format_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,8 +567,11 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     final.mkdir()
     image = VariantImage(variant, initrd, {e.name: e for e in read_cpio(initrd)}, final, vwork)
     chosen = [k for k in FORMATS if k in variant.formats]
+    format_seconds = {}
     for kind in chosen:
+        format_watch = Stopwatch()
         FORMATS[kind].build(image, ctx.inputs, ctx.prepared(kind))
+        format_seconds[kind.value] = format_watch.stop()
 
     image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
     tools = ctx.tools()
@@ -611,7 +616,7 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
     seconds = watch.stop()
     logger.info("[%s] done in %.1fs: %s", variant.name, seconds,
                 ", ".join(f"{n} {o['size']:,} B" for n, o in outputs.items()))
-    return VariantResult(variant.name, dest, manifest, seconds, mkosi_watch.seconds)
+    return VariantResult(variant.name, dest, manifest, seconds, mkosi_watch.seconds, format_seconds)
 
 
 def run_mkosi(ctx: BuildContext, variant: VariantSpec, argv: Sequence[str], log: Path, tmpdir: Path) -> None:
