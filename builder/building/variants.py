@@ -481,12 +481,13 @@ BASE_REMOVALS: tuple[Removal, ...] = (
              "rescue media, and dracut's image has no btrfs tool either",
              "/usr/*bin/btrfs"),
     _removal("glibc's tools for the installed system (ldconfig with the unit that ran it at every boot, since "
-             "an initrd's /etc never holds .updated; localedef, zic, zdump, tzselect, iconv, iconvconfig, locale, getconf, "
-             "pldd) and libraries nothing in the "
-             "image links or dlopens (libmvec, libnsl, libthread_db, libc_malloc_debug)",
+             "an initrd's /etc never holds .updated; localedef, zic, zdump, tzselect, iconv, iconvconfig, locale, "
+             "getconf, pldd) and libraries nothing in the image links or dlopens (libmvec, libnsl, libthread_db, "
+             "libc_malloc_debug)",
              "/usr/*bin/ldconfig", "/usr/lib/systemd/system/ldconfig.service",
-             "/usr/lib/systemd/system/*.wants/ldconfig.service", "/usr/bin/localedef", "/usr/*bin/zic", "/usr/bin/zdump", "/usr/bin/tzselect", "/usr/bin/iconv",
-             "/usr/*bin/iconvconfig", "/usr/bin/locale", "/usr/bin/getconf", "/usr/bin/pldd", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
+             "/usr/lib/systemd/system/*.wants/ldconfig.service", "/usr/bin/localedef", "/usr/*bin/zic",
+             "/usr/bin/zdump", "/usr/bin/tzselect", "/usr/bin/iconv", "/usr/*bin/iconvconfig", "/usr/bin/locale",
+             "/usr/bin/getconf", "/usr/bin/pldd", "/usr/lib*/**/libmvec.so*", "/usr/lib*/**/libnsl.so*",
              "/usr/lib*/**/libthread_db*.so*", "/usr/lib*/**/libc_malloc_debug.so*"),
     _removal("p11-kit's command-line tools and servers; systemd dlopens only libp11-kit, for PKCS#11 tokens",
              "/usr/bin/trust", "/usr/bin/p11-kit", "/usr/libexec/p11-kit"),
@@ -543,8 +544,8 @@ BASE_REMOVALS: tuple[Removal, ...] = (
     _removal("util-linux's tools for a running system: namespaces (nsenter, unshare), System V IPC (ipcs, ipcrm, ipcmk), "
              "scheduling (chrt, taskset), hardlink, more (less is the pager), and agetty: an initrd starts no "
              "getty (systemd's getty generator skips itself there), its emergency shell is systemd-sulogin-shell",
-             "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/ipcmk", "/usr/*bin/chrt",
-             "/usr/*bin/taskset", "/usr/*bin/hardlink", "/usr/*bin/more", "/usr/*bin/agetty"),
+             "/usr/*bin/nsenter", "/usr/*bin/unshare", "/usr/*bin/ipcs", "/usr/*bin/ipcrm", "/usr/*bin/ipcmk",
+             "/usr/*bin/chrt", "/usr/*bin/taskset", "/usr/*bin/hardlink", "/usr/*bin/more", "/usr/*bin/agetty"),
     _removal("fsck.erofs and libdeflate, which only it links: EROFS is read-only, systemd-fsck leaves a file "
              "system without its checker unchecked, and dracut's image has none either",
              "/usr/*bin/fsck.erofs", "/usr/lib*/**/libdeflate.so*"),
