@@ -19,9 +19,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from mkosi_initrd_builder.building.build import BuildRequest, build, read_kernel_payload
 from mkosi_initrd_builder.building.kernelfacts import facts_key, kernel_module_facts
@@ -33,6 +31,7 @@ from mkosi_initrd_builder.util.log import setup_logging
 from mkosi_initrd_builder.building.variants import load_variants
 from mkosi_initrd_builder.checking.cpio import iter_cpio, iter_cpio_members
 from tests.bench import machine
+from tests.bench.machine import median_of
 
 TOP = Path(__file__).resolve().parent.parent.parent
 PRODUCT_VARIANTS = TOP / "spec" / "variants"
@@ -40,7 +39,6 @@ SIZE_GOAL = 1.0
 BUILD_GOAL = 1.0
 SELECTION_GOAL = 0.5  # seconds, warm cache
 BOOT_GOAL = 1.1
-T = TypeVar("T")
 BUILD_RUNS = 3  # builds of each kind per variant, ours and dracut's; the median counts
 # Where the spec has mkosi assemble the images (--workspace-dir): the tmpfs mock mounts. dracut gets a
 # tmpfs for its /var/tmp in the same rows; the rows "on disk" give both tools the disk instead.
@@ -92,12 +90,6 @@ def zstd_size(cpio: bytes, level: int) -> int:
 
 def uncompressed(image: Path) -> bytes:
     return subprocess.run(["zstd", "-dc", str(image)], stdout=subprocess.PIPE, check=True).stdout
-
-
-def median_of(runs: list[T], key: Callable[[T], Any] = lambda run: run) -> T:
-    """The run whose `key` is the median (of an odd number; the upper one of an even): a whole run,
-    so its figures (a build's total and its mkosi part, dracut's and its preparation) stay together."""
-    return sorted(runs, key=key)[len(runs) // 2]
 
 
 def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> float:

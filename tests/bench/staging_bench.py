@@ -32,6 +32,8 @@ from mkosi_initrd_builder.rpmmeta.nevra import NEVRA
 from mkosi_initrd_builder.staging.download import HttpClient
 from mkosi_initrd_builder.staging.resolve import PinnedPackage
 from mkosi_initrd_builder.staging.stage import PackageSelection, StageRequest, stage_repository
+from mkosi_initrd_builder.util.fsutil import sha256_file
+from tests.bench.machine import median_of
 from tests.bench.requests_client import RequestsHttpClient
 
 SOURCE_DATE_EPOCH = 1700000000
@@ -144,10 +146,10 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         curl_all("curl-first")
         colds, curls = [], []
         for i in range(COLD_ROUNDS):
-            colds.append(timed(lambda i=i: stage(f"cold{i}", cache=f"cache{i}")))
+            colds.append((i, *timed(lambda i=i: stage(f"cold{i}", cache=f"cache{i}"))))
             curls.append(timed(lambda i=i: curl_all(f"curl-round{i}"))[1])
-        median = sorted(range(COLD_ROUNDS), key=lambda i: colds[i][1])[COLD_ROUNDS // 2]
-        (cold_result, cold), curl_one = colds[median], sorted(curls)[COLD_ROUNDS // 2]
+        median, cold_result, cold = median_of(colds, key=lambda c: c[2])
+        curl_one = median_of(curls)
         shutil.move(work / f"cache{median}", work / "cache")
         # The same cold staging with requests + urllib3's Retry in place of the hand-written client
         # (ARCHITECTURE.md, "Libraries and hand-written code"): a fresh cache, the same server.
@@ -157,7 +159,7 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
                 selection=PackageSelection(packages=names))))
         _, bare = timed(lambda: bare_fetch(urls, work / "bare"))
         # The one piece of work curl does not do and a verified staging must: a digest of every byte.
-        _, digest = timed(lambda: sha256_files(sorted((work / "bare").iterdir())))
+        _, digest = timed(lambda: [sha256_file(f) for f in sorted((work / "bare").iterdir())])
         (work / "curl2").mkdir()
         _, curl_each = timed(lambda: [subprocess.run(["curl", "-sSf", "-o", f"{work}/curl2/{i}.rpm", u], check=True)
                                       for i, u in enumerate(urls)])
@@ -173,7 +175,7 @@ def bench_staging(count: int, cache: Path, rows: list[tuple[str, str, str]], lat
         rows += [
             (f"{label}: cold staging over HTTP (4 jobs)", f"{cold:.2f}s",
              f"{cold_result.bytes_fetched / 1e6:.0f} MB fetched; median of "
-             + ", ".join(f"{t:.2f}" for _, t in colds) + " s"),
+             + ", ".join(f"{t:.2f}" for _, _, t in colds) + " s"),
             ("  the same with requests + urllib3 Retry", f"{cold_requests:.2f}s",
              f"ratio hand-written / requests {cold / cold_requests:.2f}"),
             ("  sequential curl, one process", f"{curl_one:.2f}s",
@@ -215,12 +217,6 @@ def bare_fetch(urls: list[str], directory: Path) -> None:
                                                           algorithms=("sha256",)), enumerate(urls)))
     finally:
         http.close()
-
-
-def sha256_files(files: list[Path]) -> None:
-    for path in files:
-        with open(path, "rb") as f:
-            hashlib.file_digest(f, "sha256")
 
 
 def _floor_rows(result, curl_one: float, count: int, latency: float) -> list[tuple[str, str, str]]:
