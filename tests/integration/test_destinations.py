@@ -61,11 +61,6 @@ def assert_staged_from(dest: Path, koji_tree) -> None:
                                               ["repodata", "stage-manifest.json"])
 
 
-def without(tree: dict[str, object], *tops: str) -> dict[str, object]:
-    """A snapshot without what lies below the given top-level names."""
-    return {k: v for k, v in tree.items() if Path(k).parts[0] not in tops}
-
-
 def test_second_staging_into_a_busy_destination_fails_at_once_naming_the_holder(koji_tree, tree_server, tmp_path):
     dest, tmpdir = tmp_path / "dest", tmp_path / "tmp"
     tmpdir.mkdir()
@@ -76,9 +71,9 @@ def test_second_staging_into_a_busy_destination_fails_at_once_naming_the_holder(
     try:
         wait_mid_download(first, tmp_path, ".dest.staging-*/repo/.kernel-core-*.part")
         working = [p.name for p in tmp_path.glob(".dest.staging-*")] + [".dest.stage-lock"]
-        before = without(snapshot(tmp_path), *working, "tmp")
+        before = snapshot(tmp_path, skip=(*working, "tmp"))
         second = run_cli(stage_argv(source, dest), env={"TMPDIR": str(tmpdir)})
-        after = without(snapshot(tmp_path), *working, "tmp")
+        after = snapshot(tmp_path, skip=(*working, "tmp"))
         assert first.poll() is None, "the first staging did not outlive the second"
     finally:
         hold.gate.set()
@@ -153,4 +148,4 @@ def test_look_alikes_of_the_builders_debris_are_left_alone(fixture_repo, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "left behind" not in r.stderr
     assert (dest / "stage-manifest.json").is_file()
-    assert without(snapshot(tmp_path), "dest") == before
+    assert snapshot(tmp_path, skip=("dest",)) == before

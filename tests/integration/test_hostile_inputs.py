@@ -33,11 +33,15 @@ def one_error(r: subprocess.CompletedProcess, status: int = 1) -> str:
     return next(line for line in lines if ": error: " in line)
 
 
-def snapshot(root: Path) -> dict[str, object]:
+def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, object]:
     """Every path below root (symlinks not followed): a file's size and mtime, a link's target, and
-    for a directory only that it is one (a temporary name made and removed inside it changes its mtime)."""
+    for a directory only that it is one (a temporary name made and removed inside it changes its mtime).
+    The top-level names in `skip` are not walked at all: a process may be writing below them."""
     out: dict[str, object] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             st = p.lstat()
