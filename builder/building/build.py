@@ -362,8 +362,8 @@ def _build(request: BuildRequest, places: Sequence[tuple[str, Path]]) -> list[Va
     if request.signing is not None:
         request.signing.check()
     wanted = [k for k in FORMATS if any(k in v.formats for v in request.variants)]
-    # mkosi compresses with zstd; extract_rpm runs rpm2cpio and cpio.
-    for tool in ("mkosi", "rpm2cpio", "cpio", "zstd", *(t for k in wanted for t in FORMATS[k].tools)):
+    # extract_rpm runs rpm2cpio and cpio; the builder compresses and reads zstd in process.
+    for tool in ("mkosi", "rpm2cpio", "cpio", *(t for k in wanted for t in FORMATS[k].tools)):
         find_tool(tool)
     check_sandbox()
     # mkosi runs with paths below the output directory; relative ones would not survive its --directory=.
@@ -560,9 +560,9 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         if req.workspace_dir is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    initrd = paths.output_dir / INITRD.file_name
+    initrd = paths.output_dir / INITRD.mkosi_output
     if not initrd.exists():
-        raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD.file_name}")
+        raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD.mkosi_output}")
     final = vwork / "final"
     final.mkdir()
     image = VariantImage(variant, initrd, {e.name: e for e in read_cpio(initrd)}, final, vwork)

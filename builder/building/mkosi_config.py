@@ -79,8 +79,9 @@ def render_variant(
         ],
         "Output": [
             ("OutputDirectory", (str(paths.output_dir),)),
-            ("CompressOutput", ("zstd",)),
-            ("CompressLevel", (str(variant.compress_level),)),
+            # The builder compresses (formats/initrd.py): mkosi's CompressLevel= is a level and nothing
+            # more, and a variant may tune zstd beyond its levels.
+            ("CompressOutput", ("no",)),
         ],
         "Content": [
             ("Bootable", ("no",)),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mkosi_initrd_builder.building.formats import FORMATS, OutputFormat
+from mkosi_initrd_builder.util.compress import ZSTD_LEVELS, ZSTD_PARAMETERS, ZSTD_STRATEGIES, ZstdSettings, ZstdTuning
 from mkosi_initrd_builder.util.errors import VariantError
 
 if sys.version_info >= (3, 11):
@@ -601,14 +602,31 @@ BASE_REMOVALS: tuple[Removal, ...] = (
 )
 
 
-# zstd levels mkosi's CompressLevel= passes to `zstd -T0`; 20-22 need --ultra, which mkosi does not pass.
-COMPRESS_LEVELS = range(1, 20)
-
-
 def parse_compress_level(path: Path, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in COMPRESS_LEVELS:
-        raise _fail(path, key, f"expected a zstd level from {COMPRESS_LEVELS.start} to {COMPRESS_LEVELS.stop - 1}")
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ZSTD_LEVELS:
+        raise _fail(path, key, f"expected a zstd level from {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1}")
     return value
+
+
+def parse_zstd_parameters(path: Path, key: str, value: Any) -> ZstdTuning:
+    """[zstd-parameters]: strategy = "<name>" and integer parameters within zstd's bounds."""
+    if not isinstance(value, dict):
+        raise _fail(path, key, "expected a table such as [zstd-parameters] with strategy = \"btopt\"")
+    bounds = {p.key: p for p in ZSTD_PARAMETERS}
+    values: list[tuple[str, int | str]] = []
+    for name, v in value.items():
+        where = f"{key}.{name}"
+        if name == "strategy":
+            if v not in ZSTD_STRATEGIES:
+                raise _fail(path, where, f"expected one of {', '.join(ZSTD_STRATEGIES)}")
+        elif name in bounds:
+            p = bounds[name]
+            if isinstance(v, bool) or not isinstance(v, int) or not p.low <= v <= p.high:
+                raise _fail(path, where, f"expected an integer from {p.low} to {p.high}")
+        else:
+            raise _fail(path, where, f"unknown zstd parameter (known: strategy, {', '.join(bounds)})")
+        values.append((name, v))
+    return ZstdTuning(tuple(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -664,8 +682,12 @@ VARIANT_FIELDS: tuple[VariantField, ...] = (
                  "does not need, as absolute globs below /etc or /usr (Path.glob syntax, as mkosi's RemoveFiles=); "
                  "the manifest lists them with their reason and the builder checks none is left."),
     VariantField("compress-level", parse_compress_level, 9,
-                 "zstd level of initrd.cpio.zst (1-19; mkosi's CompressLevel=). 9 by measurement: level 3 makes a "
-                 "tenth larger images and 15 saves 1% more for ten times the compression time (ARCHITECTURE.md)."),
+                 "zstd level of initrd.cpio.zst (1-19). 9 by measurement: level 3 makes a tenth larger images "
+                 "and 15 saves 1% more for ten times the compression time (ARCHITECTURE.md)."),
+    VariantField("zstd-parameters", parse_zstd_parameters, ZstdTuning(),
+                 "[zstd-parameters] table over the level's defaults: strategy (" + ", ".join(ZSTD_STRATEGIES) +
+                 ") and " + ", ".join(p.key for p in ZSTD_PARAMETERS) + " (integers within zstd's bounds; "
+                 "window-log at most 23)."),
     VariantField("files", parse_files, (),
                  '[files] table of "/etc/..." or "/usr/..." = "contents": text files the image carries '
                  "beside its packages' (mode 0644, owned by root)."),
@@ -694,6 +716,7 @@ class VariantSpec:
     size_budget: int
     remove_files: tuple[Removal, ...]
     compress_level: int
+    zstd_parameters: ZstdTuning
     files: tuple[tuple[str, str], ...]
     mkosi: tuple[tuple[str, str, tuple[str, ...]], ...]
 
@@ -702,6 +725,10 @@ class VariantSpec:
         """Everything taken out on purpose: the builder's own for an mkosi-initrd base, then the variant's."""
         return (*(BASE_REMOVALS if self.base is Base.mkosi_initrd else ()), *self.remove_files)
 
+    @property
+    def compression(self) -> ZstdSettings:
+        return ZstdSettings(self.compress_level, self.zstd_parameters)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (for manifests, input hashes and golden tests), keyed as in the variant
         file and derived from VARIANT_FIELDS; no file system paths."""
@@ -709,7 +736,7 @@ class VariantSpec:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (UkiProfile, UkiAddon, Removal)):
+    if isinstance(value, (UkiProfile, UkiAddon, Removal, ZstdTuning)):
         return value.to_dict()
     if isinstance(value, enum.Enum):
         return value.value

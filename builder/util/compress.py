@@ -1,15 +1,17 @@
-"""The one decompressor: initrds, kernel modules and repodata come as zstd, xz, gzip or plain bytes."""
+"""The one decompressor (initrds, kernel modules and repodata come as zstd, xz, gzip or plain bytes) and
+the initrd's compressor (zstd, with a variant's level and parameters)."""
 
 from __future__ import annotations
 
 import bz2
 import contextlib
+import dataclasses
 import gzip
 import lzma
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 import zstandard  # python3-zstandard
 
@@ -19,6 +21,72 @@ from mkosi_initrd_builder.util.errors import BuilderError
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+LIBZSTD_VERSION = ".".join(map(str, zstandard.ZSTD_VERSION))  # python3-zstandard's libzstd
+
+# zstd's levels without --ultra: 20-22 take windows of 32 MiB and more, which the kernel allocates to
+# unpack the initramfs.
+ZSTD_LEVELS = range(1, 20)
+
+# zstd's match-finding strategies, weakest and fastest first (zstd's own names, as `zstd --zstd=strategy=`
+# numbers them from 1).
+ZSTD_STRATEGIES = ("fast", "dfast", "greedy", "lazy", "lazy2", "btlazy2", "btopt", "btultra", "btultra2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZstdParameter:
+    """One of zstd's advanced compression parameters, as a variant file spells it (`zstd-parameters`)."""
+
+    key: str        # in the variant file
+    keyword: str    # zstandard.ZstdCompressionParameters' argument
+    low: int
+    high: int
+
+
+# The window stops at level 19's (8 MiB): the kernel's initramfs decompressor allocates the whole
+# window at boot. The others are zstd's own bounds.
+ZSTD_PARAMETERS: tuple[ZstdParameter, ...] = (
+    ZstdParameter("window-log", "window_log", zstandard.WINDOWLOG_MIN, 23),
+    ZstdParameter("chain-log", "chain_log", zstandard.CHAINLOG_MIN, zstandard.CHAINLOG_MAX),
+    ZstdParameter("hash-log", "hash_log", zstandard.HASHLOG_MIN, zstandard.HASHLOG_MAX),
+    ZstdParameter("search-log", "search_log", zstandard.SEARCHLOG_MIN, zstandard.SEARCHLOG_MAX),
+    ZstdParameter("min-match", "min_match", zstandard.MINMATCH_MIN, zstandard.MINMATCH_MAX),
+    ZstdParameter("target-length", "target_length", zstandard.TARGETLENGTH_MIN, zstandard.TARGETLENGTH_MAX),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZstdTuning:
+    """Parameters over a level's defaults, keyed as in the variant file: those of ZSTD_PARAMETERS and
+    `strategy` (a name of ZSTD_STRATEGIES), in the order written."""
+
+    values: tuple[tuple[str, Union[int, str]], ...] = ()
+
+    def keywords(self) -> dict[str, int]:
+        by_key = {p.key: p.keyword for p in ZSTD_PARAMETERS}
+        return {by_key.get(k, k): (ZSTD_STRATEGIES.index(v) + 1 if isinstance(v, str) else v) for k, v in self.values}
+
+    def to_dict(self) -> dict[str, Union[int, str]]:
+        return dict(self.values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZstdSettings:
+    """How an initrd is compressed: a zstd level and a tuning over it."""
+
+    level: int = 9
+    tuning: ZstdTuning = ZstdTuning()
+
+    def compression_parameters(self) -> zstandard.ZstdCompressionParameters:
+        # Multi-threaded on every core: zstd writes the same bytes whatever the number of threads (one
+        # or more), so the image does not depend on the machine that built it. With a checksum, as
+        # the zstd command writes one by default.
+        return zstandard.ZstdCompressionParameters.from_level(self.level, threads=-1, write_checksum=True,
+                                                              **self.tuning.keywords())
+
+    def compress(self, data: bytes) -> bytes:
+        return zstandard.ZstdCompressor(compression_params=self.compression_parameters()).compress(data)
 
 
 class DecompressError(BuilderError):

@@ -16,6 +16,8 @@ import pytest
 
 from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.building.formats.uki import uki_sections
+from mkosi_initrd_builder.building.variants import load_variant
+from mkosi_initrd_builder.util.compress import decompress_bytes
 from tests.conftest import FIXTURE_VARIANTS, TOP, require_root, require_tools
 from tests.support.bootmarker import BOOT_MARKER, fixture_marker
 from tests.support.cli import run_cli
@@ -204,6 +206,19 @@ def test_offline_rebuild_is_byte_identical(built, fixture_repo, tmp_path):
         assert (out / rel).read_bytes() == (built / rel).read_bytes(), rel
     assert json.loads((out / "minimal/manifest.json").read_text()) == \
         json.loads((built / "minimal/manifest.json").read_text())
+
+
+def test_the_initrd_is_mkosis_cpio_compressed_with_the_variants_zstd_settings(built):
+    """What ships is exactly the archive compressed with the variant's level and zstd-parameters."""
+    tuned = load_variant(FIXTURE_VARIANTS / "storage.toml")
+    assert tuned.zstd_parameters.values, "the storage fixture no longer tunes zstd"
+    for name in ("minimal", "storage"):
+        variant = load_variant(FIXTURE_VARIANTS / f"{name}.toml")
+        path = built / name / "initrd.cpio.zst"
+        shipped = path.read_bytes()
+        assert variant.compression.compress(decompress_bytes(shipped, path)) == shipped, name
+        manifest = json.loads((built / name / "manifest.json").read_text())
+        assert manifest["outputs"]["initrd.cpio.zst"]["size"] == len(shipped)
 
 
 def test_source_date_epoch_changes_the_output(fixture_repo, built, tmp_path):

@@ -283,7 +283,20 @@ paths = ["/usr/*bin/fsck.btrfs", "/usr/lib*/**/libbtrfs*.so*"]
 
 
 def test_compress_level_defaults_to_nine(tmp_path):
-    assert load_variant(write(tmp_path, "tiny", MINIMAL)).compress_level == 9
+    v = load_variant(write(tmp_path, "tiny", MINIMAL))
+    assert v.compress_level == 9 and v.zstd_parameters.values == () and v.to_dict()["zstd-parameters"] == {}
+
+
+def test_zstd_parameters_parse_in_the_order_written(tmp_path):
+    v = load_variant(write(tmp_path, "tuned", MINIMAL + """
+[zstd-parameters]
+min-match = 3
+strategy = "btopt"
+window-log = 23
+"""))
+    assert v.zstd_parameters.values == (("min-match", 3), ("strategy", "btopt"), ("window-log", 23))
+    assert v.to_dict()["zstd-parameters"] == {"min-match": 3, "strategy": "btopt", "window-log": 23}
+    assert v.compression.level == 9 and v.compression.tuning == v.zstd_parameters
 
 
 @pytest.mark.parametrize("tables, key, message", [
@@ -304,6 +317,13 @@ def test_compress_level_defaults_to_nine(tmp_path):
      "the builder's own removals"),
     ("compress-level = 20\n", "compress-level", "from 1 to 19"),
     ("compress-level = true\n", "compress-level", "from 1 to 19"),
+    ("zstd-parameters = 3\n", "zstd-parameters", "expected a table"),
+    ('[zstd-parameters]\nstrategy = "best"\n', "zstd-parameters.strategy", "expected one of fast, dfast"),
+    ("[zstd-parameters]\nstrategy = 7\n", "zstd-parameters.strategy", "expected one of"),
+    ("[zstd-parameters]\nwindow-log = 24\n", "zstd-parameters.window-log", "from 10 to 23"),
+    ("[zstd-parameters]\nmin-match = true\n", "zstd-parameters.min-match", "expected an integer"),
+    ("[zstd-parameters]\nmin-match = 2\n", "zstd-parameters.min-match", "from 3 to 7"),
+    ("[zstd-parameters]\nwlog = 22\n", "zstd-parameters.wlog", "unknown zstd parameter"),
 ])
 def test_bad_remove_files_and_levels_are_refused_naming_file_and_key(tmp_path, tables, key, message):
     path = write(tmp_path, "bad", MINIMAL + tables)

@@ -15,7 +15,7 @@ from mkosi_initrd_builder.building.formats.uki import UKI
 
 
 class OutputFormat(str, enum.Enum):
-    initrd = "initrd"  # OUTPUT/<variant>/initrd.cpio.zst, what mkosi builds; every variant has it
+    initrd = "initrd"  # OUTPUT/<variant>/initrd.cpio.zst, mkosi's cpio compressed; every variant has it
     microcode = "microcode"  # OUTPUT/<variant>/microcode.cpio: the early cpio, every vendor's CPU microcode
     uki = "uki"        # OUTPUT/<variant>/uki.efi
 

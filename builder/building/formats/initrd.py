@@ -1,9 +1,9 @@
-"""The initrd: mkosi's zstd-compressed newc cpio, checked against its size budget and read back."""
+"""The initrd: mkosi's newc cpio, compressed here with the variant's zstd settings, checked against its
+size budget and read back."""
 
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -14,8 +14,9 @@ from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, read_
 from mkosi_initrd_builder.checking.qemu import BootProbe, SecureBootFirmware, boot
 from mkosi_initrd_builder.rpmmeta.repo import Repository
 from mkosi_initrd_builder.util.errors import BuilderError, SizeBudgetError
+from mkosi_initrd_builder.util.compress import LIBZSTD_VERSION
 from mkosi_initrd_builder.util.elf import is_elf64, needed
-from mkosi_initrd_builder.util.fsutil import RemoveGlobs, hash_bytes
+from mkosi_initrd_builder.util.fsutil import RemoveGlobs, atomic_write, hash_bytes
 
 
 def leftovers(globs: Sequence[str], entries: Iterable[CpioEntry]) -> list[tuple[str, str]]:
@@ -51,10 +52,14 @@ def is_module(entry: CpioEntry) -> bool:
 
 class InitrdFormat(Format):
     file_name = "initrd.cpio.zst"
+    mkosi_output = "initrd.cpio"  # what mkosi writes (CompressOutput=no), in its output directory
 
     def build(self, image: VariantImage, inputs: BuildInputs, prepared: Any) -> None:
         variant = image.variant
-        size = image.initrd.stat().st_size
+        # In process, with python3-zstandard: mkosi's CompressLevel= is a level and nothing more, and
+        # a variant's zstd-parameters reach past the levels (generic's: 2% smaller for 3 s of build).
+        compressed = variant.compression.compress(image.initrd.read_bytes())
+        size = len(compressed)
         if variant.size_budget and size > variant.size_budget:
             raise SizeBudgetError(size_report(variant.name, variant.path, variant.size_budget, size,
                                               image.entries.values(), inputs.repo))
@@ -70,8 +75,14 @@ class InitrdFormat(Format):
             raise BuilderError(f"variant {variant.name!r} ({variant.path}): remove-files glob {glob} did not take "
                                f"/{name} out of the image ({len(left)} path(s) left in all); mkosi's RemoveFiles= "
                                "and the builder read the glob differently")
-        # mkosi wrote it beside the final directory, on the same file system: a rename.
-        os.replace(image.initrd, image.final / self.file_name)
+        # final/ is renamed into place whole once every format is done; no fsync of its own.
+        atomic_write(image.final / self.file_name, compressed, durable=False)
+        image.initrd.unlink()
+
+    def input_facts(self, prepared: Any) -> Mapping[str, Any]:
+        # The variant's level and parameters are hashed with the variant; the same settings give other
+        # bytes under another zstd.
+        return {"libzstd": LIBZSTD_VERSION}
 
     def verify(self, built: BuiltVariant) -> Sequence[Check]:
         checks = []
