@@ -30,7 +30,6 @@ from mkosi_initrd_builder.building.formats.uki import ADDONS_DIR, addon_manifest
 from mkosi_initrd_builder.building.mkosi_config import MkosiPaths, kernel_modules_include, render_variant, write_variant_files
 from mkosi_initrd_builder.building.secureboot import DEFAULT_SBAT_URL, DEFAULT_SBAT_VENDOR, SbatIdentity, SigningKey
 from mkosi_initrd_builder.building.variants import VariantSpec
-from mkosi_initrd_builder.checking.cpio import read_cpio
 from mkosi_initrd_builder.checking.cpio import CpioEntry, CpioFormatError, iter_cpio
 from mkosi_initrd_builder.rpmmeta.repo import RepoPackage, Repository, open_repository, rpm_payload
 from mkosi_initrd_builder.util.errors import (
@@ -565,7 +564,10 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
         raise BuilderError(f"[{variant.name}] mkosi finished without writing {INITRD.mkosi_output}")
     final = vwork / "final"
     final.mkdir()
-    image = VariantImage(variant, initrd, {e.name: e for e in read_cpio(initrd)}, final, vwork)
+    # Read once: the entries for the checks and the bytes the initrd format compresses.
+    cpio = initrd.read_bytes()
+    initrd.unlink()
+    image = VariantImage(variant, cpio, {e.name: e for e in iter_cpio(cpio)}, final, vwork)
     chosen = [k for k in FORMATS if k in variant.formats]
     format_seconds = {}
     for kind in chosen:

@@ -56,7 +56,7 @@ class VariantImage:
     """One variant's image as mkosi made it; a format's build step writes `final/<file_name>`."""
 
     variant: "VariantSpec"
-    initrd: Path                        # mkosi's cpio, uncompressed
+    cpio: bytes                         # mkosi's archive, uncompressed
     entries: Mapping[str, CpioEntry]    # its contents, read once
     final: Path                         # the directory that becomes OUTPUT/<variant>
     work: Path                          # the variant's scratch directory

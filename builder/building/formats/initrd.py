@@ -57,8 +57,8 @@ class InitrdFormat(Format):
     def build(self, image: VariantImage, inputs: BuildInputs, prepared: Any) -> None:
         variant = image.variant
         # In process, with python3-zstandard: mkosi's CompressLevel= is a level and nothing more, and
-        # a variant's zstd-parameters reach past the levels (generic's: 2% smaller for 3 s of build).
-        compressed = variant.compression.compress(image.initrd.read_bytes())
+        # a variant's zstd-parameters reach past the levels (generic's: 4% smaller for 3 s of build).
+        compressed = variant.compression.compress(image.cpio)
         size = len(compressed)
         if variant.size_budget and size > variant.size_budget:
             raise SizeBudgetError(size_report(variant.name, variant.path, variant.size_budget, size,
@@ -77,7 +77,6 @@ class InitrdFormat(Format):
                                "and the builder read the glob differently")
         # final/ is renamed into place whole once every format is done; no fsync of its own.
         atomic_write(image.final / self.file_name, compressed, durable=False)
-        image.initrd.unlink()
 
     def input_facts(self, prepared: Any) -> Mapping[str, Any]:
         # The variant's level and parameters are hashed with the variant; the same settings give other
