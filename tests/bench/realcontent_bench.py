@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from mkosi_initrd_builder.building.kernelfacts import facts_key, kernel_module_f
 from mkosi_initrd_builder.building.kmod import (builtin_names, choose_modules, expand_default, prune_modules,
                                                 select_modules)
 from mkosi_initrd_builder.rpmmeta.repo import open_repository
+from mkosi_initrd_builder.util.compress import ZstdSettings, decompress_file
 from mkosi_initrd_builder.util.fsutil import link_or_copy_tree
 from mkosi_initrd_builder.util.log import setup_logging
 from mkosi_initrd_builder.building.variants import load_variants
@@ -81,15 +81,6 @@ def beyond_dracut(ours: bytes, dracut: bytes) -> tuple[bytes, list[str], list[st
                 served.append(what)
     kept.append(ours[pos:])
     return b"".join(kept), dropped, served
-
-
-def zstd_size(cpio: bytes, level: int) -> int:
-    return len(subprocess.run(["zstd", "-q", f"-{level}", "-T0", "-c"], input=cpio, stdout=subprocess.PIPE,
-                              check=True).stdout)
-
-
-def uncompressed(image: Path) -> bytes:
-    return subprocess.run(["zstd", "-dc", str(image)], stdout=subprocess.PIPE, check=True).stdout
 
 
 def ratio_row(rows: list, name: str, ours: float, theirs: float, fmt: str, goal: float | None) -> float:
@@ -179,15 +170,16 @@ def bench_variant(variant, repo, distribution, disks, work: Path, repeat: int):
     dracut_disk = median_of(dracuts["disk"], key=lambda d: d.total_seconds)
     depmod_all = median_of(depmods)
 
-    ours_cpio, dracut_cpio = uncompressed(ours_image), uncompressed(dracut.path)
+    ours_cpio, dracut_cpio = decompress_file(ours_image), decompress_file(dracut.path)
     mb = 1024 * 1024
+    normalized = ZstdSettings(NORMALIZED_LEVEL)  # the project's compressor at dracut's level
     ours_zstd = f"-{variant.compress_level}" + "".join(f" {k}={v}" for k, v in variant.zstd_parameters.values)
     figures["size-as-built"] = ratio_row(
         rows, f"image size, as built (zstd; ours {ours_zstd}, dracut -{NORMALIZED_LEVEL}), MiB",
         ours_image.stat().st_size / mb, dracut.path.stat().st_size / mb, "{:.2f}", SIZE_GOAL)
     figures["size-equal-compression"] = ratio_row(
-        rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", zstd_size(ours_cpio, NORMALIZED_LEVEL) / mb,
-        zstd_size(dracut_cpio, NORMALIZED_LEVEL) / mb, "{:.2f}", SIZE_GOAL)
+        rows, f"image size, both zstd -{NORMALIZED_LEVEL}, MiB", len(normalized.compress(ours_cpio)) / mb,
+        len(normalized.compress(dracut_cpio)) / mb, "{:.2f}", SIZE_GOAL)
     if variant.zstd_parameters.values:
         ratio_row(rows, f"  both with our settings ({ours_zstd}), MiB", ours_image.stat().st_size / mb,
                   len(variant.compression.compress(dracut_cpio)) / mb, "{:.2f}", None)
