@@ -66,14 +66,6 @@ def accepted_suffixes(kernel_config: Optional[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def kernel_config(modules_dir: Path) -> Optional[str]:
-    """The kernel's configuration as its package ships it (Fedora: /usr/lib/modules/KVER/config)."""
-    try:
-        return (modules_dir / "config").read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-
-
 def strip_suffix(name: str) -> tuple[str, str]:
     """'a/b.fw.xz' -> ('a/b.fw', '.xz'): a firmware name and the compression its file carries."""
     for s in LOADER_SUFFIXES:
