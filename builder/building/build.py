@@ -605,13 +605,10 @@ def build_variant(ctx: BuildContext, variant: VariantSpec) -> VariantResult:
             FORMATS[kind].build(image, ctx.inputs, ctx.prepared(kind))
             format_seconds[kind.value] = format_watch.stop()
             path = final / FORMATS[kind].file_name
-            described[kind] = (describing.submit(sha256_file, path),
+            described[path] = (describing.submit(sha256_file, path),
                                describing.submit(FORMATS[kind].manifest_entry, ctx.prepared(kind), path))
-        outputs = {}
-        for kind in chosen:
-            path = final / FORMATS[kind].file_name
-            digest, entry = (f.result() for f in described[kind])
-            outputs[FORMATS[kind].file_name] = {"sha256": digest, "size": path.stat().st_size, **entry}
+        outputs = {path.name: {"sha256": digest.result(), "size": path.stat().st_size, **entry.result()}
+                   for path, (digest, entry) in described.items()}
 
     image_packages = mkosi_packages(paths.output_dir / "initrd.manifest")
     tools = ctx.tools()
