@@ -240,8 +240,9 @@ def main() -> int:
         if args.only in (None, "builder"):
             bench_builder(work, repo, rows, figures)
         if args.only in (None, "staging"):
-            from tests.bench.staging_bench import bench_staging
+            from tests.bench.staging_bench import bench_staging, dnf_import_row
 
+            rows.append(dnf_import_row())
             for count in (50, 500):
                 for latency in (0.0, 0.02):
                     bench_staging(count, TOP / "build" / "bench-cache", rows, latency)
