@@ -251,7 +251,7 @@ def main() -> int:
     parser.add_argument("--no-boot", action="store_true", help="sizes and build times only")
     parser.add_argument("--figures", type=Path, help="also write the measured figures to this JSON file")
     args = parser.parse_args()
-    load_before = machine.load1()
+    load_before, cpu_start = machine.load1(), machine.CpuUse.now()
     setup_logging(quiet=True)
     logging.getLogger("tests").setLevel(logging.WARNING)
 
@@ -276,7 +276,7 @@ def main() -> int:
     for name, (rows, notes, _, header) in results.items():
         width = max(len(r[0]) for r in rows)
         print(f"\n{header}")
-        print(machine.describe(load_before, machine.load1()) + "\n")
+        print(machine.describe(load_before, machine.load1(), cpu_start) + "\n")
         print(f"{'measure':{width}}  {'ours':>8}  {'dracut':>8}  {'ratio':>5}  goal")
         for row_name, ours, theirs, ratio, verdict in rows:
             print(f"{row_name:{width}}  {ours:>8}  {theirs:>8}  {ratio:>5}  {verdict}")
